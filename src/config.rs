@@ -1,0 +1,718 @@
+//! The plugin configuration: the public contract (JSON, camelCase, unknown
+//! fields rejected), parsed once per config push into an immutable, validated
+//! [`Rollout`]. Every error names the field it is about and the reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use regex_lite::RegexBuilder;
+use serde::{Deserialize, Deserializer};
+
+use crate::hash::Murmur3;
+use crate::matcher::StringMatch;
+
+pub const DEFAULT_ROUTING_HEADER: &str = "x-canary-version";
+pub const DEFAULT_ANONYMOUS_COOKIE_MAX_AGE: u32 = 30 * 24 * 3600;
+
+/// Bounds on what one config may hold. They keep per-request work and memory
+/// bounded whatever a config push contains.
+pub const MAX_VERSIONS: usize = 16;
+pub const MAX_RULES: usize = 32;
+pub const MAX_CONDITIONS_PER_RULE: usize = 8;
+pub const MAX_USER_ID_SOURCES: usize = 8;
+/// Distinct request headers a config may read (rules, user ids, `cookie`).
+pub const MAX_HEADERS_READ: usize = 32;
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_VERSION_NAME_LEN: usize = 64;
+pub const MAX_MATCH_VALUE_LEN: usize = 1024;
+pub const MAX_REGEX_LEN: usize = 512;
+pub const MAX_SALT_LEN: usize = 256;
+/// Compiled size bound for one regex (regex-lite's own accounting).
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+const REGEX_NEST_LIMIT: u32 = 32;
+/// How far the weights may sum away from 100 (float rounding in configs
+/// written as `33.3333`).
+const WEIGHT_SUM_TOLERANCE: f64 = 1e-6;
+
+/// A config that cannot be used: the field (a JSON path such as
+/// `versions[1].weight`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// The JSON shape, as written by users (and by Istio from `pluginConfig`).
+// ---------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    routing_header: Option<String>,
+    versions: Option<Vec<RawVersion>>,
+    #[serde(default)]
+    stickiness: RawStickiness,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    response_header: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawVersion {
+    name: String,
+    weight: f64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawStickiness {
+    #[serde(default)]
+    user_id_headers: Vec<String>,
+    #[serde(default)]
+    user_id_cookies: Vec<String>,
+    salt: Option<String>,
+    anonymous_cookie: Option<RawAnonymousCookie>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawAnonymousCookie {
+    name: String,
+    #[serde(default, deserialize_with = "whole_number")]
+    max_age_seconds: Option<u32>,
+    #[serde(default)]
+    secure: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRule {
+    name: String,
+    #[serde(rename = "match", default)]
+    match_: RawMatch,
+    version: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawMatch {
+    #[serde(default)]
+    headers: BTreeMap<String, RawStringMatch>,
+    #[serde(default)]
+    cookies: BTreeMap<String, RawStringMatch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStringMatch {
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+}
+
+/// Istio delivers `pluginConfig` numbers as JSON doubles (`10.0`); accept any
+/// JSON number that is a whole number in range.
+fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = f64::deserialize(d)?;
+    if v.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "expected a whole number from 0 to {}, got {v}",
+            u32::MAX
+        )));
+    }
+    Ok(Some(v as u32))
+}
+
+// ---------------------------------------------------------------------------
+// The validated form used on the request path.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+pub struct Version {
+    pub name: String,
+    pub weight: f64,
+}
+
+/// Where a value is read from. Headers are referenced by slot, an index into
+/// [`Rollout::headers`], so the host can fetch each header at most once per
+/// request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Header { slot: usize },
+    Cookie { slot: usize, name: Box<[u8]> },
+}
+
+#[derive(Debug)]
+pub struct Condition {
+    pub source: Source,
+    pub matcher: StringMatch,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub conditions: Vec<Condition>,
+    pub version: usize,
+}
+
+#[derive(Debug)]
+pub struct AnonymousCookie {
+    pub name: String,
+    pub max_age_seconds: u32,
+    pub secure: bool,
+}
+
+/// A validated config: everything the request path needs, precomputed.
+#[derive(Debug)]
+pub struct Rollout {
+    pub routing_header: String,
+    pub response_header: Option<String>,
+    pub versions: Vec<Version>,
+    /// `thresholds[i]` is the exclusive upper bound, on the 2^32 bucket
+    /// scale, of version `i`'s slice: `floor(cumulative_percent * 2^32 / 100)`,
+    /// and exactly 2^32 for the last version.
+    pub thresholds: Vec<u64>,
+    pub rules: Vec<Rule>,
+    /// User id sources in the order they are tried.
+    pub user_ids: Vec<Source>,
+    pub salt: String,
+    pub salt_is_default: bool,
+    /// Hash state after `salt + ":"`, continued with each user id.
+    pub salted: Murmur3,
+    pub anonymous_cookie: Option<AnonymousCookie>,
+    /// Distinct (lowercase) request header names the config reads.
+    pub headers: Vec<String>,
+}
+
+impl Rollout {
+    /// Parses and validates a plugin config (the JSON text Istio or Envoy
+    /// delivers).
+    pub fn from_json(bytes: &[u8]) -> Result<Rollout, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return err("(config)", "is empty; at least `versions` is required");
+        }
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return err("(config)", "must be a JSON object");
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError {
+                field: if path == "." || path == "?" {
+                    "(config)".into()
+                } else {
+                    path
+                },
+                reason: e.into_inner().to_string(),
+            }
+        })?;
+        validate(raw)
+    }
+
+    pub fn version_of_bucket(&self, bucket: u32) -> usize {
+        let b = u64::from(bucket);
+        self.thresholds
+            .iter()
+            .position(|&t| b < t)
+            .unwrap_or(self.versions.len().saturating_sub(1))
+    }
+
+    /// The bucket of a user id: MurmurHash3_x86_32(salt + ":" + id, seed 0),
+    /// over at most [`crate::MAX_USER_ID_LEN`] bytes of the id.
+    pub fn bucket_of(&self, user_id: &[u8]) -> u32 {
+        let id = user_id.get(..crate::MAX_USER_ID_LEN).unwrap_or(user_id);
+        let mut h = self.salted;
+        h.write(id);
+        h.finish()
+    }
+
+    /// One line describing the accepted config, for the info log. It holds no
+    /// user data.
+    pub fn summary(&self) -> String {
+        let versions: Vec<String> = self
+            .versions
+            .iter()
+            .map(|v| format!("{}={}%", v.name, v.weight))
+            .collect();
+        let rules: Vec<String> = self
+            .rules
+            .iter()
+            .filter_map(|r| {
+                let v = self.versions.get(r.version)?;
+                Some(format!("{}->{}", r.name, v.name))
+            })
+            .collect();
+        let ids: Vec<String> = self
+            .user_ids
+            .iter()
+            .map(|s| match s {
+                Source::Header { slot } => format!(
+                    "header {}",
+                    self.headers.get(*slot).map_or("?", String::as_str)
+                ),
+                Source::Cookie { name, .. } => {
+                    format!("cookie {}", String::from_utf8_lossy(name))
+                }
+            })
+            .collect();
+        format!(
+            "routing header {}; versions {}; rules [{}]; user ids [{}]; salt {:?}{}; anonymous users {}; response header {}",
+            self.routing_header,
+            versions.join(" "),
+            rules.join(", "),
+            ids.join(", "),
+            self.salt,
+            if self.salt_is_default { " (default: first version)" } else { "" },
+            match &self.anonymous_cookie {
+                Some(c) => format!("get cookie {}", c.name),
+                None => "random per request".into(),
+            },
+            self.response_header.as_deref().unwrap_or("off"),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validation.
+// ---------------------------------------------------------------------------
+
+/// RFC 9110 `tchar`: what a header or cookie name may hold.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Validates a header name and returns it lowercased. `allow_pseudo` admits
+/// Envoy's pseudo-headers (`:path`, `:authority`, ...) for matching.
+fn header_name(field: &str, name: &str, allow_pseudo: bool) -> Result<String, ConfigError> {
+    let body = match name.strip_prefix(':') {
+        Some(rest) if allow_pseudo => rest,
+        Some(_) => {
+            return err(
+                field,
+                format!("{name:?} is a pseudo-header; use a regular header"),
+            )
+        }
+        None => name,
+    };
+    if body.is_empty() {
+        return err(field, "header name is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return err(
+            field,
+            format!("header name is longer than {MAX_NAME_LEN} bytes"),
+        );
+    }
+    if !body.bytes().all(is_tchar) {
+        return err(
+            field,
+            format!(
+                "{name:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+            ),
+        );
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn cookie_name(field: &str, name: &str) -> Result<Box<[u8]>, ConfigError> {
+    if name.is_empty() {
+        return err(field, "cookie name is empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return err(
+            field,
+            format!("cookie name is longer than {MAX_NAME_LEN} bytes"),
+        );
+    }
+    if !name.bytes().all(is_tchar) {
+        return err(
+            field,
+            format!(
+                "{name:?} is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"
+            ),
+        );
+    }
+    Ok(name.as_bytes().into())
+}
+
+/// Headers the filter must never write: framing, hop-by-hop and the ones
+/// Envoy treats specially.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "cookie",
+    "set-cookie",
+];
+
+fn written_header(field: &str, name: &str) -> Result<String, ConfigError> {
+    let name = header_name(field, name, false)?;
+    if RESERVED_HEADERS.contains(&name.as_str()) {
+        return err(
+            field,
+            format!("{name:?} is reserved and cannot be written by the filter"),
+        );
+    }
+    Ok(name)
+}
+
+struct HeaderSlots(Vec<String>);
+
+impl HeaderSlots {
+    fn slot(&mut self, field: &str, name: String) -> Result<usize, ConfigError> {
+        if let Some(i) = self.0.iter().position(|h| *h == name) {
+            return Ok(i);
+        }
+        if self.0.len() >= MAX_HEADERS_READ {
+            return err(
+                field,
+                format!("the config reads more than {MAX_HEADERS_READ} distinct headers"),
+            );
+        }
+        self.0.push(name);
+        Ok(self.0.len() - 1)
+    }
+}
+
+fn string_match(field: &str, raw: RawStringMatch) -> Result<StringMatch, ConfigError> {
+    let m = match (raw.exact, raw.prefix, raw.regex) {
+        (Some(v), None, None) => {
+            check_match_value(&format!("{field}.exact"), &v)?;
+            StringMatch::Exact(v.into_bytes().into())
+        }
+        (None, Some(v), None) => {
+            check_match_value(&format!("{field}.prefix"), &v)?;
+            StringMatch::Prefix(v.into_bytes().into())
+        }
+        (None, None, Some(pattern)) => {
+            let field = format!("{field}.regex");
+            if pattern.len() > MAX_REGEX_LEN {
+                return err(field, format!("regex is longer than {MAX_REGEX_LEN} bytes"));
+            }
+            // Full match, as Istio's RE2 regex match.
+            let re = RegexBuilder::new(&format!("^(?:{pattern})$"))
+                .size_limit(REGEX_SIZE_LIMIT)
+                .nest_limit(REGEX_NEST_LIMIT)
+                .build()
+                .map_err(|e| ConfigError {
+                    field: field.clone(),
+                    reason: format!("invalid regex: {e}"),
+                })?;
+            StringMatch::Regex(re)
+        }
+        (None, None, None) => return err(field, "needs one of exact, prefix or regex"),
+        _ => return err(field, "takes exactly one of exact, prefix or regex"),
+    };
+    Ok(m)
+}
+
+fn check_match_value(field: &str, v: &str) -> Result<(), ConfigError> {
+    if v.len() > MAX_MATCH_VALUE_LEN {
+        return err(field, format!("is longer than {MAX_MATCH_VALUE_LEN} bytes"));
+    }
+    Ok(())
+}
+
+fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
+    let routing_header = written_header(
+        "routingHeader",
+        raw.routing_header
+            .as_deref()
+            .unwrap_or(DEFAULT_ROUTING_HEADER),
+    )?;
+    let response_header = match raw.response_header {
+        Some(h) => Some(written_header("responseHeader", &h)?),
+        None => None,
+    };
+
+    // Versions and their weights.
+    let Some(raw_versions) = raw.versions else {
+        return err("versions", "is required: list at least one version");
+    };
+    if raw_versions.is_empty() {
+        return err("versions", "must list at least one version");
+    }
+    if raw_versions.len() > MAX_VERSIONS {
+        return err(
+            "versions",
+            format!("lists more than {MAX_VERSIONS} versions"),
+        );
+    }
+    let mut versions: Vec<Version> = Vec::with_capacity(raw_versions.len());
+    for (i, v) in raw_versions.into_iter().enumerate() {
+        let field = format!("versions[{i}]");
+        if v.name.is_empty() {
+            return err(format!("{field}.name"), "is empty");
+        }
+        if v.name.len() > MAX_VERSION_NAME_LEN {
+            return err(
+                format!("{field}.name"),
+                format!("is longer than {MAX_VERSION_NAME_LEN} bytes"),
+            );
+        }
+        // Visible ASCII only: a valid header value that cannot smuggle CR/LF,
+        // spaces or control bytes into the routing header.
+        if !v.name.bytes().all(|b| b.is_ascii_graphic()) {
+            return err(
+                format!("{field}.name"),
+                format!(
+                    "{:?} is not a valid header value (visible ASCII, no spaces)",
+                    v.name
+                ),
+            );
+        }
+        if versions.iter().any(|seen| seen.name == v.name) {
+            return err(
+                format!("{field}.name"),
+                format!("{:?} is listed twice", v.name),
+            );
+        }
+        if !v.weight.is_finite() || !(0.0..=100.0).contains(&v.weight) {
+            return err(
+                format!("{field}.weight"),
+                format!("{} is not between 0 and 100", v.weight),
+            );
+        }
+        versions.push(Version {
+            name: v.name,
+            weight: v.weight,
+        });
+    }
+    let sum: f64 = versions.iter().map(|v| v.weight).sum();
+    if (sum - 100.0).abs() > WEIGHT_SUM_TOLERANCE {
+        return err("versions", format!("weights sum to {sum}, not 100"));
+    }
+    let thresholds = thresholds(&versions);
+
+    let version_index = |field: &str, name: &str| -> Result<usize, ConfigError> {
+        versions.iter().position(|v| v.name == name).map_or_else(
+            || {
+                let known: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+                err(
+                    field,
+                    format!("{name:?} is not a listed version ({})", known.join(", ")),
+                )
+            },
+            Ok,
+        )
+    };
+
+    let mut slots = HeaderSlots(Vec::new());
+
+    // Stickiness.
+    let st = raw.stickiness;
+    let n_sources = st.user_id_headers.len() + st.user_id_cookies.len();
+    if n_sources > MAX_USER_ID_SOURCES {
+        return err(
+            "stickiness",
+            format!("userIdHeaders and userIdCookies list more than {MAX_USER_ID_SOURCES} sources"),
+        );
+    }
+    let mut user_ids = Vec::with_capacity(n_sources + 1);
+    for (i, h) in st.user_id_headers.iter().enumerate() {
+        let field = format!("stickiness.userIdHeaders[{i}]");
+        let name = header_name(&field, h, false)?;
+        if name == routing_header {
+            return err(field, "is the routing header, which the filter overwrites");
+        }
+        let source = Source::Header {
+            slot: slots.slot(&field, name)?,
+        };
+        if user_ids.contains(&source) {
+            return err(field, format!("{h:?} is listed twice"));
+        }
+        user_ids.push(source);
+    }
+    let cookie_source = |field: &str, name: &str, slots: &mut HeaderSlots| {
+        Ok::<_, ConfigError>(Source::Cookie {
+            name: cookie_name(field, name)?,
+            slot: slots.slot(field, "cookie".into())?,
+        })
+    };
+    for (i, c) in st.user_id_cookies.iter().enumerate() {
+        let field = format!("stickiness.userIdCookies[{i}]");
+        let source = cookie_source(&field, c, &mut slots)?;
+        if user_ids.contains(&source) {
+            return err(field, format!("{c:?} is listed twice"));
+        }
+        user_ids.push(source);
+    }
+    let anonymous_cookie = match st.anonymous_cookie {
+        Some(c) => {
+            let source = cookie_source("stickiness.anonymousCookie.name", &c.name, &mut slots)?;
+            // The generated id is read back like any other user id cookie.
+            if !user_ids.contains(&source) {
+                user_ids.push(source);
+            }
+            let max_age_seconds = c
+                .max_age_seconds
+                .unwrap_or(DEFAULT_ANONYMOUS_COOKIE_MAX_AGE);
+            if max_age_seconds == 0 {
+                return err(
+                    "stickiness.anonymousCookie.maxAgeSeconds",
+                    "must be at least 1",
+                );
+            }
+            Some(AnonymousCookie {
+                name: c.name,
+                max_age_seconds,
+                secure: c.secure,
+            })
+        }
+        None => None,
+    };
+    let salt_is_default = st.salt.is_none();
+    let salt = match st.salt {
+        Some(s) => s,
+        // The stable (first) version's name: constant through a rollout, and
+        // new when the canary is promoted to stable, so each rollout exposes a
+        // different set of users first.
+        None => versions.first().map(|v| v.name.clone()).unwrap_or_default(),
+    };
+    if salt.len() > MAX_SALT_LEN {
+        return err(
+            "stickiness.salt",
+            format!("is longer than {MAX_SALT_LEN} bytes"),
+        );
+    }
+    let mut salted = Murmur3::new(0);
+    salted.write(salt.as_bytes());
+    salted.write(b":");
+
+    // Rules.
+    if raw.rules.len() > MAX_RULES {
+        return err("rules", format!("lists more than {MAX_RULES} rules"));
+    }
+    let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+    for (i, r) in raw.rules.into_iter().enumerate() {
+        let field = format!("rules[{i}]");
+        if r.name.is_empty() || r.name.len() > MAX_NAME_LEN {
+            return err(
+                format!("{field}.name"),
+                format!("must be 1 to {MAX_NAME_LEN} bytes"),
+            );
+        }
+        if !r.name.bytes().all(|b| b.is_ascii_graphic()) {
+            return err(
+                format!("{field}.name"),
+                "must be visible ASCII without spaces",
+            );
+        }
+        if rules.iter().any(|seen| seen.name == r.name) {
+            return err(
+                format!("{field}.name"),
+                format!("{:?} is used by an earlier rule", r.name),
+            );
+        }
+        let version = version_index(&format!("{field}.version"), &r.version)?;
+        let n = r.match_.headers.len() + r.match_.cookies.len();
+        if n == 0 {
+            return err(
+                format!("{field}.match"),
+                "needs at least one header or cookie condition",
+            );
+        }
+        if n > MAX_CONDITIONS_PER_RULE {
+            return err(
+                format!("{field}.match"),
+                format!("has more than {MAX_CONDITIONS_PER_RULE} conditions"),
+            );
+        }
+        let mut conditions = Vec::with_capacity(n);
+        let mut seen_headers: Vec<String> = Vec::new();
+        for (h, m) in r.match_.headers {
+            let cfield = format!("{field}.match.headers.{h}");
+            let name = header_name(&cfield, &h, true)?;
+            if name == routing_header {
+                return err(
+                    cfield,
+                    "is the routing header; the filter replaces it, so a client could pick its version",
+                );
+            }
+            if seen_headers.contains(&name) {
+                return err(
+                    cfield,
+                    "is listed twice (header names are case-insensitive)",
+                );
+            }
+            seen_headers.push(name.clone());
+            conditions.push(Condition {
+                source: Source::Header {
+                    slot: slots.slot(&cfield, name)?,
+                },
+                matcher: string_match(&cfield, m)?,
+            });
+        }
+        for (c, m) in r.match_.cookies {
+            let cfield = format!("{field}.match.cookies.{c}");
+            conditions.push(Condition {
+                source: cookie_source(&cfield, &c, &mut slots)?,
+                matcher: string_match(&cfield, m)?,
+            });
+        }
+        rules.push(Rule {
+            name: r.name,
+            conditions,
+            version,
+        });
+    }
+
+    Ok(Rollout {
+        routing_header,
+        response_header,
+        versions,
+        thresholds,
+        rules,
+        user_ids,
+        salt,
+        salt_is_default,
+        salted,
+        anonymous_cookie,
+        headers: slots.0,
+    })
+}
+
+const BUCKETS: f64 = 4_294_967_296.0; // 2^32
+
+/// Cumulative thresholds on the 2^32 bucket scale. Rounding is `floor` of the
+/// running float sum, exactly as the README's Python snippet computes it, so
+/// assignments are reproducible outside the filter. Monotone in the prefix
+/// sums, which is what the ramp guarantee rests on.
+fn thresholds(versions: &[Version]) -> Vec<u64> {
+    let mut acc = 0.0_f64;
+    let mut out: Vec<u64> = versions
+        .iter()
+        .map(|v| {
+            acc += v.weight;
+            ((acc * BUCKETS / 100.0).floor().clamp(0.0, BUCKETS)) as u64
+        })
+        .collect();
+    if let Some(last) = out.last_mut() {
+        *last = 1 << 32;
+    }
+    out
+}

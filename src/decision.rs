@@ -1,0 +1,152 @@
+//! The per-request decision: rules first (first match wins), then the stable
+//! bucket of the first user id found, then an anonymous pick. Pure: the
+//! request is read through [`Request`], randomness comes from [`Entropy`].
+
+use crate::config::{Rollout, Source};
+use crate::matcher::{cookie_value, trim};
+
+/// Read access to the request being decided.
+pub trait Request {
+    /// The value of request header `name` (lowercase). `slot` is the header's
+    /// index in [`Rollout::headers`]; a host may use it to fetch each header
+    /// at most once per request. With repeated headers, the host returns the
+    /// first value.
+    fn header(&mut self, slot: usize, name: &str) -> Option<&[u8]>;
+}
+
+/// Randomness for anonymous requests. Not security sensitive: a client can
+/// always send a user id of its choice, so ids only need to be well spread.
+pub trait Entropy {
+    fn next_u64(&mut self) -> u64;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A rule matched.
+    Rule,
+    /// A user id was found and hashed.
+    Sticky,
+    /// No user id: a random pick, or a newly generated id sent back in the
+    /// anonymous cookie.
+    Anonymous,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 3] = [Reason::Rule, Reason::Sticky, Reason::Anonymous];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rule => "rule",
+            Reason::Sticky => "sticky",
+            Reason::Anonymous => "anonymous",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A generated anonymous id: 128 random bits as 32 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnonymousId(pub [u8; 32]);
+
+impl AnonymousId {
+    pub fn generate(rng: &mut impl Entropy) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        let words = [rng.next_u64(), rng.next_u64()];
+        for (i, o) in out.iter_mut().enumerate() {
+            let word = words.get(i / 16).copied().unwrap_or(0);
+            let nibble = (word >> ((i % 16) * 4)) & 0xf;
+            *o = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+        }
+        AnonymousId(out)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Index into [`Rollout::versions`].
+    pub version: usize,
+    pub reason: Reason,
+    /// Set when the filter generated an id that must be sent back in the
+    /// anonymous cookie.
+    pub new_id: Option<AnonymousId>,
+}
+
+fn read<'r>(rollout: &Rollout, req: &'r mut impl Request, source: &Source) -> Option<&'r [u8]> {
+    match source {
+        Source::Header { slot } => {
+            let name = rollout.headers.get(*slot)?;
+            req.header(*slot, name)
+        }
+        Source::Cookie { slot, name } => {
+            let header_name = rollout.headers.get(*slot)?;
+            cookie_value(req.header(*slot, header_name)?, name)
+        }
+    }
+}
+
+pub fn decide(rollout: &Rollout, req: &mut impl Request, rng: &mut impl Entropy) -> Decision {
+    for rule in &rollout.rules {
+        let holds = rule
+            .conditions
+            .iter()
+            .all(|c| read(rollout, req, &c.source).is_some_and(|value| c.matcher.matches(value)));
+        if holds {
+            return Decision {
+                version: rule.version,
+                reason: Reason::Rule,
+                new_id: None,
+            };
+        }
+    }
+
+    for source in &rollout.user_ids {
+        let Some(id) = read(rollout, req, source).map(trim) else {
+            continue;
+        };
+        if id.is_empty() {
+            continue;
+        }
+        return Decision {
+            version: rollout.version_of_bucket(rollout.bucket_of(id)),
+            reason: Reason::Sticky,
+            new_id: None,
+        };
+    }
+
+    if rollout.anonymous_cookie.is_some() {
+        // The cookie carries an id, not a version: the user is bucketed like
+        // any other id, so the split stays exact and later weight changes
+        // move anonymous users exactly as they move known ones.
+        let id = AnonymousId::generate(rng);
+        return Decision {
+            version: rollout.version_of_bucket(rollout.bucket_of(id.as_bytes())),
+            reason: Reason::Anonymous,
+            new_id: Some(id),
+        };
+    }
+    Decision {
+        version: rollout.version_of_bucket((rng.next_u64() >> 32) as u32),
+        reason: Reason::Anonymous,
+        new_id: None,
+    }
+}
+
+/// wyrand: a small, fast, well-distributed PRNG. Seeded from the host's
+/// randomness once per VM; anonymous picks do not need more.
+pub struct WyRand(pub u64);
+
+impl Entropy for WyRand {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0xa076_1d64_78bd_642f);
+        let t = u128::from(self.0) * u128::from(self.0 ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    }
+}

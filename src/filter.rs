@@ -1,0 +1,86 @@
+//! What the filter does to a stream, written against a narrow [`Host`] trait
+//! so it runs natively in tests with a fake host. The proxy-wasm glue
+//! (`abi.rs`) implements `Host` with real host calls and does nothing else.
+
+use std::fmt::Write as _;
+
+use crate::config::Rollout;
+use crate::decision::{decide, AnonymousId, Decision, Entropy, Reason, Request};
+
+/// The host operations the filter needs on the request path.
+pub trait Host: Request {
+    /// Replaces every value of a request header with `value`.
+    fn set_request_header(&mut self, name: &str, value: &[u8]);
+    /// Makes the router re-evaluate the route after the header change.
+    fn clear_route_cache(&mut self);
+    /// Counts one decision.
+    fn count(&mut self, version: usize, reason: Reason);
+}
+
+/// The host operations needed when the response headers pass.
+pub trait ResponseHost {
+    fn set_response_header(&mut self, name: &str, value: &[u8]);
+    fn add_response_header(&mut self, name: &str, value: &[u8]);
+}
+
+/// What the response phase still has to do for a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub version: usize,
+    pub new_id: Option<AnonymousId>,
+}
+
+/// Decides the version, writes the routing header (replacing whatever the
+/// client sent), re-routes and counts. Returns the work left for the response,
+/// if any.
+pub fn on_request_headers(
+    rollout: &Rollout,
+    host: &mut impl Host,
+    rng: &mut impl Entropy,
+) -> (Decision, Option<Pending>) {
+    let d = decide(rollout, host, rng);
+    let name = rollout
+        .versions
+        .get(d.version)
+        .map_or(&b""[..], |v| v.name.as_bytes());
+    host.set_request_header(&rollout.routing_header, name);
+    host.clear_route_cache();
+    host.count(d.version, d.reason);
+    let pending = (rollout.response_header.is_some() || d.new_id.is_some()).then_some(Pending {
+        version: d.version,
+        new_id: d.new_id,
+    });
+    (d, pending)
+}
+
+pub fn on_response_headers(rollout: &Rollout, pending: &Pending, host: &mut impl ResponseHost) {
+    if let (Some(header), Some(v)) = (
+        &rollout.response_header,
+        rollout.versions.get(pending.version),
+    ) {
+        host.set_response_header(header, v.name.as_bytes());
+    }
+    if let (Some(id), Some(cookie)) = (&pending.new_id, &rollout.anonymous_cookie) {
+        let mut value = String::with_capacity(cookie.name.len() + 96);
+        value.push_str(&cookie.name);
+        value.push('=');
+        value.extend(id.as_bytes().iter().map(|&b| char::from(b)));
+        let _ = write!(
+            value,
+            "; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
+            cookie.max_age_seconds
+        );
+        if cookie.secure {
+            value.push_str("; Secure");
+        }
+        host.add_response_header("set-cookie", value.as_bytes());
+    }
+}
+
+/// The proxy-wasm metric name for a (version, reason) pair. Envoy files it
+/// under `wasmcustom.`; its Prometheus output drops that prefix, giving
+/// `canary_selector_requests_<version>_<reason>`. Istio's default stats
+/// inclusion keeps every name starting with `wasm`, so these are exported.
+pub fn metric_name(version: &str, reason: Reason) -> String {
+    format!("canary_selector.requests.{version}.{}", reason.as_str())
+}

@@ -1,0 +1,38 @@
+//! canary-selector: a proxy-wasm HTTP filter that assigns each request a model
+//! version (rules first, then a stable hash of the user's id) and writes the
+//! routing header a VirtualService matches.
+//!
+//! Pure modules (no host calls, tested natively):
+//! - [`config`]: the plugin config, parsed and validated into a [`config::Rollout`];
+//! - [`hash`]: MurmurHash3 x86_32, the documented bucketing hash;
+//! - [`matcher`]: Istio-style string matches and cookie lookup;
+//! - [`decision`]: the per-request decision;
+//! - [`filter`]: what the filter does to a stream, against a narrow host trait.
+//!
+//! `abi` (wasm32 only) is the thin proxy-wasm glue.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+pub mod config;
+pub mod decision;
+pub mod filter;
+pub mod hash;
+pub mod matcher;
+
+#[cfg(target_arch = "wasm32")]
+mod abi;
+
+/// User ids are hashed over at most this many bytes; longer ids are
+/// truncated (deterministically) before hashing. Real ids (UUIDs, emails,
+/// subject claims) are far shorter; the bound keeps hostile 8 KB ids cheap.
+pub const MAX_USER_ID_LEN: usize = 256;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1013 @@
+//! Native tests of the pure core: config errors, hash vectors, rule
+//! precedence, the split, stickiness, the ramp guarantee, and the filter's
+//! host-facing behaviour through a fake host.
+
+use crate::config::{ConfigError, Rollout};
+use crate::decision::{decide, Entropy, Reason, Request, WyRand};
+use crate::filter::{self, Host, ResponseHost};
+
+/// Request headers as (lowercase name, value) pairs.
+type Headers<'a> = Vec<(&'a str, &'a [u8])>;
+
+/// A request as a list of (lowercase name, value) headers.
+#[derive(Default)]
+struct FakeRequest {
+    headers: Vec<(String, Vec<u8>)>,
+    set: Vec<(String, Vec<u8>)>,
+    route_cache_cleared: usize,
+    counted: Vec<(usize, Reason)>,
+    /// How many times each header was read from the host.
+    reads: Vec<String>,
+}
+
+impl FakeRequest {
+    fn with(headers: &[(&str, &[u8])]) -> Self {
+        FakeRequest {
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Request for FakeRequest {
+    fn header(&mut self, _slot: usize, name: &str) -> Option<&[u8]> {
+        self.reads.push(name.to_string());
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+impl Host for FakeRequest {
+    fn set_request_header(&mut self, name: &str, value: &[u8]) {
+        self.headers.retain(|(k, _)| k != name);
+        self.headers.push((name.to_string(), value.to_vec()));
+        self.set.push((name.to_string(), value.to_vec()));
+    }
+    fn clear_route_cache(&mut self) {
+        self.route_cache_cleared += 1;
+    }
+    fn count(&mut self, version: usize, reason: Reason) {
+        self.counted.push((version, reason));
+    }
+}
+
+#[derive(Default)]
+struct FakeResponse {
+    headers: Vec<(String, String)>,
+}
+
+impl ResponseHost for FakeResponse {
+    fn set_response_header(&mut self, name: &str, value: &[u8]) {
+        self.headers.retain(|(k, _)| k != name);
+        self.add_response_header(name, value);
+    }
+    fn add_response_header(&mut self, name: &str, value: &[u8]) {
+        self.headers.push((
+            name.to_string(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+    }
+}
+
+fn rollout(json: &str) -> Rollout {
+    Rollout::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("config rejected: {e}\n{json}"))
+}
+
+fn rejected(json: &str) -> ConfigError {
+    match Rollout::from_json(json.as_bytes()) {
+        Ok(_) => panic!("config accepted but should not be: {json}"),
+        Err(e) => e,
+    }
+}
+
+fn split(v1: f64, v2: f64) -> Rollout {
+    rollout(&format!(
+        r#"{{"versions":[{{"name":"model-v1","weight":{v1}}},{{"name":"model-v2","weight":{v2}}}],
+            "stickiness":{{"userIdHeaders":["x-user-id"]}}}}"#
+    ))
+}
+
+fn version_for(r: &Rollout, user: &str) -> String {
+    let mut req = FakeRequest::with(&[("x-user-id", user.as_bytes())]);
+    let d = decide(r, &mut req, &mut WyRand(1));
+    assert_eq!(d.reason, Reason::Sticky);
+    r.versions[d.version].name.clone()
+}
+
+const DEMO: &str = r#"{
+  "routingHeader": "x-canary-version",
+  "versions": [{"name": "model-v1", "weight": 90}, {"name": "model-v2", "weight": 10.0}],
+  "stickiness": {"userIdHeaders": ["x-user-id"], "userIdCookies": ["user_id"]},
+  "rules": [
+    {"name": "testers", "match": {"headers": {"x-canary-tester": {"exact": "true"}}}, "version": "model-v2"},
+    {"name": "stable-pin", "match": {"cookies": {"pin": {"exact": "stable"}}}, "version": "model-v1"}
+  ],
+  "responseHeader": "x-canary-version"
+}"#;
+
+// ---------------------------------------------------------------------------
+// Config: accepted forms.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn demo_config_is_accepted_with_defaults_filled_in() {
+    let r = rollout(DEMO);
+    assert_eq!(r.routing_header, "x-canary-version");
+    assert_eq!(r.versions.len(), 2);
+    assert_eq!(r.rules.len(), 2);
+    assert_eq!(
+        r.salt, "model-v1",
+        "default salt is the first version's name"
+    );
+    assert!(r.salt_is_default);
+    assert_eq!(r.response_header.as_deref(), Some("x-canary-version"));
+    let s = r.summary();
+    assert!(s.contains("model-v1=90% model-v2=10%"), "{s}");
+    assert!(s.contains("testers->model-v2"), "{s}");
+}
+
+#[test]
+fn minimal_config_uses_the_default_routing_header() {
+    let r = rollout(r#"{"versions":[{"name":"v1","weight":100}]}"#);
+    assert_eq!(r.routing_header, "x-canary-version");
+    assert!(r.rules.is_empty() && r.user_ids.is_empty());
+    assert!(r.response_header.is_none());
+}
+
+#[test]
+fn weights_accept_integers_floats_and_fractions() {
+    for (a, b) in [
+        ("10", "90"),
+        ("10.0", "90.0"),
+        ("0.5", "99.5"),
+        ("1e1", "9e1"),
+    ] {
+        let r = rollout(&format!(
+            r#"{{"versions":[{{"name":"a","weight":{a}}},{{"name":"b","weight":{b}}}]}}"#
+        ));
+        assert_eq!(r.versions.len(), 2);
+    }
+    // Thirds that only sum to 100 within float rounding.
+    rollout(
+        r#"{"versions":[{"name":"a","weight":33.3333333},{"name":"b","weight":33.3333333},{"name":"c","weight":33.3333334}]}"#,
+    );
+}
+
+#[test]
+fn header_names_are_lowercased() {
+    let r = rollout(
+        r#"{"routingHeader":"X-Model-Version","versions":[{"name":"v1","weight":100}],
+            "stickiness":{"userIdHeaders":["X-User-ID"]}}"#,
+    );
+    assert_eq!(r.routing_header, "x-model-version");
+    assert_eq!(r.headers, vec!["x-user-id".to_string()]);
+}
+
+#[test]
+fn istio_doubles_for_whole_numbers_are_accepted() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":100.0}],
+            "stickiness":{"anonymousCookie":{"name":"cid","maxAgeSeconds":3600.0}}}"#,
+    );
+    assert_eq!(r.anonymous_cookie.as_ref().unwrap().max_age_seconds, 3600);
+}
+
+// ---------------------------------------------------------------------------
+// Config: every error names its field.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn config_errors_name_the_field_and_reason() {
+    let v = r#""versions":[{"name":"v1","weight":90},{"name":"v2","weight":10}]"#;
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("".into(), "(config)", "empty"),
+        ("not json".into(), "(config)", "JSON object"),
+        ("[]".into(), "(config)", "JSON object"),
+        ("{".into(), "(config)", "EOF"),
+        ("{}".into(), "versions", "required"),
+        (r#"{"versions":[]}"#.into(), "versions", "at least one"),
+        (
+            format!(r#"{{{v},"unknown":1}}"#),
+            "unknown",
+            "unknown field",
+        ),
+        (
+            format!(r#"{{{v},"routingHeader":""}}"#),
+            "routingHeader",
+            "empty",
+        ),
+        (
+            format!(r#"{{{v},"routingHeader":"x bad"}}"#),
+            "routingHeader",
+            "not a valid header name",
+        ),
+        (
+            format!(r#"{{{v},"routingHeader":"x-a\r\nx-b"}}"#),
+            "routingHeader",
+            "not a valid header name",
+        ),
+        (
+            format!(r#"{{{v},"routingHeader":":path"}}"#),
+            "routingHeader",
+            "pseudo-header",
+        ),
+        (
+            format!(r#"{{{v},"routingHeader":"Host"}}"#),
+            "routingHeader",
+            "reserved",
+        ),
+        (
+            format!(r#"{{{v},"responseHeader":"set-cookie"}}"#),
+            "responseHeader",
+            "reserved",
+        ),
+        (
+            format!(r#"{{{v},"routingHeader":7}}"#),
+            "routingHeader",
+            "invalid type",
+        ),
+        (
+            r#"{"versions":[{"name":"","weight":100}]}"#.into(),
+            "versions[0].name",
+            "empty",
+        ),
+        (
+            r#"{"versions":[{"name":"v 1","weight":100}]}"#.into(),
+            "versions[0].name",
+            "valid header value",
+        ),
+        (
+            r#"{"versions":[{"name":"v1\r\nx: y","weight":100}]}"#.into(),
+            "versions[0].name",
+            "valid header value",
+        ),
+        (
+            r#"{"versions":[{"name":"v\u00e9","weight":100}]}"#.into(),
+            "versions[0].name",
+            "valid header value",
+        ),
+        (
+            format!(
+                r#"{{"versions":[{{"name":"{}","weight":100}}]}}"#,
+                "v".repeat(65)
+            ),
+            "versions[0].name",
+            "longer than",
+        ),
+        (
+            r#"{"versions":[{"name":"v1","weight":50},{"name":"v1","weight":50}]}"#.into(),
+            "versions[1].name",
+            "twice",
+        ),
+        (
+            r#"{"versions":[{"name":"v1","weight":-1},{"name":"v2","weight":101}]}"#.into(),
+            "versions[0].weight",
+            "between 0 and 100",
+        ),
+        (
+            r#"{"versions":[{"name":"v1","weight":"100"}]}"#.into(),
+            "versions[0].weight",
+            "invalid type",
+        ),
+        (
+            r#"{"versions":[{"name":"v1"}]}"#.into(),
+            "versions[0]",
+            "missing field `weight`",
+        ),
+        (
+            r#"{"versions":[{"name":"v1","weight":100,"color":"blue"}]}"#.into(),
+            "versions[0].color",
+            "unknown field",
+        ),
+        (
+            r#"{"versions":[{"name":"v1","weight":90},{"name":"v2","weight":9}]}"#.into(),
+            "versions",
+            "sum to 99",
+        ),
+        (
+            format!(r#"{{{v},"stickiness":{{"userIdHeaders":["x y"]}}}}"#),
+            "stickiness.userIdHeaders[0]",
+            "not a valid header name",
+        ),
+        (
+            format!(r#"{{{v},"stickiness":{{"userIdHeaders":["x-canary-version"]}}}}"#),
+            "stickiness.userIdHeaders[0]",
+            "routing header",
+        ),
+        (
+            format!(r#"{{{v},"stickiness":{{"userIdHeaders":["a","A"]}}}}"#),
+            "stickiness.userIdHeaders[1]",
+            "twice",
+        ),
+        (
+            format!(r#"{{{v},"stickiness":{{"userIdCookies":["a;b"]}}}}"#),
+            "stickiness.userIdCookies[0]",
+            "not a valid cookie name",
+        ),
+        (
+            format!(r#"{{{v},"stickiness":{{"userIdCookies":[""]}}}}"#),
+            "stickiness.userIdCookies[0]",
+            "empty",
+        ),
+        (
+            format!(r#"{{{v},"stickiness":{{"salt":"{}"}}}}"#, "s".repeat(257)),
+            "stickiness.salt",
+            "longer than",
+        ),
+        (
+            format!(
+                r#"{{{v},"stickiness":{{"anonymousCookie":{{"name":"c","maxAgeSeconds":1.5}}}}}}"#
+            ),
+            "stickiness.anonymousCookie.maxAgeSeconds",
+            "whole number",
+        ),
+        (
+            format!(
+                r#"{{{v},"stickiness":{{"anonymousCookie":{{"name":"c","maxAgeSeconds":0}}}}}}"#
+            ),
+            "stickiness.anonymousCookie.maxAgeSeconds",
+            "at least 1",
+        ),
+        (
+            format!(r#"{{{v},"stickiness":{{"anonymousCookie":{{"name":"c=d"}}}}}}"#),
+            "stickiness.anonymousCookie.name",
+            "not a valid cookie name",
+        ),
+        (
+            format!(r#"{{{v},"stickiness":{{"userIdHeader":["x"]}}}}"#),
+            "stickiness.userIdHeader",
+            "unknown field",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x-t":{{"exact":"1"}}}}}},"version":"v3"}}]}}"#
+            ),
+            "rules[0].version",
+            "not a listed version",
+        ),
+        (
+            format!(r#"{{{v},"rules":[{{"name":"t","match":{{}},"version":"v2"}}]}}"#),
+            "rules[0].match",
+            "at least one",
+        ),
+        (
+            format!(r#"{{{v},"rules":[{{"name":"t","version":"v2"}}]}}"#),
+            "rules[0].match",
+            "at least one",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"","match":{{"headers":{{"x-t":{{"exact":"1"}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].name",
+            "1 to",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x-t":{{}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].match.headers.x-t",
+            "one of exact, prefix or regex",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x-t":{{"exact":"1","prefix":"1"}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].match.headers.x-t",
+            "exactly one",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x-t":{{"suffix":"1"}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].match.headers.x-t.suffix",
+            "unknown field",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x-t":{{"regex":"(unclosed"}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].match.headers.x-t.regex",
+            "invalid regex",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x-t":{{"regex":"{}"}}}}}},"version":"v2"}}]}}"#,
+                "a".repeat(513)
+            ),
+            "rules[0].match.headers.x-t.regex",
+            "longer than 512",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x-canary-version":{{"exact":"v2"}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].match.headers.x-canary-version",
+            "routing header",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"X-T":{{"exact":"1"}},"x-t":{{"exact":"2"}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].match.headers.x-t",
+            "twice",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"cookies":{{"a b":{{"exact":"1"}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].match.cookies.a b",
+            "not a valid cookie name",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x":{{"exact":"1"}}}}}},"version":"v2"}},{{"name":"t","match":{{"headers":{{"y":{{"exact":"1"}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[1].name",
+            "earlier rule",
+        ),
+    ];
+    for (json, field, reason) in cases {
+        let e = rejected(&json);
+        assert_eq!(e.field, field, "config {json}\nerror: {e}");
+        assert!(
+            e.reason.contains(reason),
+            "config {json}\nerror {e:?} lacks {reason:?}"
+        );
+    }
+}
+
+#[test]
+fn config_size_limits_are_enforced() {
+    let many_versions: Vec<String> = (0..17)
+        .map(|i| {
+            format!(
+                r#"{{"name":"v{i}","weight":{}}}"#,
+                if i == 0 { 100 } else { 0 }
+            )
+        })
+        .collect();
+    let e = rejected(&format!(r#"{{"versions":[{}]}}"#, many_versions.join(",")));
+    assert_eq!(e.field, "versions");
+
+    let rule = |i: usize| {
+        format!(
+            r#"{{"name":"r{i}","match":{{"headers":{{"x-{i}":{{"exact":"1"}}}}}},"version":"v1"}}"#
+        )
+    };
+    let rules: Vec<String> = (0..33).map(rule).collect();
+    let e = rejected(&format!(
+        r#"{{"versions":[{{"name":"v1","weight":100}}],"rules":[{}]}}"#,
+        rules.join(",")
+    ));
+    assert_eq!(e.field, "rules");
+    // 32 rules, each with its own header, read 32 distinct headers: accepted.
+    let rules: Vec<String> = (0..32).map(rule).collect();
+    rollout(&format!(
+        r#"{{"versions":[{{"name":"v1","weight":100}}],"rules":[{}]}}"#,
+        rules.join(",")
+    ));
+    // One more distinct header (a user id) is one too many.
+    let e = rejected(&format!(
+        r#"{{"versions":[{{"name":"v1","weight":100}}],"rules":[{}],"stickiness":{{"userIdHeaders":["x-user"]}}}}"#,
+        rules.join(",")
+    ));
+    assert_eq!(e.field, "rules[31].match.headers.x-31");
+    assert!(e.reason.contains("distinct headers"), "{e}");
+}
+
+#[test]
+fn regex_bombs_are_rejected_or_linear() {
+    // A pattern whose compiled program would be huge is refused at config time.
+    let e = rejected(
+        r#"{"versions":[{"name":"v1","weight":100}],
+            "rules":[{"name":"t","match":{"headers":{"x":{"regex":"((((((a{100}){100}){100}){100})))"}}},"version":"v1"}]}"#,
+    );
+    assert_eq!(e.field, "rules[0].match.headers.x.regex");
+    // The classic catastrophic-backtracking pattern runs in linear time.
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":100}],
+            "rules":[{"name":"t","match":{"headers":{"x":{"regex":"(a+)+$"}}},"version":"v1"}]}"#,
+    );
+    let mut value = vec![b'a'; 8192];
+    value.push(b'!');
+    let mut req = FakeRequest::with(&[("x", &value)]);
+    let d = decide(&r, &mut req, &mut WyRand(1));
+    assert_eq!(d.reason, Reason::Anonymous, "no match, no hang");
+}
+
+// ---------------------------------------------------------------------------
+// Hash and buckets: reproducible outside the filter.
+// ---------------------------------------------------------------------------
+
+/// Vectors computed independently with Python's `mmh3` and the README's
+/// formula: bucket = mmh3.hash(salt + ":" + user_id, 0, signed=False).
+#[test]
+fn bucket_test_vectors_match_the_documented_formula() {
+    let r = split(90.0, 10.0); // salt defaults to "model-v1"
+    let vectors = [
+        ("alice", 0x849b_c28b_u32),
+        ("bob", 0x933b_c310),
+        ("carol", 0xdee8_5a33),
+        ("dave", 0x53eb_3fd8),
+        ("user-42", 0x5b1b_2195),
+        ("0f8fad5b-d9cb-469f-a165-70867728950e", 0x55d4_f6ad),
+        ("user-27", 0xf6e9_7511),
+        ("user-31", 0xeac7_0d80),
+    ];
+    for (id, bucket) in vectors {
+        assert_eq!(r.bucket_of(id.as_bytes()), bucket, "{id}");
+    }
+    for id in ["alice", "bob", "carol", "dave", "user-42"] {
+        assert_eq!(version_for(&r, id), "model-v1", "{id} at 90/10");
+    }
+    for id in ["user-27", "user-31", "user-47"] {
+        assert_eq!(version_for(&r, id), "model-v2", "{id} at 90/10");
+    }
+    let half = split(50.0, 50.0);
+    for (id, want) in [
+        ("alice", "model-v2"),
+        ("bob", "model-v2"),
+        ("carol", "model-v2"),
+        ("dave", "model-v1"),
+        ("user-42", "model-v1"),
+    ] {
+        assert_eq!(version_for(&half, id), want, "{id} at 50/50");
+    }
+}
+
+#[test]
+fn long_user_ids_are_hashed_over_their_first_256_bytes() {
+    let r = rollout(r#"{"versions":[{"name":"v1","weight":100}],"stickiness":{"salt":"s"}}"#);
+    let long = "x".repeat(300);
+    assert_eq!(r.bucket_of(long.as_bytes()), 0x9f87_a57d);
+    assert_eq!(r.bucket_of(&long.as_bytes()[..256]), 0x9f87_a57d);
+    assert_eq!(r.bucket_of(b"x"), crate::hash::murmur3_32(b"s:x", 0));
+}
+
+#[test]
+fn thresholds_follow_the_cumulative_floor_formula() {
+    let r = split(90.0, 10.0);
+    assert_eq!(
+        r.thresholds,
+        vec![(0.9f64 * 4294967296.0).floor() as u64, 1 << 32]
+    );
+    let edge = r.thresholds[0];
+    assert_eq!(r.version_of_bucket((edge - 1) as u32), 0);
+    assert_eq!(r.version_of_bucket(edge as u32), 1);
+    assert_eq!(r.version_of_bucket(u32::MAX), 1);
+    assert_eq!(r.version_of_bucket(0), 0);
+    // Zero weights never receive anyone, wherever they are listed.
+    let r = rollout(
+        r#"{"versions":[{"name":"a","weight":0},{"name":"b","weight":100},{"name":"c","weight":0}]}"#,
+    );
+    for b in [0u32, 1, 1 << 31, u32::MAX] {
+        assert_eq!(r.version_of_bucket(b), 1);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The decision.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn rules_come_first_and_the_first_match_wins() {
+    let r = rollout(DEMO);
+    // A tester with a user id that would be on v1: the rule wins.
+    let mut req = FakeRequest::with(&[("x-canary-tester", b"true"), ("x-user-id", b"alice")]);
+    let d = decide(&r, &mut req, &mut WyRand(1));
+    assert_eq!((d.version, d.reason), (1, Reason::Rule));
+    // Both rules match: the first listed wins.
+    let mut req = FakeRequest::with(&[("x-canary-tester", b"true"), ("cookie", b"pin=stable")]);
+    assert_eq!(decide(&r, &mut req, &mut WyRand(1)).version, 1);
+    // Only the second rule matches.
+    let mut req = FakeRequest::with(&[
+        ("x-canary-tester", b"false"),
+        ("cookie", b"a=b; pin=stable"),
+    ]);
+    let d = decide(&r, &mut req, &mut WyRand(1));
+    assert_eq!((d.version, d.reason), (0, Reason::Rule));
+    // Near misses do not match.
+    for (name, value) in [
+        ("x-canary-tester", &b"TRUE"[..]),
+        ("x-canary-tester", b"true "),
+        ("x-canary-tester", b""),
+        ("cookie", b"pin=stable2"),
+        ("cookie", b"xpin=stable"),
+    ] {
+        let mut req = FakeRequest::with(&[(name, value), ("x-user-id", b"user-27")]);
+        let d = decide(&r, &mut req, &mut WyRand(1));
+        assert_eq!(d.reason, Reason::Sticky, "{name}: {value:?}");
+    }
+}
+
+#[test]
+fn every_condition_of_a_rule_must_hold() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
+            "rules":[{"name":"qa","match":{
+                "headers":{"x-team":{"prefix":"qa-"},":path":{"regex":"/v1/models/[a-z]+:predict"}},
+                "cookies":{"beta":{"exact":"1"}}},"version":"v2"}]}"#,
+    );
+    let full: [(&str, &[u8]); 3] = [
+        ("x-team", b"qa-berlin"),
+        (":path", b"/v1/models/iris:predict"),
+        ("cookie", b"beta=1"),
+    ];
+    let mut req = FakeRequest::with(&full);
+    assert_eq!(decide(&r, &mut req, &mut WyRand(1)).version, 1);
+    for missing in 0..full.len() {
+        let partial: Vec<(&str, &[u8])> = full
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != missing)
+            .map(|(_, h)| *h)
+            .collect();
+        let mut req = FakeRequest::with(&partial);
+        assert_eq!(
+            decide(&r, &mut req, &mut WyRand(1)).version,
+            0,
+            "without {:?}",
+            full[missing].0
+        );
+    }
+    let mut req = FakeRequest::with(&[
+        ("x-team", b"qa-berlin"),
+        (":path", b"/v1/models/iris:predict/extra"),
+        ("cookie", b"beta=1"),
+    ]);
+    assert_eq!(
+        decide(&r, &mut req, &mut WyRand(1)).version,
+        0,
+        "regex is anchored"
+    );
+}
+
+#[test]
+fn a_rule_may_pin_a_zero_weight_version() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
+            "stickiness":{"userIdHeaders":["x-user-id"]},
+            "rules":[{"name":"testers","match":{"headers":{"x-canary-tester":{"exact":"true"}}},"version":"v2"}]}"#,
+    );
+    let mut req = FakeRequest::with(&[("x-canary-tester", b"true")]);
+    assert_eq!(decide(&r, &mut req, &mut WyRand(1)).version, 1);
+    for i in 0..2000 {
+        assert_eq!(version_for(&r, &format!("user-{i}")), "v1");
+    }
+}
+
+#[test]
+fn user_id_sources_are_tried_in_order() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":50},{"name":"v2","weight":50}],
+            "stickiness":{"userIdHeaders":["x-user-id","x-session"],"userIdCookies":["uid","sid"]}}"#,
+    );
+    let bucket_version = |id: &str| r.version_of_bucket(r.bucket_of(id.as_bytes()));
+    let cases: Vec<(Headers, &str)> = vec![
+        (
+            vec![
+                ("x-user-id", b"a"),
+                ("x-session", b"b"),
+                ("cookie", b"uid=c"),
+            ],
+            "a",
+        ),
+        (vec![("x-session", b"b"), ("cookie", b"uid=c; sid=d")], "b"),
+        (vec![("cookie", b"sid=d; uid=c")], "c"),
+        (vec![("cookie", b"sid=d")], "d"),
+        // Empty values are skipped, not hashed.
+        (
+            vec![
+                ("x-user-id", b""),
+                ("x-session", b"  "),
+                ("cookie", b"uid=; sid=d"),
+            ],
+            "d",
+        ),
+        // Surrounding whitespace is not part of the id.
+        (vec![("x-user-id", b"  a\t")], "a"),
+    ];
+    for (headers, id) in cases {
+        let mut req = FakeRequest::with(&headers);
+        let d = decide(&r, &mut req, &mut WyRand(1));
+        assert_eq!(d.reason, Reason::Sticky, "{headers:?}");
+        assert_eq!(
+            d.version,
+            bucket_version(id),
+            "{headers:?} should use id {id}"
+        );
+    }
+}
+
+#[test]
+fn the_cookie_header_is_read_once_per_request() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":50},{"name":"v2","weight":50}],
+            "stickiness":{"userIdCookies":["a","b","c"]}}"#,
+    );
+    assert_eq!(r.headers, vec!["cookie".to_string()]);
+    let slots: Vec<_> = r.user_ids.iter().collect();
+    assert_eq!(slots.len(), 3);
+}
+
+#[test]
+fn stickiness_same_id_same_version_always() {
+    let r = split(50.0, 50.0);
+    for i in 0..500 {
+        let id = format!("user-{i}");
+        let first = version_for(&r, &id);
+        for _ in 0..3 {
+            assert_eq!(version_for(&r, &id), first);
+        }
+    }
+}
+
+#[test]
+fn the_split_is_within_statistical_bounds_over_100000_ids() {
+    for (v1, v2) in [(99.0, 1.0), (90.0, 10.0), (50.0, 50.0), (0.5, 99.5)] {
+        let r = split(v1, v2);
+        let n = 100_000;
+        let on_v2 = (0..n)
+            .filter(|i| {
+                let id = format!("{i:08x}-user");
+                r.version_of_bucket(r.bucket_of(id.as_bytes())) == 1
+            })
+            .count() as f64;
+        let p = v2 / 100.0;
+        let expected = p * n as f64;
+        // Five standard deviations of a binomial: fails by chance ~1e-6.
+        let sigma = (n as f64 * p * (1.0 - p)).sqrt();
+        assert!(
+            (on_v2 - expected).abs() <= 5.0 * sigma,
+            "{v1}/{v2}: {on_v2} on v2, expected {expected} ± {}",
+            5.0 * sigma
+        );
+    }
+}
+
+#[test]
+fn anonymous_requests_follow_the_split() {
+    let r = split(90.0, 10.0);
+    let mut rng = WyRand(42);
+    let n = 100_000;
+    let mut on_v2 = 0;
+    for _ in 0..n {
+        let d = decide(&r, &mut FakeRequest::default(), &mut rng);
+        assert_eq!(d.reason, Reason::Anonymous);
+        assert!(d.new_id.is_none());
+        on_v2 += d.version;
+    }
+    let sigma = (n as f64 * 0.1 * 0.9).sqrt();
+    assert!((on_v2 as f64 - 10_000.0).abs() <= 5.0 * sigma, "{on_v2}");
+}
+
+#[test]
+fn anonymous_cookie_ids_are_bucketed_like_user_ids() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":50},{"name":"v2","weight":50}],
+            "stickiness":{"userIdHeaders":["x-user-id"],"anonymousCookie":{"name":"canary_id"}}}"#,
+    );
+    let mut rng = WyRand(7);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let d = decide(&r, &mut FakeRequest::default(), &mut rng);
+        let id = d.new_id.expect("an id is generated");
+        assert!(id.0.iter().all(|b| b.is_ascii_hexdigit()));
+        assert!(seen.insert(id.0), "ids are unique");
+        assert_eq!(d.version, r.version_of_bucket(r.bucket_of(&id.0)));
+        // The next request carries the cookie and is sticky on the same version.
+        let cookie = [b"canary_id=".as_slice(), &id.0].concat();
+        let mut req = FakeRequest::with(&[("cookie", &cookie)]);
+        let next = decide(&r, &mut req, &mut rng);
+        assert_eq!(
+            (next.version, next.reason, next.new_id),
+            (d.version, Reason::Sticky, None)
+        );
+    }
+}
+
+/// The ramp guarantee: when weight moves from earlier-listed versions to
+/// later-listed ones (every prefix sum of weights shrinks or stays), no user
+/// moves to an earlier-listed version. Checked for many random weight pairs.
+#[test]
+fn ramp_guarantee_no_user_moves_backwards() {
+    let ids: Vec<String> = (0..3000).map(|i| format!("u{i}")).collect();
+    let mut rng = WyRand(99);
+    // 0..=100 with three decimals.
+    let weight = |rng: &mut WyRand| (rng.next_u64() % 100_001) as f64 / 1000.0;
+    for _ in 0..150 {
+        // Two versions: v2 grows from a to b >= a.
+        let (x, y) = (weight(&mut rng), weight(&mut rng));
+        let (a, b) = (x.min(y), x.max(y));
+        let before = split(100.0 - a, a);
+        let after = split(100.0 - b, b);
+        for id in &ids {
+            let (vb, va) = (
+                before.version_of_bucket(before.bucket_of(id.as_bytes())),
+                after.version_of_bucket(after.bucket_of(id.as_bytes())),
+            );
+            assert!(
+                va >= vb,
+                "{id} moved back from v{} to v{} when v2 went {a}% -> {b}%",
+                vb + 1,
+                va + 1
+            );
+        }
+    }
+    // Three versions: random weights, then move weight forward.
+    for _ in 0..150 {
+        let mut w = [weight(&mut rng), weight(&mut rng), 0.0];
+        if w[0] + w[1] > 100.0 {
+            w = [w[0] / 2.0, w[1] / 2.0, 0.0];
+        }
+        w[2] = 100.0 - w[0] - w[1];
+        let mut moved = w;
+        let from = (rng_pick(&mut rng, 2)) as usize; // 0 or 1
+        let to = from + 1 + rng_pick(&mut rng, (2 - from) as u64) as usize;
+        let amount = moved[from] * ((rng.next_u64() % 101) as f64 / 100.0);
+        moved[from] -= amount;
+        moved[to] += amount;
+        let three = |w: [f64; 3]| {
+            rollout(&format!(
+                r#"{{"versions":[{{"name":"v1","weight":{}}},{{"name":"v2","weight":{}}},{{"name":"v3","weight":{}}}]}}"#,
+                w[0], w[1], w[2]
+            ))
+        };
+        let (before, after) = (three(w), three(moved));
+        for id in &ids {
+            let vb = before.version_of_bucket(before.bucket_of(id.as_bytes()));
+            let va = after.version_of_bucket(after.bucket_of(id.as_bytes()));
+            assert!(
+                va >= vb,
+                "{id}: {w:?} -> {moved:?} moved it back from {vb} to {va}"
+            );
+        }
+    }
+}
+
+fn rng_pick(rng: &mut WyRand, n: u64) -> u64 {
+    if n == 0 {
+        0
+    } else {
+        rng.next_u64() % n
+    }
+}
+
+#[test]
+fn ramp_users_on_v2_at_1_percent_stay_through_100() {
+    let steps = [1.0, 10.0, 50.0, 100.0];
+    let ids: Vec<String> = (0..20_000).map(|i| format!("user-{i}")).collect();
+    let early: Vec<&String> = ids
+        .iter()
+        .filter(|id| version_for(&split(99.0, 1.0), id) == "model-v2")
+        .collect();
+    assert!(!early.is_empty());
+    for w in steps {
+        let r = split(100.0 - w, w);
+        for id in &early {
+            assert_eq!(version_for(&r, id), "model-v2", "{id} at {w}%");
+        }
+    }
+    // Rollback sends everyone to v1.
+    let r = split(100.0, 0.0);
+    assert!(ids.iter().all(|id| version_for(&r, id) == "model-v1"));
+}
+
+#[test]
+fn salt_reshuffles_who_goes_first() {
+    let with_salt = |salt: &str| {
+        rollout(&format!(
+            r#"{{"versions":[{{"name":"model-v1","weight":90}},{{"name":"model-v2","weight":10}}],
+                "stickiness":{{"userIdHeaders":["x-user-id"],"salt":"{salt}"}}}}"#
+        ))
+    };
+    let ids: Vec<String> = (0..20_000).map(|i| format!("user-{i}")).collect();
+    let canaries = |r: &Rollout| -> std::collections::HashSet<&String> {
+        ids.iter()
+            .filter(|id| version_for(r, id) == "model-v2")
+            .collect()
+    };
+    let a = canaries(&with_salt("rollout-1"));
+    let b = canaries(&with_salt("rollout-2"));
+    let overlap = a.intersection(&b).count();
+    // Independent 10% samples overlap in about 10% of their members.
+    assert!(overlap < a.len() / 5, "overlap {overlap} of {}", a.len());
+    // The default salt is the first version's name: explicit "model-v1" is identical.
+    assert_eq!(
+        canaries(&with_salt("model-v1")),
+        canaries(&split(90.0, 10.0))
+    );
+}
+
+#[test]
+fn odd_bytes_never_panic_and_still_decide() {
+    let r = rollout(DEMO);
+    let long = vec![b'u'; 8192];
+    let odd: Vec<Headers> = vec![
+        vec![("x-user-id", b"\xff\xfe\x00latin1 \xe9")],
+        vec![("x-user-id", &long)],
+        vec![("x-user-id", b"")],
+        vec![("cookie", b";;;=;=;user_id")],
+        vec![("cookie", b"user_id=\"")],
+        vec![("cookie", b"\xff=\xff; user_id=\xe9")],
+        vec![("x-canary-tester", b"\xff")],
+        vec![("cookie", &long)],
+    ];
+    for headers in odd {
+        let mut req = FakeRequest::with(&headers);
+        let d = decide(&r, &mut req, &mut WyRand(3));
+        assert!(d.version < 2);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The filter against a fake host.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn filter_replaces_a_spoofed_routing_header_and_reroutes() {
+    let r = rollout(DEMO);
+    let mut host = FakeRequest::with(&[("x-user-id", b"alice"), ("x-canary-version", b"model-v2")]);
+    let (d, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1));
+    assert_eq!(d.version, 0);
+    assert_eq!(
+        host.set,
+        vec![("x-canary-version".to_string(), b"model-v1".to_vec())]
+    );
+    assert_eq!(host.route_cache_cleared, 1);
+    assert_eq!(host.counted, vec![(0, Reason::Sticky)]);
+    let pending = pending.expect("responseHeader is configured");
+    let mut resp = FakeResponse::default();
+    filter::on_response_headers(&r, &pending, &mut resp);
+    assert_eq!(
+        resp.headers,
+        vec![("x-canary-version".to_string(), "model-v1".to_string())]
+    );
+}
+
+#[test]
+fn filter_reads_each_header_at_most_once() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":50},{"name":"v2","weight":50}],
+            "stickiness":{"userIdCookies":["uid"]},
+            "rules":[{"name":"a","match":{"cookies":{"x":{"exact":"1"}}},"version":"v2"},
+                     {"name":"b","match":{"cookies":{"y":{"exact":"1"}}},"version":"v2"}]}"#,
+    );
+    assert_eq!(r.headers, vec!["cookie".to_string()]);
+    // The fake re-reads; the real host caches per slot. Check slots are shared.
+    for s in &r.user_ids {
+        assert!(matches!(s, crate::config::Source::Cookie { slot: 0, .. }));
+    }
+}
+
+#[test]
+fn filter_without_response_work_leaves_nothing_pending() {
+    let r = split(90.0, 10.0);
+    let mut host = FakeRequest::with(&[("x-user-id", b"bob")]);
+    let (_, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1));
+    assert!(
+        pending.is_none(),
+        "no response header, no cookie: nothing to do on the response"
+    );
+}
+
+#[test]
+fn filter_sets_the_anonymous_cookie_once() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":50},{"name":"v2","weight":50}],
+            "stickiness":{"anonymousCookie":{"name":"canary_id","maxAgeSeconds":600,"secure":true}}}"#,
+    );
+    let mut host = FakeRequest::default();
+    let (d, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(5));
+    let pending = pending.expect("a new id must be sent back");
+    let mut resp = FakeResponse::default();
+    filter::on_response_headers(&r, &pending, &mut resp);
+    let id = String::from_utf8(d.new_id.unwrap().0.to_vec()).unwrap();
+    assert_eq!(
+        resp.headers,
+        vec![(
+            "set-cookie".to_string(),
+            format!("canary_id={id}; Max-Age=600; Path=/; HttpOnly; SameSite=Lax; Secure")
+        )]
+    );
+    // Returning with the cookie: sticky, no new cookie.
+    let cookie = format!("canary_id={id}");
+    let mut host = FakeRequest::with(&[("cookie", cookie.as_bytes())]);
+    let (d2, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(6));
+    assert_eq!((d2.version, d2.reason), (d.version, Reason::Sticky));
+    assert!(pending.is_none());
+}
+
+#[test]
+fn metric_names_are_exported_by_istio_and_readable_in_prometheus() {
+    assert_eq!(
+        filter::metric_name("model-v2", Reason::Sticky),
+        "canary_selector.requests.model-v2.sticky"
+    );
+}
