@@ -68,3 +68,12 @@ compose-check:
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV) envoy/ecds
+
+# ---- istio (deployment manifests, image, Envoy version matrix) ----
+# ---- end istio ----
+
+# ---- bench (performance) ----
+# ---- end bench ----
+
+# ---- reliability (fuzz, soak) ----
+# ---- end reliability ----
