@@ -72,6 +72,20 @@ extern "C" {
         value: *const u8,
         value_len: usize,
     ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_len: usize,
+        out_data: *mut *mut u8,
+        out_len: *mut usize,
+        out_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_len: usize,
+        value: *const u8,
+        value_len: usize,
+        cas: u32,
+    ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_len: usize, out_id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_call_foreign_function(
@@ -97,39 +111,38 @@ fn log(level: u32, message: &str) {
 
 const ARENA_SIZE: usize = 64 * 1024;
 
-struct Arena {
-    buf: UnsafeCell<[u8; ARENA_SIZE]>,
-    used: Cell<usize>,
-    /// Requests that did not fit; freed at the next reset.
-    overflow: RefCell<Vec<Box<[u8]>>>,
-}
+/// The arena's bytes, in a static of its own: all zeros, so it lands in
+/// `.bss` and costs nothing in the module's size.
+struct ArenaBuf(UnsafeCell<[u8; ARENA_SIZE]>);
 
 // SAFETY: a proxy-wasm VM runs one thread; nothing here is shared across
 // threads.
-unsafe impl Sync for Arena {}
+unsafe impl Sync for ArenaBuf {}
 
-static ARENA: Arena = Arena {
-    buf: UnsafeCell::new([0; ARENA_SIZE]),
-    used: Cell::new(0),
-    overflow: RefCell::new(Vec::new()),
-};
+static ARENA_BUF: ArenaBuf = ArenaBuf(UnsafeCell::new([0; ARENA_SIZE]));
+
+thread_local! {
+    /// Bytes of the arena handed out since the last reset.
+    static ARENA_USED: Cell<usize> = const { Cell::new(0) };
+    /// Requests that did not fit; freed at the next reset.
+    static OVERFLOW: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
 
 fn arena_alloc(size: usize) -> *mut u8 {
-    let start = (ARENA.used.get() + 7) & !7;
+    let start = (ARENA_USED.get() + 7) & !7;
     if let Some(end) = start.checked_add(size).filter(|&end| end <= ARENA_SIZE) {
-        ARENA.used.set(end);
+        ARENA_USED.set(end);
         // SAFETY: start + size is within the buffer.
-        return unsafe { ARENA.buf.get().cast::<u8>().add(start) };
+        return unsafe { ARENA_BUF.0.get().cast::<u8>().add(start) };
     }
     let mut block = vec![0u8; size].into_boxed_slice();
     let ptr = block.as_mut_ptr();
-    if let Ok(mut overflow) = ARENA.overflow.try_borrow_mut() {
-        overflow.push(block);
-    } else {
+    OVERFLOW.with(|overflow| match overflow.try_borrow_mut() {
+        Ok(mut overflow) => overflow.push(block),
         // Unreachable (the host never allocates re-entrantly); leak rather
         // than free memory the host is about to write.
-        std::mem::forget(block);
-    }
+        Err(_) => std::mem::forget(block),
+    });
     ptr
 }
 
@@ -139,10 +152,12 @@ struct Scope(PhantomData<*mut ()>);
 
 impl Scope {
     fn begin() -> Scope {
-        ARENA.used.set(0);
-        if let Ok(mut overflow) = ARENA.overflow.try_borrow_mut() {
-            overflow.clear();
-        }
+        ARENA_USED.set(0);
+        OVERFLOW.with(|overflow| {
+            if let Ok(mut overflow) = overflow.try_borrow_mut() {
+                overflow.clear();
+            }
+        });
         Scope(PhantomData)
     }
 
@@ -164,6 +179,16 @@ impl Scope {
             proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut ptr, &mut len)
         };
         (status == STATUS_OK).then(|| self.slice(ptr, len))
+    }
+
+    /// A proxy-wide shared value (shared by every VM of this plugin in the
+    /// Envoy process) and its CAS token.
+    fn shared_data(&self, key: &str) -> (Option<&[u8]>, u32) {
+        let (mut ptr, mut len, mut cas) = (null_mut(), 0, 0);
+        // SAFETY: valid key pointer/length and out-pointers.
+        let status =
+            unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut ptr, &mut len, &mut cas) };
+        ((status == STATUS_OK).then(|| self.slice(ptr, len)), cas)
     }
 
     fn plugin_configuration(&self, size: usize) -> &[u8] {
@@ -380,7 +405,8 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
     let scope = Scope::begin();
-    let rollout = match Rollout::from_json(scope.plugin_configuration(config_size)) {
+    let config = scope.plugin_configuration(config_size);
+    let rollout = match Rollout::from_json(config) {
         Ok(rollout) => rollout,
         Err(e) => {
             log(LOG_ERROR, &format!("config rejected: {e}"));
@@ -399,7 +425,9 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
             counters.push(id);
         }
     }
-    log(LOG_INFO, &format!("config accepted: {}", rollout.summary()));
+    if first_to_accept(&scope, config) {
+        log(LOG_INFO, &format!("config accepted: {}", rollout.summary()));
+    }
     let installed = Installed { rollout, counters };
     let stored = with_plugin(|p| match p.roots.iter_mut().find(|r| r.id == root_id) {
         Some(root) => root.installed = Some(installed),
@@ -409,6 +437,25 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
         }),
     });
     u32::from(stored.is_some())
+}
+
+/// Envoy runs one VM per worker thread (plus one on the main thread), and
+/// each configures itself. So that an accepted config is logged once per
+/// proxy rather than once per VM, the first VM to accept it records its hash
+/// in shared data; the others see it there and stay quiet.
+fn first_to_accept(scope: &Scope, config: &[u8]) -> bool {
+    const KEY: &str = "canary-selector.last-logged-config";
+    let digest = crate::hash::murmur3_32(config, 0x5eed).to_le_bytes();
+    let (seen, cas) = scope.shared_data(KEY);
+    if seen == Some(&digest[..]) {
+        return false;
+    }
+    // SAFETY: valid key and value pointers/lengths.
+    let status = unsafe {
+        proxy_set_shared_data(KEY.as_ptr(), KEY.len(), digest.as_ptr(), digest.len(), cas)
+    };
+    // Lost a race with another VM that just recorded it: that VM logs.
+    status == STATUS_OK
 }
 
 #[no_mangle]

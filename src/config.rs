@@ -2,7 +2,6 @@
 //! fields rejected), parsed once per config push into an immutable, validated
 //! [`Rollout`]. Every error names the field it is about and the reason.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use regex_lite::RegexBuilder;
@@ -113,10 +112,10 @@ struct RawRule {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawMatch {
-    #[serde(default)]
-    headers: BTreeMap<String, RawStringMatch>,
-    #[serde(default)]
-    cookies: BTreeMap<String, RawStringMatch>,
+    #[serde(default, deserialize_with = "ordered_map")]
+    headers: Vec<(String, RawStringMatch)>,
+    #[serde(default, deserialize_with = "ordered_map")]
+    cookies: Vec<(String, RawStringMatch)>,
 }
 
 #[derive(Deserialize)]
@@ -127,14 +126,59 @@ struct RawStringMatch {
     regex: Option<String>,
 }
 
+/// A JSON object as (key, value) pairs in the order written, duplicates kept
+/// (validation rejects them), instead of a map that would silently keep the
+/// last one.
+fn ordered_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, RawStringMatch)>, D::Error> {
+    struct Pairs;
+    impl<'de> serde::de::Visitor<'de> for Pairs {
+        type Value = Vec<(String, RawStringMatch)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut pairs = Vec::new();
+            while let Some(pair) = map.next_entry()? {
+                pairs.push(pair);
+            }
+            Ok(pairs)
+        }
+    }
+    d.deserialize_map(Pairs)
+}
+
+/// Formats a number with up to six decimals, without pulling float
+/// formatting (a large part of a Wasm module) into the build.
+pub fn decimal(v: f64) -> String {
+    if !v.is_finite() {
+        return "not a finite number".into();
+    }
+    let sign = if v < 0.0 { "-" } else { "" };
+    let micro = (v.abs() * 1e6).round();
+    if micro >= 1e18 {
+        return format!("{sign}a very large number");
+    }
+    let micro = micro as u64;
+    let (int, frac) = (micro / 1_000_000, micro % 1_000_000);
+    if frac == 0 {
+        return format!("{sign}{int}");
+    }
+    let frac = format!("{frac:06}");
+    format!("{sign}{int}.{}", frac.trim_end_matches('0'))
+}
+
 /// Istio delivers `pluginConfig` numbers as JSON doubles (`10.0`); accept any
 /// JSON number that is a whole number in range.
 fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     let v = f64::deserialize(d)?;
     if v.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&v) {
         return Err(serde::de::Error::custom(format!(
-            "expected a whole number from 0 to {}, got {v}",
-            u32::MAX
+            "expected a whole number from 0 to {}, got {}",
+            u32::MAX,
+            decimal(v)
         )));
     }
     Ok(Some(v as u32))
@@ -249,7 +293,7 @@ impl Rollout {
         let versions: Vec<String> = self
             .versions
             .iter()
-            .map(|v| format!("{}={}%", v.name, v.weight))
+            .map(|v| format!("{}={}%", v.name, decimal(v.weight)))
             .collect();
         let rules: Vec<String> = self
             .rules
@@ -398,15 +442,15 @@ impl HeaderSlots {
     }
 }
 
-fn string_match(field: &str, raw: RawStringMatch) -> Result<StringMatch, ConfigError> {
-    let m = match (raw.exact, raw.prefix, raw.regex) {
+fn string_match(field: &str, raw: &RawStringMatch) -> Result<StringMatch, ConfigError> {
+    let m = match (&raw.exact, &raw.prefix, &raw.regex) {
         (Some(v), None, None) => {
-            check_match_value(&format!("{field}.exact"), &v)?;
-            StringMatch::Exact(v.into_bytes().into())
+            check_match_value(&format!("{field}.exact"), v)?;
+            StringMatch::Exact(v.as_bytes().into())
         }
         (None, Some(v), None) => {
-            check_match_value(&format!("{field}.prefix"), &v)?;
-            StringMatch::Prefix(v.into_bytes().into())
+            check_match_value(&format!("{field}.prefix"), v)?;
+            StringMatch::Prefix(v.as_bytes().into())
         }
         (None, None, Some(pattern)) => {
             let field = format!("{field}.regex");
@@ -504,7 +548,10 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
     }
     let sum: f64 = versions.iter().map(|v| v.weight).sum();
     if (sum - 100.0).abs() > WEIGHT_SUM_TOLERANCE {
-        return err("versions", format!("weights sum to {sum}, not 100"));
+        return err(
+            "versions",
+            format!("weights sum to {}, not 100", decimal(sum)),
+        );
     }
     let thresholds = thresholds(&versions);
 
@@ -664,13 +711,16 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
                 source: Source::Header {
                     slot: slots.slot(&cfield, name)?,
                 },
-                matcher: string_match(&cfield, m)?,
+                matcher: string_match(&cfield, &m)?,
             });
         }
-        for (c, m) in r.match_.cookies {
+        for (i, (c, m)) in r.match_.cookies.iter().enumerate() {
             let cfield = format!("{field}.match.cookies.{c}");
+            if r.match_.cookies.iter().take(i).any(|(seen, _)| seen == c) {
+                return err(cfield, "is listed twice");
+            }
             conditions.push(Condition {
-                source: cookie_source(&cfield, &c, &mut slots)?,
+                source: cookie_source(&cfield, c, &mut slots)?,
                 matcher: string_match(&cfield, m)?,
             });
         }

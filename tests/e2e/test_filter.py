@@ -218,11 +218,16 @@ def test_counters_by_version_and_reason_are_in_prometheus(start_envoy, demo_conf
 
 
 def test_one_info_line_per_accepted_config_without_user_ids(start_envoy, demo_config):
-    envoy = start_envoy(with_weights(demo_config, 90, 10), concurrency=1)
+    envoy = start_envoy(with_weights(demo_config, 90, 10), concurrency=2)
     for u in ("alice-secret-id", "bob-secret-id"):
         envoy.request({"x-user-id": u})
-    logs = envoy.wait_for_log("config accepted:")
+    assert envoy.push(with_weights(demo_config, 80, 20))
+    logs = envoy.wait_for_log("model-v1=80% model-v2=20%")
     accepted = [l for l in logs.splitlines() if "config accepted:" in l]
-    assert accepted and all("[info]" in l for l in accepted)
+    # One line per config for the whole proxy, although each of its three
+    # Wasm VMs (main thread and two workers) configures itself.
+    assert len(accepted) == 2, accepted
+    assert all("[info]" in l for l in accepted)
     assert "model-v1=90% model-v2=10%" in accepted[0]
+    assert "model-v1=80% model-v2=20%" in accepted[1]
     assert "secret-id" not in logs, "user ids must not be logged above debug"
