@@ -20,9 +20,10 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::marker::PhantomData;
 use std::ptr::null_mut;
 
-use crate::config::{Rollout, MAX_HEADERS_READ};
-use crate::decision::{Entropy, Reason, Request, WyRand};
+use crate::config::{decimal, Rollout, MAX_HEADERS_READ};
+use crate::decision::{Entropy, Live, Reason, Request, WyRand};
 use crate::filter::{self, Host, Pending, ResponseHost};
+use crate::guard::{judge, Window};
 
 // ---------------------------------------------------------------------------
 // Host functions (module "env"), ABI v0.2.1.
@@ -35,8 +36,10 @@ const MAP_REQUEST_HEADERS: u32 = 0;
 const MAP_RESPONSE_HEADERS: u32 = 2;
 const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 const METRIC_COUNTER: u32 = 0;
+const METRIC_GAUGE: u32 = 1;
 
 const LOG_INFO: u32 = 2;
+const LOG_WARN: u32 = 3;
 const LOG_ERROR: u32 = 4;
 
 const ACTION_CONTINUE: u32 = 0;
@@ -88,6 +91,15 @@ extern "C" {
     ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_len: usize, out_id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_len: usize,
+        out_data: *mut *mut u8,
+        out_len: *mut usize,
+    ) -> u32;
     fn proxy_call_foreign_function(
         name: *const u8,
         name_len: usize,
@@ -96,6 +108,16 @@ extern "C" {
         out_data: *mut *mut u8,
         out_len: *mut usize,
     ) -> u32;
+}
+
+/// Unix time in ms from the host's clock.
+fn now_ms() -> i64 {
+    let mut ns = 0u64;
+    // SAFETY: valid out-pointer.
+    unsafe {
+        proxy_get_current_time_nanoseconds(&mut ns);
+    }
+    i64::try_from(ns / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn log(level: u32, message: &str) {
@@ -191,6 +213,14 @@ impl Scope {
         ((status == STATUS_OK).then(|| self.slice(ptr, len)), cas)
     }
 
+    /// A host property; `path` is its segments joined by NUL bytes.
+    fn property(&self, path: &[u8]) -> Option<&[u8]> {
+        let (mut ptr, mut len) = (null_mut(), 0);
+        // SAFETY: valid path pointer/length and out-pointers.
+        let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut ptr, &mut len) };
+        (status == STATUS_OK).then(|| self.slice(ptr, len))
+    }
+
     fn plugin_configuration(&self, size: usize) -> &[u8] {
         let (mut ptr, mut len) = (null_mut(), 0);
         // SAFETY: valid out-pointers.
@@ -284,9 +314,20 @@ impl Host for EnvoyRequest<'_> {
     }
 }
 
-struct EnvoyResponse;
+struct EnvoyResponse<'s> {
+    scope: &'s Scope,
+}
 
-impl ResponseHost for EnvoyResponse {
+impl ResponseHost for EnvoyResponse<'_> {
+    fn status(&mut self) -> Option<u16> {
+        let value = self.scope.header(MAP_RESPONSE_HEADERS, ":status")?;
+        std::str::from_utf8(value).ok()?.parse().ok()
+    }
+
+    fn now_ms(&mut self) -> i64 {
+        now_ms()
+    }
+
     fn set_response_header(&mut self, name: &str, value: &[u8]) {
         replace_header(MAP_RESPONSE_HEADERS, name, value);
     }
@@ -326,11 +367,44 @@ impl Entropy for LazyRng {
 // Contexts.
 // ---------------------------------------------------------------------------
 
+/// The guard's per-VM state for one accepted config.
+struct GuardState {
+    /// Responses counted on this VM since the last merge into shared data.
+    local: Window,
+    /// Latched until a new config is pushed.
+    tripped: bool,
+    /// Shared-data key of the proxy-wide window: plugin name and config hash,
+    /// so a new config starts a fresh window.
+    key: String,
+    trips_metric: u32,
+    tripped_metric: u32,
+}
+
 /// A config accepted by `proxy_on_configure`, with its metric ids.
 struct Installed {
     rollout: Rollout,
-    /// Metric id per (version, reason): `version * 3 + reason`.
+    /// Metric id per (version, reason): `version * Reason::ALL.len() + reason`.
     counters: Vec<u32>,
+    guard: Option<GuardState>,
+    /// Unix ms at the last tick; the guard's clock between ticks.
+    now_ms: i64,
+}
+
+impl Installed {
+    /// What the decision needs from the clock and the guard. The clock is
+    /// read per request only when a schedule or a latency bound needs it.
+    fn live(&self) -> Live {
+        let needs_clock = self.rollout.schedule.is_some()
+            || self
+                .rollout
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.slow.is_some());
+        Live {
+            now_ms: if needs_clock { now_ms() } else { self.now_ms },
+            guard_tripped: self.guard.as_ref().is_some_and(|g| g.tripped),
+        }
+    }
 }
 
 /// One root context per plugin instance (per filter config) in this VM.
@@ -369,12 +443,37 @@ struct Plugin {
     rng: LazyRng,
 }
 
+impl Plugin {
+    fn installed_mut(&mut self, root_id: u32) -> Option<&mut Installed> {
+        self.roots
+            .iter_mut()
+            .find(|r| r.id == root_id)
+            .and_then(|r| r.installed.as_mut())
+    }
+}
+
 thread_local! {
     static PLUGIN: RefCell<Plugin> = RefCell::new(Plugin::default());
 }
 
 fn with_plugin<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
     PLUGIN.with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p)))
+}
+
+fn define_metric(kind: u32, name: &str) -> u32 {
+    let mut id = 0;
+    // SAFETY: valid name pointer/length and out-pointer.
+    unsafe {
+        proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id);
+    }
+    id
+}
+
+fn set_shared_data(key: &str, value: &[u8], cas: u32) -> bool {
+    // SAFETY: valid key and value pointers/lengths.
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    status == STATUS_OK
 }
 
 #[no_mangle]
@@ -416,27 +515,75 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
     let mut counters = Vec::with_capacity(rollout.versions.len() * Reason::ALL.len());
     for version in &rollout.versions {
         for reason in Reason::ALL {
-            let name = filter::metric_name(&version.name, reason);
-            let mut id = 0;
-            // SAFETY: valid name pointer/length and out-pointer.
-            unsafe {
-                proxy_define_metric(METRIC_COUNTER, name.as_ptr(), name.len(), &mut id);
-            }
-            counters.push(id);
+            counters.push(define_metric(
+                METRIC_COUNTER,
+                &filter::metric_name(&version.name, reason),
+            ));
         }
     }
+    let guard = rollout.guard.as_ref().map(|g| {
+        let window = Window::new(rollout.versions.len(), g.window_ms);
+        // Merge and judge a few times per slot, at most once a second.
+        let period = u32::try_from(window.slot_ms().clamp(100, 1000)).unwrap_or(1000);
+        // SAFETY: plain host call; applies to the root context being configured.
+        unsafe {
+            proxy_set_tick_period_milliseconds(period);
+        }
+        let key = format!(
+            "{}.{:08x}",
+            guard_key_prefix(&scope),
+            crate::hash::murmur3_32(config, 0)
+        );
+        let tripped_metric = define_metric(METRIC_GAUGE, filter::GUARD_TRIPPED_METRIC);
+        GuardState {
+            local: window,
+            tripped: false,
+            key,
+            trips_metric: define_metric(METRIC_COUNTER, filter::GUARD_TRIPS_METRIC),
+            tripped_metric,
+        }
+    });
     if first_to_accept(&scope, config) {
         log(LOG_INFO, &format!("config accepted: {}", rollout.summary()));
+        // A tripped guard holds until a new config arrives: this is it.
+        let marker = format!("{}.tripped", guard_key_prefix(&scope));
+        if let (Some(b"1"), cas) = scope.shared_data(&marker) {
+            set_shared_data(&marker, b"0", cas);
+            log(
+                LOG_WARN,
+                "guard reset: a new config was pushed; canary versions get their share again",
+            );
+        }
     }
-    let installed = Installed { rollout, counters };
-    let stored = with_plugin(|p| match p.roots.iter_mut().find(|r| r.id == root_id) {
-        Some(root) => root.installed = Some(installed),
-        None => p.roots.push(Root {
-            id: root_id,
-            installed: Some(installed),
-        }),
-    });
-    u32::from(stored.is_some())
+    with_plugin(|p| {
+        if let Some(g) = &guard {
+            // SAFETY: plain host call.
+            unsafe {
+                proxy_record_metric(g.tripped_metric, 0);
+            }
+        }
+        let installed = Installed {
+            rollout,
+            counters,
+            guard,
+            now_ms: now_ms(),
+        };
+        match p.roots.iter_mut().find(|r| r.id == root_id) {
+            Some(root) => root.installed = Some(installed),
+            None => p.roots.push(Root {
+                id: root_id,
+                installed: Some(installed),
+            }),
+        }
+    })
+    .map_or(0, |()| 1)
+}
+
+/// Shared-data keys of the guard start with the plugin's name
+/// (`<namespace>.<name>`), so two plugins never share a window.
+fn guard_key_prefix(scope: &Scope) -> String {
+    let plugin = scope.property(b"plugin_name").unwrap_or_default();
+    format!("canary-selector.guard.{}", String::from_utf8_lossy(plugin))
 }
 
 /// Envoy runs one VM per worker thread (plus one on the main thread), and
@@ -450,12 +597,8 @@ fn first_to_accept(scope: &Scope, config: &[u8]) -> bool {
     if seen == Some(&digest[..]) {
         return false;
     }
-    // SAFETY: valid key and value pointers/lengths.
-    let status = unsafe {
-        proxy_set_shared_data(KEY.as_ptr(), KEY.len(), digest.as_ptr(), digest.len(), cas)
-    };
     // Lost a race with another VM that just recorded it: that VM logs.
-    status == STATUS_OK
+    set_shared_data(KEY, &digest, cas)
 }
 
 #[no_mangle]
@@ -486,7 +629,8 @@ pub extern "C" fn proxy_on_request_headers(
             counters: &installed.counters,
             fetched: [None; MAX_HEADERS_READ],
         };
-        let (_, pending) = filter::on_request_headers(&installed.rollout, &mut request, rng);
+        let (_, pending) =
+            filter::on_request_headers(&installed.rollout, &mut request, rng, installed.live());
         stream.pending = pending;
     });
     ACTION_CONTINUE
@@ -498,28 +642,108 @@ pub extern "C" fn proxy_on_response_headers(
     _headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
+    let scope = Scope::begin();
     with_plugin(|p| {
-        let Some(pending) = p
-            .streams
-            .get_mut(&context_id)
-            .and_then(|s| s.pending.take())
-        else {
+        let Some(stream) = p.streams.get_mut(&context_id) else {
             return;
         };
-        let Some(root) = p.streams.get(&context_id).map(|s| s.root) else {
+        let (Some(pending), root) = (stream.pending.take(), stream.root) else {
             return;
         };
-        if let Some(installed) = p
-            .roots
-            .iter()
-            .find(|r| r.id == root)
-            .and_then(|r| r.installed.as_ref())
-        {
-            let _scope = Scope::begin();
-            filter::on_response_headers(&installed.rollout, &pending, &mut EnvoyResponse);
+        let Some(installed) = p.installed_mut(root) else {
+            return;
+        };
+        let outcome = filter::on_response_headers(
+            &installed.rollout,
+            &pending,
+            &mut EnvoyResponse { scope: &scope },
+        );
+        if let (Some(o), Some(g)) = (outcome, installed.guard.as_mut()) {
+            let at = u64::try_from(installed.now_ms).unwrap_or(0);
+            g.local.record(at, o.version, o.error, o.slow);
         }
     });
     ACTION_CONTINUE
+}
+
+/// Merges this VM's guard counts into the proxy-wide window and judges it.
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root_id: u32) {
+    let scope = Scope::begin();
+    with_plugin(|p| {
+        let Some(installed) = p.installed_mut(root_id) else {
+            return;
+        };
+        installed.now_ms = now_ms();
+        let now = u64::try_from(installed.now_ms).unwrap_or(0);
+        let (Some(g), Some(config)) = (installed.guard.as_mut(), installed.rollout.guard.as_ref())
+        else {
+            return;
+        };
+        if g.tripped {
+            return;
+        }
+        let versions = installed.rollout.versions.len();
+        // Compare-and-swap: retry when another VM updated the window between
+        // our read and our write.
+        for _ in 0..8 {
+            let (bytes, cas) = scope.shared_data(&g.key);
+            let (mut shared, tripped) = bytes
+                .and_then(|b| Window::decode(b, versions, config.window_ms))
+                .unwrap_or_else(|| (Window::new(versions, config.window_ms), None));
+            if tripped.is_some() {
+                g.tripped = true;
+                g.local.clear();
+                return;
+            }
+            if g.local.is_empty() {
+                return;
+            }
+            shared.merge(&g.local);
+            let trip = judge(config, &shared.totals(now));
+            if !set_shared_data(
+                &g.key,
+                &shared.encode(trip.as_ref().map(|t| t.version)),
+                cas,
+            ) {
+                continue;
+            }
+            g.local.clear();
+            if let Some(t) = trip {
+                g.tripped = true;
+                let marker = format!("{}.tripped", guard_key_prefix(&scope));
+                set_shared_data(&marker, b"1", 0);
+                // SAFETY: plain host calls.
+                unsafe {
+                    proxy_increment_metric(g.trips_metric, 1);
+                    proxy_record_metric(g.tripped_metric, 1);
+                }
+                let rollout = &installed.rollout;
+                let name = |i: usize| rollout.versions.get(i).map_or("?", |v| v.name.as_str());
+                log(
+                    LOG_WARN,
+                    &format!(
+                        "guard tripped: {} {} over the last {}s: {} of {} responses failed (rate {}), {} slow; \
+                         stable {}: {} of {} failed (rate {}). Every request no rule pins now goes to {} \
+                         until a new config is pushed",
+                        name(t.version),
+                        t.cause,
+                        config.window_ms / 1000,
+                        t.counts.errors,
+                        t.counts.requests,
+                        decimal(t.counts.error_rate()),
+                        t.counts.slow,
+                        name(0),
+                        t.stable.errors,
+                        t.stable.requests,
+                        decimal(t.stable.error_rate()),
+                        name(0),
+                    ),
+                );
+            }
+            return;
+        }
+    });
 }
 
 #[no_mangle]

@@ -70,6 +70,39 @@ struct RawConfig {
     #[serde(default)]
     rules: Vec<RawRule>,
     response_header: Option<String>,
+    response_reason_header: Option<String>,
+    guard: Option<RawGuard>,
+    schedule: Option<RawSchedule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawGuard {
+    #[serde(default, deserialize_with = "whole_number")]
+    window_seconds: Option<u32>,
+    #[serde(default, deserialize_with = "whole_number")]
+    min_requests: Option<u32>,
+    max_error_rate: Option<f64>,
+    max_error_rate_above_stable: Option<f64>,
+    #[serde(default, deserialize_with = "whole_number")]
+    slow_response_ms: Option<u32>,
+    max_slow_rate: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSchedule {
+    start: String,
+    steps: Vec<RawStep>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawStep {
+    #[serde(deserialize_with = "whole_number")]
+    after_seconds: Option<u32>,
+    #[serde(deserialize_with = "ordered_map")]
+    weights: Vec<(String, f64)>,
 }
 
 #[derive(Deserialize)]
@@ -129,10 +162,12 @@ struct RawStringMatch {
 /// A JSON object as (key, value) pairs in the order written, duplicates kept
 /// (validation rejects them), instead of a map that would silently keep the
 /// last one.
-fn ordered_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, RawStringMatch)>, D::Error> {
-    struct Pairs;
-    impl<'de> serde::de::Visitor<'de> for Pairs {
-        type Value = Vec<(String, RawStringMatch)>;
+fn ordered_map<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Vec<(String, T)>, D::Error> {
+    struct Pairs<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Pairs<T> {
+        type Value = Vec<(String, T)>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("an object")
         }
@@ -147,7 +182,7 @@ fn ordered_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, RawString
             Ok(pairs)
         }
     }
-    d.deserialize_map(Pairs)
+    d.deserialize_map(Pairs(std::marker::PhantomData))
 }
 
 /// Formats a number with up to six decimals, without pulling float
@@ -223,11 +258,40 @@ pub struct AnonymousCookie {
     pub secure: bool,
 }
 
+/// The guard (see `guard.rs`): when a canary version's responses breach a
+/// threshold over the window, requests no rule pins go to the stable version
+/// until a new config is pushed.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    pub window_ms: u64,
+    pub min_requests: u32,
+    pub max_error_rate: Option<f64>,
+    pub max_error_rate_above_stable: Option<f64>,
+    /// (bound in ms, largest allowed share of responses slower than it).
+    pub slow: Option<(u32, f64)>,
+}
+
+/// A scheduled ramp: from `at_ms` on, a step's weights replace the listed
+/// ones.
+#[derive(Debug)]
+pub struct Step {
+    pub at_ms: i64,
+    pub weights: Vec<f64>,
+    pub thresholds: Vec<u64>,
+}
+
+#[derive(Debug)]
+pub struct Schedule {
+    pub start_ms: i64,
+    pub steps: Vec<Step>,
+}
+
 /// A validated config: everything the request path needs, precomputed.
 #[derive(Debug)]
 pub struct Rollout {
     pub routing_header: String,
     pub response_header: Option<String>,
+    pub response_reason_header: Option<String>,
     pub versions: Vec<Version>,
     /// `thresholds[i]` is the exclusive upper bound, on the 2^32 bucket
     /// scale, of version `i`'s slice: `floor(cumulative_percent * 2^32 / 100)`,
@@ -243,6 +307,8 @@ pub struct Rollout {
     pub anonymous_cookie: Option<AnonymousCookie>,
     /// Distinct (lowercase) request header names the config reads.
     pub headers: Vec<String>,
+    pub guard: Option<Guard>,
+    pub schedule: Option<Schedule>,
 }
 
 impl Rollout {
@@ -270,9 +336,23 @@ impl Rollout {
         validate(raw)
     }
 
+    /// The version of a bucket under the listed weights.
     pub fn version_of_bucket(&self, bucket: u32) -> usize {
+        self.version_of_bucket_in(&self.thresholds, bucket)
+    }
+
+    /// The slice thresholds live at `now_ms` (Unix ms): the latest schedule
+    /// step that has begun, else the listed weights.
+    pub fn thresholds_at(&self, now_ms: i64) -> &[u64] {
+        self.schedule
+            .as_ref()
+            .and_then(|s| s.steps.iter().rev().find(|step| now_ms >= step.at_ms))
+            .map_or(&self.thresholds, |step| &step.thresholds)
+    }
+
+    pub fn version_of_bucket_in(&self, thresholds: &[u64], bucket: u32) -> usize {
         let b = u64::from(bucket);
-        self.thresholds
+        thresholds
             .iter()
             .position(|&t| b < t)
             .unwrap_or(self.versions.len().saturating_sub(1))
@@ -492,6 +572,10 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         Some(h) => Some(written_header("responseHeader", &h)?),
         None => None,
     };
+    let response_reason_header = match raw.response_reason_header {
+        Some(h) => Some(written_header("responseReasonHeader", &h)?),
+        None => None,
+    };
 
     // Versions and their weights.
     let Some(raw_versions) = raw.versions else {
@@ -553,7 +637,8 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
             format!("weights sum to {}, not 100", decimal(sum)),
         );
     }
-    let thresholds = thresholds(&versions);
+    let weights: Vec<f64> = versions.iter().map(|v| v.weight).collect();
+    let thresholds = thresholds(&weights);
 
     let version_index = |field: &str, name: &str| -> Result<usize, ConfigError> {
         versions.iter().position(|v| v.name == name).map_or_else(
@@ -731,9 +816,21 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         });
     }
 
+    let guard = match raw.guard {
+        Some(g) => Some(validate_guard(g, versions.len())?),
+        None => None,
+    };
+    let schedule = match raw.schedule {
+        Some(s) => Some(validate_schedule(s, &versions, &thresholds)?),
+        None => None,
+    };
+
     Ok(Rollout {
         routing_header,
         response_header,
+        response_reason_header,
+        guard,
+        schedule,
         versions,
         thresholds,
         rules,
@@ -746,18 +843,157 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
     })
 }
 
+pub const MAX_GUARD_WINDOW_SECONDS: u32 = 3600;
+pub const MAX_SCHEDULE_STEPS: usize = 32;
+
+fn rate(field: &str, v: Option<f64>) -> Result<Option<f64>, ConfigError> {
+    match v {
+        Some(r) if !(0.0..=1.0).contains(&r) => err(
+            field,
+            format!("{} is not a share between 0 and 1", decimal(r)),
+        ),
+        other => Ok(other),
+    }
+}
+
+fn validate_guard(g: RawGuard, n_versions: usize) -> Result<Guard, ConfigError> {
+    if n_versions < 2 {
+        return err(
+            "guard",
+            "needs at least two versions: it guards canaries against the first (stable) one",
+        );
+    }
+    let window = g.window_seconds.unwrap_or(60);
+    if !(1..=MAX_GUARD_WINDOW_SECONDS).contains(&window) {
+        return err(
+            "guard.windowSeconds",
+            format!("must be 1 to {MAX_GUARD_WINDOW_SECONDS}"),
+        );
+    }
+    let min_requests = g.min_requests.unwrap_or(20);
+    if min_requests == 0 {
+        return err("guard.minRequests", "must be at least 1");
+    }
+    let max_error_rate = rate("guard.maxErrorRate", g.max_error_rate)?;
+    let max_error_rate_above_stable = rate(
+        "guard.maxErrorRateAboveStable",
+        g.max_error_rate_above_stable,
+    )?;
+    let slow = match (
+        g.slow_response_ms,
+        rate("guard.maxSlowRate", g.max_slow_rate)?,
+    ) {
+        (Some(ms), Some(max)) if ms > 0 => Some((ms, max)),
+        (Some(_), Some(_)) => return err("guard.slowResponseMs", "must be at least 1"),
+        (None, None) => None,
+        (Some(_), None) => return err("guard.maxSlowRate", "is required with slowResponseMs"),
+        (None, Some(_)) => return err("guard.slowResponseMs", "is required with maxSlowRate"),
+    };
+    if max_error_rate.is_none() && max_error_rate_above_stable.is_none() && slow.is_none() {
+        return err(
+            "guard",
+            "needs a threshold: maxErrorRate, maxErrorRateAboveStable, or slowResponseMs with maxSlowRate",
+        );
+    }
+    Ok(Guard {
+        window_ms: u64::from(window) * 1000,
+        min_requests,
+        max_error_rate,
+        max_error_rate_above_stable,
+        slow,
+    })
+}
+
+fn validate_schedule(
+    s: RawSchedule,
+    versions: &[Version],
+    listed: &[u64],
+) -> Result<Schedule, ConfigError> {
+    let Some(start_ms) = crate::time::parse_rfc3339_ms(&s.start) else {
+        return err(
+            "schedule.start",
+            format!(
+                "{:?} is not an RFC 3339 time such as 2026-12-01T09:00:00Z",
+                s.start
+            ),
+        );
+    };
+    if s.steps.is_empty() || s.steps.len() > MAX_SCHEDULE_STEPS {
+        return err(
+            "schedule.steps",
+            format!("must list 1 to {MAX_SCHEDULE_STEPS} steps"),
+        );
+    }
+    let mut steps: Vec<Step> = Vec::with_capacity(s.steps.len());
+    let mut previous: Vec<u64> = listed.to_vec();
+    for (i, raw) in s.steps.into_iter().enumerate() {
+        let field = format!("schedule.steps[{i}]");
+        let after = u64::from(raw.after_seconds.unwrap_or(0));
+        let at_ms = start_ms.saturating_add(i64::try_from(after * 1000).unwrap_or(i64::MAX));
+        if steps.last().is_some_and(|prev| at_ms <= prev.at_ms) {
+            return err(
+                format!("{field}.afterSeconds"),
+                "must be later than the previous step's",
+            );
+        }
+        let mut weights = vec![0.0; versions.len()];
+        for (name, w) in &raw.weights {
+            let wfield = format!("{field}.weights.{name}");
+            let Some(index) = versions.iter().position(|v| v.name == *name) else {
+                return err(wfield, "is not a listed version");
+            };
+            if !w.is_finite() || !(0.0..=100.0).contains(w) {
+                return err(wfield, format!("{} is not between 0 and 100", decimal(*w)));
+            }
+            if raw.weights.iter().filter(|(n, _)| n == name).count() > 1 {
+                return err(wfield, "is listed twice");
+            }
+            if let Some(slot) = weights.get_mut(index) {
+                *slot = *w;
+            }
+        }
+        let sum: f64 = weights.iter().sum();
+        if (sum - 100.0).abs() > WEIGHT_SUM_TOLERANCE {
+            return err(
+                format!("{field}.weights"),
+                format!("sum to {}, not 100", decimal(sum)),
+            );
+        }
+        let thresholds = thresholds(&weights);
+        // The ramp guarantee across steps: weight only ever moves to
+        // later-listed versions, so no user is moved back by the schedule.
+        if thresholds
+            .iter()
+            .zip(&previous)
+            .any(|(now, before)| now > before)
+        {
+            return err(
+                format!("{field}.weights"),
+                "move weight back to an earlier-listed version than the previous step; a schedule may only ramp forward",
+            );
+        }
+        previous.clone_from(&thresholds);
+        steps.push(Step {
+            at_ms,
+            weights,
+            thresholds,
+        });
+    }
+    Ok(Schedule { start_ms, steps })
+}
+
 const BUCKETS: f64 = 4_294_967_296.0; // 2^32
 
 /// Cumulative thresholds on the 2^32 bucket scale. Rounding is `floor` of the
 /// running float sum, exactly as the README's Python snippet computes it, so
 /// assignments are reproducible outside the filter. Monotone in the prefix
 /// sums, which is what the ramp guarantee rests on.
-fn thresholds(versions: &[Version]) -> Vec<u64> {
+fn thresholds(weights: &[f64]) -> Vec<u64> {
     let mut acc = 0.0_f64;
-    let mut out: Vec<u64> = versions
+    let mut out: Vec<u64> = weights
         .iter()
-        .map(|v| {
-            acc += v.weight;
+        .map(|w| {
+            acc += w;
             ((acc * BUCKETS / 100.0).floor().clamp(0.0, BUCKETS)) as u64
         })
         .collect();

@@ -29,16 +29,25 @@ pub enum Reason {
     /// No user id: a random pick, or a newly generated id sent back in the
     /// anonymous cookie.
     Anonymous,
+    /// The guard has tripped: the request would have gone to a canary and
+    /// goes to the stable version instead.
+    Guard,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 3] = [Reason::Rule, Reason::Sticky, Reason::Anonymous];
+    pub const ALL: [Reason; 4] = [
+        Reason::Rule,
+        Reason::Sticky,
+        Reason::Anonymous,
+        Reason::Guard,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Rule => "rule",
             Reason::Sticky => "sticky",
             Reason::Anonymous => "anonymous",
+            Reason::Guard => "guard",
         }
     }
 
@@ -92,7 +101,35 @@ fn read<'r>(rollout: &Rollout, req: &'r mut impl Request, source: &Source) -> Op
     }
 }
 
-pub fn decide(rollout: &Rollout, req: &mut impl Request, rng: &mut impl Entropy) -> Decision {
+/// What the decision needs to know about the moment and the proxy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Live {
+    /// Unix time in ms, for scheduled ramps.
+    pub now_ms: i64,
+    /// The guard has tripped: canaries receive only what rules pin to them.
+    pub guard_tripped: bool,
+}
+
+pub fn decide(
+    rollout: &Rollout,
+    req: &mut impl Request,
+    rng: &mut impl Entropy,
+    live: Live,
+) -> Decision {
+    let mut d = choose(rollout, req, rng, live.now_ms);
+    if live.guard_tripped && d.reason != Reason::Rule && d.version != 0 {
+        d.version = 0;
+        d.reason = Reason::Guard;
+    }
+    d
+}
+
+fn choose(
+    rollout: &Rollout,
+    req: &mut impl Request,
+    rng: &mut impl Entropy,
+    now_ms: i64,
+) -> Decision {
     for rule in &rollout.rules {
         let holds = rule
             .conditions
@@ -107,6 +144,7 @@ pub fn decide(rollout: &Rollout, req: &mut impl Request, rng: &mut impl Entropy)
         }
     }
 
+    let thresholds = rollout.thresholds_at(now_ms);
     for source in &rollout.user_ids {
         let Some(id) = read(rollout, req, source).map(trim) else {
             continue;
@@ -115,7 +153,7 @@ pub fn decide(rollout: &Rollout, req: &mut impl Request, rng: &mut impl Entropy)
             continue;
         }
         return Decision {
-            version: rollout.version_of_bucket(rollout.bucket_of(id)),
+            version: rollout.version_of_bucket_in(thresholds, rollout.bucket_of(id)),
             reason: Reason::Sticky,
             new_id: None,
         };
@@ -127,13 +165,13 @@ pub fn decide(rollout: &Rollout, req: &mut impl Request, rng: &mut impl Entropy)
         // move anonymous users exactly as they move known ones.
         let id = AnonymousId::generate(rng);
         return Decision {
-            version: rollout.version_of_bucket(rollout.bucket_of(id.as_bytes())),
+            version: rollout.version_of_bucket_in(thresholds, rollout.bucket_of(id.as_bytes())),
             reason: Reason::Anonymous,
             new_id: Some(id),
         };
     }
     Decision {
-        version: rollout.version_of_bucket((rng.next_u64() >> 32) as u32),
+        version: rollout.version_of_bucket_in(thresholds, (rng.next_u64() >> 32) as u32),
         reason: Reason::Anonymous,
         new_id: None,
     }

@@ -7,7 +7,9 @@
 //! - [`hash`]: MurmurHash3 x86_32, the documented bucketing hash;
 //! - [`matcher`]: Istio-style string matches and cookie lookup;
 //! - [`decision`]: the per-request decision;
-//! - [`filter`]: what the filter does to a stream, against a narrow host trait.
+//! - [`filter`]: what the filter does to a stream, against a narrow host trait;
+//! - [`guard`]: the sliding window and judgement behind automatic rollback;
+//! - [`time`]: RFC 3339 parsing for scheduled ramps.
 //!
 //! `abi` (wasm32 only) is the thin proxy-wasm glue.
 #![cfg_attr(
@@ -23,8 +25,10 @@
 pub mod config;
 pub mod decision;
 pub mod filter;
+pub mod guard;
 pub mod hash;
 pub mod matcher;
+pub mod time;
 
 #[cfg(target_arch = "wasm32")]
 mod abi;

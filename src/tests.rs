@@ -3,7 +3,7 @@
 //! host-facing behaviour through a fake host.
 
 use crate::config::{ConfigError, Rollout};
-use crate::decision::{decide, Entropy, Reason, Request, WyRand};
+use crate::decision::{decide, Entropy, Live, Reason, Request, WyRand};
 use crate::filter::{self, Host, ResponseHost};
 
 /// Request headers as (lowercase name, value) pairs.
@@ -59,6 +59,8 @@ impl Host for FakeRequest {
 #[derive(Default)]
 struct FakeResponse {
     headers: Vec<(String, String)>,
+    status: Option<u16>,
+    now_ms: i64,
 }
 
 impl ResponseHost for FakeResponse {
@@ -71,6 +73,12 @@ impl ResponseHost for FakeResponse {
             name.to_string(),
             String::from_utf8_lossy(value).into_owned(),
         ));
+    }
+    fn status(&mut self) -> Option<u16> {
+        self.status
+    }
+    fn now_ms(&mut self) -> i64 {
+        self.now_ms
     }
 }
 
@@ -94,7 +102,7 @@ fn split(v1: f64, v2: f64) -> Rollout {
 
 fn version_for(r: &Rollout, user: &str) -> String {
     let mut req = FakeRequest::with(&[("x-user-id", user.as_bytes())]);
-    let d = decide(r, &mut req, &mut WyRand(1));
+    let d = decide(r, &mut req, &mut WyRand(1), Live::default());
     assert_eq!(d.reason, Reason::Sticky);
     r.versions[d.version].name.clone()
 }
@@ -497,7 +505,7 @@ fn regex_bombs_are_rejected_or_linear() {
     let mut value = vec![b'a'; 8192];
     value.push(b'!');
     let mut req = FakeRequest::with(&[("x", &value)]);
-    let d = decide(&r, &mut req, &mut WyRand(1));
+    let d = decide(&r, &mut req, &mut WyRand(1), Live::default());
     assert_eq!(d.reason, Reason::Anonymous, "no match, no hang");
 }
 
@@ -580,17 +588,20 @@ fn rules_come_first_and_the_first_match_wins() {
     let r = rollout(DEMO);
     // A tester with a user id that would be on v1: the rule wins.
     let mut req = FakeRequest::with(&[("x-canary-tester", b"true"), ("x-user-id", b"alice")]);
-    let d = decide(&r, &mut req, &mut WyRand(1));
+    let d = decide(&r, &mut req, &mut WyRand(1), Live::default());
     assert_eq!((d.version, d.reason), (1, Reason::Rule));
     // Both rules match: the first listed wins.
     let mut req = FakeRequest::with(&[("x-canary-tester", b"true"), ("cookie", b"pin=stable")]);
-    assert_eq!(decide(&r, &mut req, &mut WyRand(1)).version, 1);
+    assert_eq!(
+        decide(&r, &mut req, &mut WyRand(1), Live::default()).version,
+        1
+    );
     // Only the second rule matches.
     let mut req = FakeRequest::with(&[
         ("x-canary-tester", b"false"),
         ("cookie", b"a=b; pin=stable"),
     ]);
-    let d = decide(&r, &mut req, &mut WyRand(1));
+    let d = decide(&r, &mut req, &mut WyRand(1), Live::default());
     assert_eq!((d.version, d.reason), (0, Reason::Rule));
     // Near misses do not match.
     for (name, value) in [
@@ -601,7 +612,7 @@ fn rules_come_first_and_the_first_match_wins() {
         ("cookie", b"xpin=stable"),
     ] {
         let mut req = FakeRequest::with(&[(name, value), ("x-user-id", b"user-27")]);
-        let d = decide(&r, &mut req, &mut WyRand(1));
+        let d = decide(&r, &mut req, &mut WyRand(1), Live::default());
         assert_eq!(d.reason, Reason::Sticky, "{name}: {value:?}");
     }
 }
@@ -620,7 +631,10 @@ fn every_condition_of_a_rule_must_hold() {
         ("cookie", b"beta=1"),
     ];
     let mut req = FakeRequest::with(&full);
-    assert_eq!(decide(&r, &mut req, &mut WyRand(1)).version, 1);
+    assert_eq!(
+        decide(&r, &mut req, &mut WyRand(1), Live::default()).version,
+        1
+    );
     for missing in 0..full.len() {
         let partial: Vec<(&str, &[u8])> = full
             .iter()
@@ -630,7 +644,7 @@ fn every_condition_of_a_rule_must_hold() {
             .collect();
         let mut req = FakeRequest::with(&partial);
         assert_eq!(
-            decide(&r, &mut req, &mut WyRand(1)).version,
+            decide(&r, &mut req, &mut WyRand(1), Live::default()).version,
             0,
             "without {:?}",
             full[missing].0
@@ -642,7 +656,7 @@ fn every_condition_of_a_rule_must_hold() {
         ("cookie", b"beta=1"),
     ]);
     assert_eq!(
-        decide(&r, &mut req, &mut WyRand(1)).version,
+        decide(&r, &mut req, &mut WyRand(1), Live::default()).version,
         0,
         "regex is anchored"
     );
@@ -656,7 +670,10 @@ fn a_rule_may_pin_a_zero_weight_version() {
             "rules":[{"name":"testers","match":{"headers":{"x-canary-tester":{"exact":"true"}}},"version":"v2"}]}"#,
     );
     let mut req = FakeRequest::with(&[("x-canary-tester", b"true")]);
-    assert_eq!(decide(&r, &mut req, &mut WyRand(1)).version, 1);
+    assert_eq!(
+        decide(&r, &mut req, &mut WyRand(1), Live::default()).version,
+        1
+    );
     for i in 0..2000 {
         assert_eq!(version_for(&r, &format!("user-{i}")), "v1");
     }
@@ -695,7 +712,7 @@ fn user_id_sources_are_tried_in_order() {
     ];
     for (headers, id) in cases {
         let mut req = FakeRequest::with(&headers);
-        let d = decide(&r, &mut req, &mut WyRand(1));
+        let d = decide(&r, &mut req, &mut WyRand(1), Live::default());
         assert_eq!(d.reason, Reason::Sticky, "{headers:?}");
         assert_eq!(
             d.version,
@@ -758,7 +775,7 @@ fn anonymous_requests_follow_the_split() {
     let n = 100_000;
     let mut on_v2 = 0;
     for _ in 0..n {
-        let d = decide(&r, &mut FakeRequest::default(), &mut rng);
+        let d = decide(&r, &mut FakeRequest::default(), &mut rng, Live::default());
         assert_eq!(d.reason, Reason::Anonymous);
         assert!(d.new_id.is_none());
         on_v2 += d.version;
@@ -776,7 +793,7 @@ fn anonymous_cookie_ids_are_bucketed_like_user_ids() {
     let mut rng = WyRand(7);
     let mut seen = std::collections::HashSet::new();
     for _ in 0..200 {
-        let d = decide(&r, &mut FakeRequest::default(), &mut rng);
+        let d = decide(&r, &mut FakeRequest::default(), &mut rng, Live::default());
         let id = d.new_id.expect("an id is generated");
         assert!(id.0.iter().all(|b| b.is_ascii_hexdigit()));
         assert!(seen.insert(id.0), "ids are unique");
@@ -784,7 +801,7 @@ fn anonymous_cookie_ids_are_bucketed_like_user_ids() {
         // The next request carries the cookie and is sticky on the same version.
         let cookie = [b"canary_id=".as_slice(), &id.0].concat();
         let mut req = FakeRequest::with(&[("cookie", &cookie)]);
-        let next = decide(&r, &mut req, &mut rng);
+        let next = decide(&r, &mut req, &mut rng, Live::default());
         assert_eq!(
             (next.version, next.reason, next.new_id),
             (d.version, Reason::Sticky, None)
@@ -921,7 +938,7 @@ fn odd_bytes_never_panic_and_still_decide() {
     ];
     for headers in odd {
         let mut req = FakeRequest::with(&headers);
-        let d = decide(&r, &mut req, &mut WyRand(3));
+        let d = decide(&r, &mut req, &mut WyRand(3), Live::default());
         assert!(d.version < 2);
     }
 }
@@ -934,7 +951,7 @@ fn odd_bytes_never_panic_and_still_decide() {
 fn filter_replaces_a_spoofed_routing_header_and_reroutes() {
     let r = rollout(DEMO);
     let mut host = FakeRequest::with(&[("x-user-id", b"alice"), ("x-canary-version", b"model-v2")]);
-    let (d, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1));
+    let (d, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1), Live::default());
     assert_eq!(d.version, 0);
     assert_eq!(
         host.set,
@@ -970,7 +987,7 @@ fn filter_reads_each_header_at_most_once() {
 fn filter_without_response_work_leaves_nothing_pending() {
     let r = split(90.0, 10.0);
     let mut host = FakeRequest::with(&[("x-user-id", b"bob")]);
-    let (_, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1));
+    let (_, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1), Live::default());
     assert!(
         pending.is_none(),
         "no response header, no cookie: nothing to do on the response"
@@ -984,7 +1001,7 @@ fn filter_sets_the_anonymous_cookie_once() {
             "stickiness":{"anonymousCookie":{"name":"canary_id","maxAgeSeconds":600,"secure":true}}}"#,
     );
     let mut host = FakeRequest::default();
-    let (d, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(5));
+    let (d, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(5), Live::default());
     let pending = pending.expect("a new id must be sent back");
     let mut resp = FakeResponse::default();
     filter::on_response_headers(&r, &pending, &mut resp);
@@ -999,7 +1016,7 @@ fn filter_sets_the_anonymous_cookie_once() {
     // Returning with the cookie: sticky, no new cookie.
     let cookie = format!("canary_id={id}");
     let mut host = FakeRequest::with(&[("cookie", cookie.as_bytes())]);
-    let (d2, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(6));
+    let (d2, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(6), Live::default());
     assert_eq!((d2.version, d2.reason), (d.version, Reason::Sticky));
     assert!(pending.is_none());
 }
@@ -1010,4 +1027,303 @@ fn metric_names_are_exported_by_istio_and_readable_in_prometheus() {
         filter::metric_name("model-v2", Reason::Sticky),
         "canary_selector.requests.model-v2.sticky"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Guard and schedule (automatic rollback, scheduled ramps).
+// ---------------------------------------------------------------------------
+
+const GUARDED: &str = r#"{
+  "versions": [{"name": "model-v1", "weight": 50}, {"name": "model-v2", "weight": 50}],
+  "stickiness": {"userIdHeaders": ["x-user-id"]},
+  "rules": [{"name": "testers", "match": {"headers": {"x-canary-tester": {"exact": "true"}}}, "version": "model-v2"}],
+  "responseReasonHeader": "x-canary-reason",
+  "guard": {"windowSeconds": 10, "minRequests": 20, "maxErrorRate": 0.1, "slowResponseMs": 500, "maxSlowRate": 0.5}
+}"#;
+
+#[test]
+fn guard_config_defaults_and_errors() {
+    let r = rollout(GUARDED);
+    let g = r.guard.as_ref().unwrap();
+    assert_eq!(
+        (g.window_ms, g.min_requests, g.max_error_rate, g.slow),
+        (10_000, 20, Some(0.1), Some((500, 0.5)))
+    );
+    let r = rollout(
+        r#"{"versions":[{"name":"a","weight":90},{"name":"b","weight":10}],"guard":{"maxErrorRateAboveStable":0.02}}"#,
+    );
+    let g = r.guard.unwrap();
+    assert_eq!((g.window_ms, g.min_requests), (60_000, 20), "defaults");
+
+    let v = r#""versions":[{"name":"a","weight":90},{"name":"b","weight":10}]"#;
+    let cases = [
+        (
+            r#"{"versions":[{"name":"a","weight":100}],"guard":{"maxErrorRate":0.1}}"#.to_string(),
+            "guard",
+            "two versions",
+        ),
+        (
+            format!(r#"{{{v},"guard":{{}}}}"#),
+            "guard",
+            "needs a threshold",
+        ),
+        (
+            format!(r#"{{{v},"guard":{{"maxErrorRate":1.5}}}}"#),
+            "guard.maxErrorRate",
+            "between 0 and 1",
+        ),
+        (
+            format!(r#"{{{v},"guard":{{"maxErrorRateAboveStable":-0.1}}}}"#),
+            "guard.maxErrorRateAboveStable",
+            "between 0 and 1",
+        ),
+        (
+            format!(r#"{{{v},"guard":{{"maxErrorRate":0.1,"windowSeconds":0}}}}"#),
+            "guard.windowSeconds",
+            "1 to 3600",
+        ),
+        (
+            format!(r#"{{{v},"guard":{{"maxErrorRate":0.1,"windowSeconds":7200}}}}"#),
+            "guard.windowSeconds",
+            "1 to 3600",
+        ),
+        (
+            format!(r#"{{{v},"guard":{{"maxErrorRate":0.1,"minRequests":0}}}}"#),
+            "guard.minRequests",
+            "at least 1",
+        ),
+        (
+            format!(r#"{{{v},"guard":{{"slowResponseMs":100}}}}"#),
+            "guard.maxSlowRate",
+            "required",
+        ),
+        (
+            format!(r#"{{{v},"guard":{{"maxSlowRate":0.1}}}}"#),
+            "guard.slowResponseMs",
+            "required",
+        ),
+        (
+            format!(r#"{{{v},"guard":{{"maxErrorRate":0.1,"window":5}}}}"#),
+            "guard.window",
+            "unknown field",
+        ),
+    ];
+    for (json, field, reason) in cases {
+        let e = rejected(&json);
+        assert_eq!(e.field, field, "{json}\n{e}");
+        assert!(e.reason.contains(reason), "{json}\n{e}");
+    }
+}
+
+fn scheduled(steps: &str) -> Result<Rollout, ConfigError> {
+    Rollout::from_json(
+        format!(
+            r#"{{"versions":[{{"name":"v1","weight":100}},{{"name":"v2","weight":0}}],
+                "stickiness":{{"userIdHeaders":["x-user-id"]}},
+                "schedule":{{"start":"2026-12-01T09:00:00Z","steps":[{steps}]}}}}"#
+        )
+        .as_bytes(),
+    )
+}
+
+#[test]
+fn schedule_config_and_errors() {
+    let r = scheduled(
+        r#"{"afterSeconds":0,"weights":{"v1":99,"v2":1}},{"afterSeconds":60,"weights":{"v2":10,"v1":90}},{"afterSeconds":120.0,"weights":{"v2":100}}"#,
+    )
+    .unwrap();
+    let s = r.schedule.as_ref().unwrap();
+    assert_eq!(
+        s.start_ms,
+        crate::time::parse_rfc3339_ms("2026-12-01T09:00:00Z").unwrap()
+    );
+    let at: Vec<i64> = s.steps.iter().map(|st| st.at_ms - s.start_ms).collect();
+    assert_eq!(at, vec![0, 60_000, 120_000]);
+    assert_eq!(s.steps[2].weights, vec![0.0, 100.0]);
+
+    let cases = [
+        (
+            r#"{"afterSeconds":0,"weights":{"v1":50,"v2":50}},{"afterSeconds":0,"weights":{"v2":100}}"#,
+            "schedule.steps[1].afterSeconds",
+            "later",
+        ),
+        (
+            r#"{"afterSeconds":0,"weights":{"v1":50,"v3":50}}"#,
+            "schedule.steps[0].weights.v3",
+            "not a listed version",
+        ),
+        (
+            r#"{"afterSeconds":0,"weights":{"v1":50,"v2":40}}"#,
+            "schedule.steps[0].weights",
+            "sum to 90",
+        ),
+        (
+            r#"{"afterSeconds":0,"weights":{"v1":50,"v2":50,"v2":0}}"#,
+            "schedule.steps[0].weights.v2",
+            "twice",
+        ),
+        (
+            r#"{"afterSeconds":0,"weights":{"v1":50,"v2":50}},{"afterSeconds":10,"weights":{"v1":60,"v2":40}}"#,
+            "schedule.steps[1].weights",
+            "ramp forward",
+        ),
+        (
+            r#"{"afterSeconds":-5,"weights":{"v2":100}}"#,
+            "schedule.steps[0].afterSeconds",
+            "whole number",
+        ),
+        (
+            r#"{"weights":{"v2":100}}"#,
+            "schedule.steps[0]",
+            "missing field `afterSeconds`",
+        ),
+    ];
+    for (steps, field, reason) in cases {
+        let e = scheduled(steps).map(|_| ()).unwrap_err();
+        assert_eq!(e.field, field, "{steps}\n{e}");
+        assert!(e.reason.contains(reason), "{steps}\n{e}");
+    }
+    let e = Rollout::from_json(
+        br#"{"versions":[{"name":"v1","weight":100}],"schedule":{"start":"tomorrow","steps":[{"afterSeconds":0,"weights":{"v1":100}}]}}"#,
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert_eq!(e.field, "schedule.start");
+    let e = Rollout::from_json(br#"{"versions":[{"name":"v1","weight":100}],"schedule":{"start":"2026-12-01T09:00:00Z","steps":[]}}"#)
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(e.field, "schedule.steps");
+}
+
+#[test]
+fn the_schedule_moves_the_split_at_each_step_and_only_forward() {
+    let r = scheduled(
+        r#"{"afterSeconds":0,"weights":{"v1":99,"v2":1}},{"afterSeconds":60,"weights":{"v1":90,"v2":10}},{"afterSeconds":120,"weights":{"v1":50,"v2":50}}"#,
+    )
+    .unwrap();
+    let start = r.schedule.as_ref().unwrap().start_ms;
+    let share = |now_ms: i64| {
+        let live = Live {
+            now_ms,
+            guard_tripped: false,
+        };
+        let on_v2 = (0..20_000)
+            .filter(|i| {
+                let id = format!("user-{i}");
+                let mut req = FakeRequest::with(&[("x-user-id", id.as_bytes())]);
+                decide(&r, &mut req, &mut WyRand(1), live).version == 1
+            })
+            .count();
+        on_v2 as f64 / 20_000.0
+    };
+    assert_eq!(
+        share(start - 1),
+        0.0,
+        "before the start: the listed weights (100/0)"
+    );
+    assert!((share(start) - 0.01).abs() < 0.004);
+    assert!((share(start + 59_999) - 0.01).abs() < 0.004);
+    assert!((share(start + 60_000) - 0.10).abs() < 0.01);
+    assert!(
+        (share(start + 10 * 3_600_000) - 0.50).abs() < 0.02,
+        "the last step holds"
+    );
+    // Nobody moves back between steps.
+    for i in 0..5000 {
+        let id = format!("user-{i}");
+        let mut last = 0;
+        for t in [start - 1, start, start + 60_000, start + 120_000] {
+            let mut req = FakeRequest::with(&[("x-user-id", id.as_bytes())]);
+            let v = decide(
+                &r,
+                &mut req,
+                &mut WyRand(1),
+                Live {
+                    now_ms: t,
+                    guard_tripped: false,
+                },
+            )
+            .version;
+            assert!(v >= last, "{id} moved back at {t}");
+            last = v;
+        }
+    }
+}
+
+#[test]
+fn a_tripped_guard_sends_unpinned_traffic_to_stable_but_rules_still_apply() {
+    let r = rollout(GUARDED);
+    let tripped = Live {
+        now_ms: 0,
+        guard_tripped: true,
+    };
+    let v2_user = (0..1000)
+        .map(|i| format!("user-{i}"))
+        .find(|u| version_for(&r, u) == "model-v2")
+        .unwrap();
+    let mut req = FakeRequest::with(&[("x-user-id", v2_user.as_bytes())]);
+    let d = decide(&r, &mut req, &mut WyRand(1), tripped);
+    assert_eq!((d.version, d.reason), (0, Reason::Guard));
+    // Users already on stable keep their ordinary reason.
+    let v1_user = (0..1000)
+        .map(|i| format!("user-{i}"))
+        .find(|u| version_for(&r, u) == "model-v1")
+        .unwrap();
+    let mut req = FakeRequest::with(&[("x-user-id", v1_user.as_bytes())]);
+    assert_eq!(
+        decide(&r, &mut req, &mut WyRand(1), tripped).reason,
+        Reason::Sticky
+    );
+    // Testers still reach the canary to debug it.
+    let mut req = FakeRequest::with(&[
+        ("x-canary-tester", b"true"),
+        ("x-user-id", v2_user.as_bytes()),
+    ]);
+    let d = decide(&r, &mut req, &mut WyRand(1), tripped);
+    assert_eq!((d.version, d.reason), (1, Reason::Rule));
+}
+
+#[test]
+fn guarded_streams_report_errors_and_slow_responses() {
+    let r = rollout(GUARDED);
+    let mut host = FakeRequest::with(&[("x-canary-tester", b"true")]);
+    let live = Live {
+        now_ms: 1_000,
+        guard_tripped: false,
+    };
+    let (_, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1), live);
+    let pending = pending.expect("the guard counts every response");
+    assert_eq!(pending.started_ms, Some(1_000));
+    for (status, now, error, slow) in [
+        (Some(200), 1_100, false, false),
+        (Some(503), 1_100, true, false),
+        (Some(599), 1_600, true, true),
+        (Some(404), 1_501, false, true),
+        (None, 1_000, false, false),
+    ] {
+        let mut resp = FakeResponse {
+            status,
+            now_ms: now,
+            ..Default::default()
+        };
+        let outcome = filter::on_response_headers(&r, &pending, &mut resp).unwrap();
+        assert_eq!(
+            (outcome.version, outcome.error, outcome.slow),
+            (1, error, slow),
+            "{status:?} at {now}"
+        );
+        assert_eq!(
+            resp.headers,
+            vec![("x-canary-reason".to_string(), "rule".to_string())]
+        );
+    }
+    // Without a guard nothing is counted.
+    let plain = split(50.0, 50.0);
+    let pending = filter::Pending {
+        version: 1,
+        reason: Reason::Sticky,
+        new_id: None,
+        started_ms: None,
+    };
+    assert!(filter::on_response_headers(&plain, &pending, &mut FakeResponse::default()).is_none());
 }

@@ -23,6 +23,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import mmh3
 import yaml
@@ -97,6 +98,23 @@ class Envoy:
     concurrency: int = 2
     envoy_bin: Path = ENVOY_BIN
     wasm: Path = WASM
+    # Envoy's failure_policy for the Wasm filter (FAIL_OPEN, FAIL_CLOSED, FAIL_RELOAD).
+    failure_policy: str = "FAIL_OPEN"
+    # More filter types the ECDS subscription accepts (Istio also lists RBAC,
+    # the filter its agent substitutes for a module it cannot fetch).
+    extra_type_urls: tuple[str, ...] = ()
+    # Start with this ECDS TypedExtensionConfig instead of the plugin config.
+    initial_resource: dict | None = None
+    # The subscription's default_config (a typed_config), used until a config
+    # is accepted.
+    default_config: dict | None = None
+    # Called with the bootstrap dict before Envoy starts, to adjust it (e.g.
+    # make a model server fail some requests).
+    bootstrap_hook: Callable[[dict], None] | None = None
+    # The filter's ECDS name (Istio: `<namespace>.<WasmPlugin name>`) and the
+    # plugin's root_id (Istio: the WasmPlugin's `pluginName`).
+    filter_name: str = FILTER_NAME
+    root_id: str = ecds.DEFAULT_ROOT_ID
     ports: dict = field(default_factory=dict)
     proc: subprocess.Popen | None = None
 
@@ -105,7 +123,7 @@ class Envoy:
     def start(self, timeout: float = 60.0) -> "Envoy":
         if not self.envoy_bin.exists():
             raise RuntimeError(f"Envoy binary not found at {self.envoy_bin}: run `make venv`")
-        if not self.wasm.exists():
+        if not self.wasm.exists() and self.wasm == WASM:
             raise RuntimeError(f"module not found at {self.wasm}: run `make build`")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ecds_dir = self.workdir / "ecds"
@@ -113,7 +131,10 @@ class Envoy:
         self.ports = {name: free_port() for name in ("admin", "ingress", "model-v1", "model-v2")}
         config_path = self.workdir / "envoy.yaml"
         config_path.write_text(yaml.safe_dump(self._bootstrap()))
-        self._write_ecds(self.plugin_config)
+        if self.initial_resource is None:
+            self._write_ecds(self.plugin_config)
+        else:
+            self._write_resource(self.initial_resource)
         self.log_path = self.workdir / "envoy.log"
         self.proc = subprocess.Popen(
             [
@@ -135,9 +156,9 @@ class Envoy:
             try:
                 if self._admin("/ready") == "LIVE\n":
                     stats = self.stats()
-                    if stats.get(f"{ECDS_STATS}.update_success", 0) >= 1:
+                    if stats.get(f"{self.ecds_stats}.update_success", 0) >= 1:
                         return self
-                    if stats.get(f"{ECDS_STATS}.update_rejected", 0) >= 1:
+                    if stats.get(f"{self.ecds_stats}.update_rejected", 0) >= 1:
                         # Started without a valid filter config: callers that
                         # test this case check the stats themselves.
                         return self
@@ -176,40 +197,66 @@ class Envoy:
                     for hf in f["typed_config"].get("http_filters", []):
                         source = hf.get("config_discovery", {}).get("config_source", {})
                         if "path_config_source" in source:
+                            hf["name"] = self.filter_name
                             source["path_config_source"] = {
                                 "path": str(self.ecds_path),
                                 "watched_directory": {"path": str(self.ecds_dir)},
                             }
+                            hf["config_discovery"]["type_urls"] += list(self.extra_type_urls)
+                            if self.default_config is not None:
+                                hf["config_discovery"]["default_config"] = self.default_config
         for cluster in cfg["static_resources"]["clusters"]:
             for ep in cluster["load_assignment"]["endpoints"]:
                 for lb in ep["lb_endpoints"]:
                     lb["endpoint"]["address"]["socket_address"]["port_value"] = self.ports[cluster["name"]]
+        if self.bootstrap_hook:
+            self.bootstrap_hook(cfg)
         return cfg
 
     # -- config pushes --
 
+    @property
+    def ecds_stats(self) -> str:
+        """The prefix of Envoy's ECDS counters for this filter."""
+        return f"extension_config_discovery.http_filter.{self.filter_name}"
+
     def _write_ecds(self, plugin_config: str | dict) -> None:
         text = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
-        ecds.write_atomically(str(self.ecds_path), ecds.resource(text, str(self.wasm)))
+        resource = ecds.resource(
+            text, str(self.wasm), name=self.filter_name, root_id=self.root_id, failure_policy=self.failure_policy
+        )
+        ecds.write_atomically(str(self.ecds_path), resource)
+
+    def _write_resource(self, extension_config: dict) -> None:
+        doc = {"version_info": str(time.monotonic_ns()), "resources": [extension_config]}
+        ecds.write_atomically(str(self.ecds_path), doc)
 
     def push(self, plugin_config: str | dict, timeout: float = 20.0) -> bool:
         """Push a plugin config over ECDS; True if Envoy accepted it, False if it
         rejected it (the previous config keeps serving)."""
+        return self._push(lambda: self._write_ecds(plugin_config), timeout)
+
+    def push_resource(self, extension_config: dict, timeout: float = 20.0) -> bool:
+        """Push any ECDS TypedExtensionConfig (for example another filter under
+        the same name); True if accepted."""
+        return self._push(lambda: self._write_resource(extension_config), timeout)
+
+    def _push(self, write, timeout: float) -> bool:
         # Envoy counts a rejected update in config_reload too; update_success
         # and update_rejected tell the two apart.
         before = self.stats()
-        accepted = before.get(f"{ECDS_STATS}.update_success", 0)
-        rejected = before.get(f"{ECDS_STATS}.update_rejected", 0)
-        self._write_ecds(plugin_config)
+        accepted = before.get(f"{self.ecds_stats}.update_success", 0)
+        rejected = before.get(f"{self.ecds_stats}.update_rejected", 0)
+        write()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             stats = self.stats()
-            if stats.get(f"{ECDS_STATS}.update_success", 0) > accepted:
+            if stats.get(f"{self.ecds_stats}.update_success", 0) > accepted:
                 # The new filter config is applied to new streams; wait a beat
                 # for the workers to pick it up.
                 time.sleep(0.2)
                 return True
-            if stats.get(f"{ECDS_STATS}.update_rejected", 0) > rejected:
+            if stats.get(f"{self.ecds_stats}.update_rejected", 0) > rejected:
                 return False
             time.sleep(0.05)
         raise TimeoutError(f"Envoy neither accepted nor rejected the push in {timeout}s")

@@ -1,0 +1,372 @@
+//! The guard: per-version response counts over a sliding window, and the
+//! judgement that trips it. Pure; the glue counts responses into a per-VM
+//! [`Window`], merges it into one proxy-wide window kept in proxy-wasm shared
+//! data on each tick (compare-and-swap), and judges the merged window, so one
+//! trip covers every worker of the pod.
+//!
+//! The window is a ring of [`SLOTS`] time slots of `window / SLOTS` each;
+//! slots older than the window fall out as time moves on.
+
+use crate::config::Guard;
+
+pub const SLOTS: usize = 10;
+const HEADER: usize = 4;
+const FORMAT: u8 = 1;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub requests: u32,
+    pub errors: u32,
+    pub slow: u32,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.errors = self.errors.saturating_add(other.errors);
+        self.slow = self.slow.saturating_add(other.slow);
+    }
+
+    fn rate(part: u32, whole: u32) -> f64 {
+        if whole == 0 {
+            0.0
+        } else {
+            f64::from(part) / f64::from(whole)
+        }
+    }
+
+    pub fn error_rate(&self) -> f64 {
+        Self::rate(self.errors, self.requests)
+    }
+
+    pub fn slow_rate(&self) -> f64 {
+        Self::rate(self.slow, self.requests)
+    }
+}
+
+/// Counts per version in a ring of time slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    versions: usize,
+    slot_ms: u64,
+    /// The slot number (time / slot_ms) each ring entry holds; 0 = empty.
+    epochs: [u64; SLOTS],
+    /// `SLOTS * versions` counts, slot-major.
+    counts: Vec<Counts>,
+}
+
+impl Window {
+    pub fn new(versions: usize, window_ms: u64) -> Window {
+        Window {
+            versions,
+            slot_ms: (window_ms / SLOTS as u64).max(1),
+            epochs: [0; SLOTS],
+            counts: vec![Counts::default(); SLOTS * versions],
+        }
+    }
+
+    pub fn slot_ms(&self) -> u64 {
+        self.slot_ms
+    }
+
+    fn epoch(&self, now_ms: u64) -> u64 {
+        // +1 so that epoch 0 can mean "empty".
+        now_ms / self.slot_ms + 1
+    }
+
+    /// The counts of the slot for `epoch`, recycling the ring entry if it
+    /// holds an older slot; `None` if the entry holds a newer one (the epoch
+    /// has already left the window).
+    fn slot_mut(&mut self, epoch: u64) -> Option<&mut [Counts]> {
+        let i = (epoch % SLOTS as u64) as usize;
+        let held = *self.epochs.get(i)?;
+        if held > epoch {
+            return None;
+        }
+        let range = i * self.versions..(i + 1) * self.versions;
+        if held < epoch {
+            if let Some(e) = self.epochs.get_mut(i) {
+                *e = epoch;
+            }
+            self.counts.get_mut(range.clone())?.fill(Counts::default());
+        }
+        self.counts.get_mut(range)
+    }
+
+    /// Counts one response of `version`.
+    pub fn record(&mut self, now_ms: u64, version: usize, error: bool, slow: bool) {
+        let epoch = self.epoch(now_ms);
+        if let Some(c) = self.slot_mut(epoch).and_then(|s| s.get_mut(version)) {
+            c.add(Counts {
+                requests: 1,
+                errors: u32::from(error),
+                slow: u32::from(slow),
+            });
+        }
+    }
+
+    /// Adds `other`'s slots (same shape) into this window.
+    pub fn merge(&mut self, other: &Window) {
+        if other.versions != self.versions || other.slot_ms != self.slot_ms {
+            return;
+        }
+        for (i, &epoch) in other.epochs.iter().enumerate() {
+            if epoch == 0 {
+                continue;
+            }
+            let theirs = other
+                .counts
+                .get(i * other.versions..(i + 1) * other.versions);
+            if let (Some(ours), Some(theirs)) = (self.slot_mut(epoch), theirs) {
+                for (o, t) in ours.iter_mut().zip(theirs) {
+                    o.add(*t);
+                }
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.epochs.iter().all(|&e| e == 0)
+    }
+
+    pub fn clear(&mut self) {
+        self.epochs = [0; SLOTS];
+        self.counts.fill(Counts::default());
+    }
+
+    /// Totals per version over the window ending at `now_ms`.
+    pub fn totals(&self, now_ms: u64) -> Vec<Counts> {
+        let now = self.epoch(now_ms);
+        let mut totals = vec![Counts::default(); self.versions];
+        for (i, &epoch) in self.epochs.iter().enumerate() {
+            if epoch == 0 || epoch > now || now - epoch >= SLOTS as u64 {
+                continue;
+            }
+            if let Some(slot) = self.counts.get(i * self.versions..(i + 1) * self.versions) {
+                for (t, c) in totals.iter_mut().zip(slot) {
+                    t.add(*c);
+                }
+            }
+        }
+        totals
+    }
+
+    /// The shared-data form: a header (format, tripped version + 1 or 0),
+    /// then each slot's epoch and counts, little-endian.
+    pub fn encode(&self, tripped: Option<usize>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + SLOTS * (8 + 12 * self.versions));
+        let tripped = tripped.map_or(0, |v| u8::try_from(v + 1).unwrap_or(u8::MAX));
+        out.extend_from_slice(&[FORMAT, tripped, 0, 0]);
+        for (i, epoch) in self.epochs.iter().enumerate() {
+            out.extend_from_slice(&epoch.to_le_bytes());
+            for c in self
+                .counts
+                .get(i * self.versions..(i + 1) * self.versions)
+                .unwrap_or(&[])
+            {
+                out.extend_from_slice(&c.requests.to_le_bytes());
+                out.extend_from_slice(&c.errors.to_le_bytes());
+                out.extend_from_slice(&c.slow.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Reads the shared-data form written by [`Window::encode`] for a window
+    /// of this shape: the window and the tripped version, if any. `None` for
+    /// anything else (absent, another format, another shape).
+    pub fn decode(
+        bytes: &[u8],
+        versions: usize,
+        window_ms: u64,
+    ) -> Option<(Window, Option<usize>)> {
+        let mut w = Window::new(versions, window_ms);
+        if bytes.len() != HEADER + SLOTS * (8 + 12 * versions) || bytes.first() != Some(&FORMAT) {
+            return None;
+        }
+        let tripped = match *bytes.get(1)? {
+            0 => None,
+            v => Some(usize::from(v) - 1),
+        };
+        let mut words = bytes.get(HEADER..)?.chunks_exact(4).map(|c| {
+            let mut b = [0u8; 4];
+            b.copy_from_slice(c);
+            u32::from_le_bytes(b)
+        });
+        for i in 0..SLOTS {
+            let (lo, hi) = (words.next()?, words.next()?);
+            *w.epochs.get_mut(i)? = u64::from(lo) | u64::from(hi) << 32;
+            for c in w.counts.get_mut(i * versions..(i + 1) * versions)? {
+                *c = Counts {
+                    requests: words.next()?,
+                    errors: words.next()?,
+                    slow: words.next()?,
+                };
+            }
+        }
+        Some((w, tripped))
+    }
+}
+
+/// Why a canary version tripped the guard, with the figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trip {
+    pub version: usize,
+    pub counts: Counts,
+    pub stable: Counts,
+    pub cause: &'static str,
+}
+
+/// Judges the window totals: the first canary version (index >= 1) with
+/// at least `min_requests` responses that breaches a threshold.
+pub fn judge(guard: &Guard, totals: &[Counts]) -> Option<Trip> {
+    let stable = totals.first().copied().unwrap_or_default();
+    totals.iter().enumerate().skip(1).find_map(|(version, &c)| {
+        if c.requests < guard.min_requests {
+            return None;
+        }
+        let cause = if guard.max_error_rate.is_some_and(|max| c.error_rate() > max) {
+            "error rate above maxErrorRate"
+        } else if guard
+            .max_error_rate_above_stable
+            .is_some_and(|max| c.error_rate() - stable.error_rate() > max)
+        {
+            "error rate above the stable version's by more than maxErrorRateAboveStable"
+        } else if guard.slow.is_some_and(|(_, max)| c.slow_rate() > max) {
+            "share of slow responses above maxSlowRate"
+        } else {
+            return None;
+        };
+        Some(Trip {
+            version,
+            counts: c,
+            stable,
+            cause,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(min: u32, max: Option<f64>, above: Option<f64>, slow: Option<(u32, f64)>) -> Guard {
+        Guard {
+            window_ms: 10_000,
+            min_requests: min,
+            max_error_rate: max,
+            max_error_rate_above_stable: above,
+            slow,
+        }
+    }
+
+    #[test]
+    fn window_slides() {
+        let mut w = Window::new(2, 10_000); // 1 s slots
+        for t in 0..20_000u64 {
+            if t % 100 == 0 {
+                w.record(t, 1, t % 200 == 0, false);
+            }
+        }
+        // At t = 19.999 s the window holds 10.0 s .. 19.999 s: 100 responses.
+        let totals = w.totals(19_999);
+        assert_eq!(totals[1].requests, 100);
+        assert_eq!(totals[1].errors, 50);
+        assert_eq!(totals[0], Counts::default());
+        // Much later, everything has left the window.
+        assert_eq!(w.totals(60_000)[1].requests, 0);
+    }
+
+    #[test]
+    fn late_records_for_slots_that_left_the_ring_are_dropped() {
+        let mut w = Window::new(1, 10_000);
+        w.record(50_000, 0, false, false);
+        w.record(10_000, 0, true, false); // same ring entry, older slot
+        assert_eq!(w.totals(50_000)[0].errors, 0);
+    }
+
+    #[test]
+    fn merge_adds_by_slot() {
+        let mut shared = Window::new(2, 10_000);
+        let mut a = Window::new(2, 10_000);
+        let mut b = Window::new(2, 10_000);
+        for t in [1_000u64, 2_000, 3_000] {
+            a.record(t, 1, true, false);
+            b.record(t, 1, false, true);
+        }
+        shared.merge(&a);
+        shared.merge(&b);
+        let t = shared.totals(3_000)[1];
+        assert_eq!((t.requests, t.errors, t.slow), (6, 3, 3));
+        // A newer slot replaces the ring entry it shares with an old one;
+        // the other old slots have left the 10 s window by then.
+        let mut c = Window::new(2, 10_000);
+        c.record(13_000, 1, false, false);
+        shared.merge(&c);
+        assert_eq!(shared.totals(13_000)[1].requests, 1);
+        assert_eq!(shared.totals(10_999)[1].requests, 4, "t = 1 s and 2 s slots still held");
+    }
+
+    #[test]
+    fn encode_decode_round_trip() {
+        let mut w = Window::new(3, 30_000);
+        w.record(123_456, 2, true, true);
+        w.record(150_000, 0, false, false);
+        for tripped in [None, Some(2)] {
+            let bytes = w.encode(tripped);
+            let (back, t) = Window::decode(&bytes, 3, 30_000).unwrap();
+            assert_eq!(back, w);
+            assert_eq!(t, tripped);
+        }
+        let bytes = w.encode(None);
+        assert!(Window::decode(&bytes, 2, 30_000).is_none(), "other shape");
+        assert!(Window::decode(&bytes[1..], 3, 30_000).is_none());
+        assert!(Window::decode(b"", 3, 30_000).is_none());
+    }
+
+    #[test]
+    fn judge_thresholds() {
+        let c = |requests, errors, slow| Counts {
+            requests,
+            errors,
+            slow,
+        };
+        // Not enough requests to judge.
+        assert!(judge(
+            &guard(50, Some(0.1), None, None),
+            &[c(100, 0, 0), c(49, 49, 0)]
+        )
+        .is_none());
+        // Absolute.
+        let trip = judge(
+            &guard(50, Some(0.1), None, None),
+            &[c(100, 0, 0), c(50, 6, 0)],
+        )
+        .unwrap();
+        assert_eq!((trip.version, trip.counts.errors), (1, 6));
+        assert!(judge(
+            &guard(50, Some(0.1), None, None),
+            &[c(100, 0, 0), c(50, 5, 0)]
+        )
+        .is_none());
+        // Relative to stable: both failing alike does not trip.
+        let rel = guard(50, None, Some(0.05), None);
+        assert!(judge(&rel, &[c(1000, 200, 0), c(100, 22, 0)]).is_none());
+        assert!(judge(&rel, &[c(1000, 200, 0), c(100, 26, 0)]).is_some());
+        // Slow responses.
+        let slow = guard(10, None, None, Some((500, 0.2)));
+        assert!(judge(&slow, &[c(0, 0, 0), c(10, 0, 2)]).is_none());
+        assert_eq!(
+            judge(&slow, &[c(0, 0, 0), c(10, 0, 3)]).unwrap().cause,
+            "share of slow responses above maxSlowRate"
+        );
+        // The stable version itself never trips; the first breaching canary is named.
+        assert!(judge(&guard(1, Some(0.0), None, None), &[c(10, 10, 0)]).is_none());
+        let three = judge(
+            &guard(1, Some(0.1), None, None),
+            &[c(10, 0, 0), c(10, 0, 0), c(10, 5, 0)],
+        )
+        .unwrap();
+        assert_eq!(three.version, 2);
+    }
+}
