@@ -159,6 +159,100 @@ struct RawStringMatch {
     regex: Option<String>,
 }
 
+/// The JSON path (`versions[1].weight`) of the value being read at a
+/// 1-based line and column of `text`, or `(config)` at the top level: enough
+/// of a JSON scanner to follow objects, arrays and keys up to that point.
+fn json_path_at(text: &[u8], line: usize, column: usize, missing_field: bool) -> String {
+    enum Frame {
+        Object { key: Option<String>, in_value: bool },
+        Array { index: usize },
+    }
+    let line_start = text
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'\n')
+        .nth(line.saturating_sub(2))
+        .map_or(0, |(i, _)| i + 1);
+    let mut end = if line <= 1 {
+        column
+    } else {
+        line_start + column
+    };
+    // serde_json reports the byte it stopped at (1-based). A closing bracket
+    // there was consumed when a field was found missing at the end of the
+    // object, but only peeked at when a value's own check failed: then the
+    // value's object is still the one being read.
+    if !missing_field && matches!(text.get(end.wrapping_sub(1)), Some(b'}' | b']')) {
+        end -= 1;
+    }
+    let text = text.get(..end.min(text.len())).unwrap_or(text);
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    while let Some(&b) = text.get(i) {
+        i += 1;
+        match b {
+            b'{' => stack.push(Frame::Object {
+                key: None,
+                in_value: false,
+            }),
+            b'[' => stack.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b':' => {
+                if let Some(Frame::Object { in_value, .. }) = stack.last_mut() {
+                    *in_value = true;
+                }
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Array { index }) => *index += 1,
+                Some(Frame::Object { in_value, .. }) => *in_value = false,
+                None => {}
+            },
+            b'"' => {
+                let start = i;
+                while let Some(&c) = text.get(i) {
+                    i += if c == b'\\' { 2 } else { 1 };
+                    if c == b'"' {
+                        break;
+                    }
+                }
+                if let Some(Frame::Object {
+                    key,
+                    in_value: false,
+                }) = stack.last_mut()
+                {
+                    let raw = text.get(start..i.saturating_sub(1)).unwrap_or_default();
+                    *key = Some(String::from_utf8_lossy(raw).into_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut path = String::new();
+    for frame in &stack {
+        match frame {
+            Frame::Object { key: Some(k), .. } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+            }
+            Frame::Object { key: None, .. } => {}
+            Frame::Array { index } => {
+                path.push('[');
+                path.push_str(&index.to_string());
+                path.push(']');
+            }
+        }
+    }
+    if path.is_empty() {
+        "(config)".into()
+    } else {
+        path
+    }
+}
+
 /// A JSON object as (key, value) pairs in the order written, duplicates kept
 /// (validation rejects them), instead of a map that would silently keep the
 /// last one.
@@ -322,15 +416,22 @@ impl Rollout {
             return err("(config)", "must be a JSON object");
         }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
+        let raw = RawConfig::deserialize(de).map_err(|e| {
+            // serde_json says where, not which field: name the field from the
+            // position, and keep the reason without the position suffix.
+            let message = e.to_string();
+            let suffix = format!(" at line {} column {}", e.line(), e.column());
             ConfigError {
-                field: if path == "." || path == "?" {
-                    "(config)".into()
-                } else {
-                    path
-                },
-                reason: e.into_inner().to_string(),
+                field: json_path_at(
+                    bytes,
+                    e.line(),
+                    e.column(),
+                    message.starts_with("missing field"),
+                ),
+                reason: message
+                    .strip_suffix(&suffix)
+                    .unwrap_or(&message)
+                    .to_string(),
             }
         })?;
         validate(raw)

@@ -304,7 +304,11 @@ mod tests {
         c.record(13_000, 1, false, false);
         shared.merge(&c);
         assert_eq!(shared.totals(13_000)[1].requests, 1);
-        assert_eq!(shared.totals(10_999)[1].requests, 4, "t = 1 s and 2 s slots still held");
+        assert_eq!(
+            shared.totals(10_999)[1].requests,
+            4,
+            "t = 1 s and 2 s slots still held"
+        );
     }
 
     #[test]

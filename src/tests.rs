@@ -1327,3 +1327,30 @@ fn guarded_streams_report_errors_and_slow_responses() {
     };
     assert!(filter::on_response_headers(&plain, &pending, &mut FakeResponse::default()).is_none());
 }
+
+#[test]
+fn errors_in_multi_line_configs_name_the_field() {
+    let cases = [
+        (
+            "{\n  \"versions\": [\n    {\"name\": \"v1\", \"weight\": 90},\n    {\"name\": \"v2\", \"weight\": \"10\"}\n  ]\n}",
+            "versions[1].weight",
+        ),
+        (
+            "{\n  \"versions\": [{\"name\": \"v1\", \"weight\": 100}],\n  \"stickiness\": {\n    \"userIdHeaders\": [\"a\", 7]\n  }\n}",
+            "stickiness.userIdHeaders[1]",
+        ),
+        (
+            "{\n  \"versions\": [{\"name\": \"v1\", \"weight\": 100}],\n  \"rules\": [\n    {\"name\": \"t\", \"match\": {\"headers\": {\"x-a\": {\"exact\": \"1\", \"sufix\": \"2\"}}}, \"version\": \"v1\"}\n  ]\n}",
+            "rules[0].match.headers.x-a.sufix",
+        ),
+        (
+            "{\n  \"versions\": [\n    {\"name\": \"v1\",\n     \"weight\": 100}\n  ],\n  \"stickiness\": {\"anonymousCookie\": {\"name\": \"c\",\n    \"maxAgeSeconds\": 0.5}}\n}",
+            "stickiness.anonymousCookie.maxAgeSeconds",
+        ),
+        ("{\n  \"versions\": [\n    {\"name\": \"v1\"}\n  ]\n}", "versions[0]"),
+        ("{\"versions\": [{\"name\": \"v\\\"1\", \"weight\": true}]}", "versions[0].weight"),
+    ];
+    for (json, field) in cases {
+        assert_eq!(rejected(json).field, field, "{json}");
+    }
+}
