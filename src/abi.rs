@@ -8,7 +8,9 @@
 //! module exporting only what it uses about +8 µs). This module exports only
 //! the callbacks the filter needs:
 //! `proxy_on_memory_allocate`, `proxy_on_context_create`, `proxy_on_configure`,
-//! `proxy_on_request_headers`, `proxy_on_response_headers`, `proxy_on_delete`.
+//! `proxy_on_request_headers`, `proxy_on_response_headers`, `proxy_on_delete`,
+//! and `proxy_on_tick` (called only for root contexts that ask for ticks: the
+//! guard's, never per request).
 //!
 //! Memory the host hands back (header values, the config) is written into a
 //! scratch arena that is reset at the start of each callback, so reading
@@ -685,7 +687,9 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
         }
         let versions = installed.rollout.versions.len();
         // Compare-and-swap: retry when another VM updated the window between
-        // our read and our write.
+        // our read and our write. (The very first write, to an absent key,
+        // cannot be guarded by a CAS token: two VMs racing on it may lose one
+        // tick of one VM's counts, once.)
         for _ in 0..8 {
             let (bytes, cas) = scope.shared_data(&g.key);
             let (mut shared, tripped) = bytes
