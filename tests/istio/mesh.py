@@ -1,0 +1,678 @@
+"""The Istio side of the tests: the manifests in istio/ read the way a cluster
+with Istio 1.32 reads them, and a real Envoy shaped like the client sidecar
+Istio would build from them.
+
+- `validate()`: a manifest against the schema `kubectl apply` would apply: an
+  Istio kind against its CRD in ../shared/istio-crds (unknown fields are errors,
+  as with kubectl's strict field validation; the CRD's CEL rules evaluated),
+  a Kubernetes kind against Kubernetes' own schemas (kubernetes-validate).
+- `Cluster`: the objects `kubectl apply -f` creates, changed by the README's
+  `kubectl patch` and `delete` commands exactly as the API server would.
+- `plugin_config_json()`: a WasmPlugin's pluginConfig as Istio delivers it.
+- `sidecar()`: the harness' Envoy with the VirtualService's routes, the
+  DestinationRule's subsets and the plugin over ECDS as Istio names it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import sys
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ISTIO_DIR = ROOT / "istio"
+CRD_DIR = ROOT.parent / "shared" / "istio-crds"
+README = ROOT / "README.md"
+
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from harness import Envoy  # noqa: E402
+
+# Kubernetes releases whose schemas the Kubernetes kinds must pass: every
+# minor from 1.30 to the newest kubernetes-validate ships.
+K8S_VERSIONS = sorted(
+    {v for v in kubernetes_validate.utils.all_versions() if tuple(map(int, v.split(".")[:2])) >= (1, 30)},
+    key=lambda v: tuple(map(int, v.split("."))),
+)
+
+WASM_PLUGIN = "WasmPlugin"
+TRAFFIC_EXTENSION = "TrafficExtension"
+RBAC_FILTER = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+
+
+# --- Reading manifests ------------------------------------------------------
+
+
+def load(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def demo_bootstrap() -> dict:
+    """envoy/envoy.yaml, the local demo the sidecar tests are built from."""
+    return yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
+
+
+def manifest_files() -> list[Path]:
+    """Every manifest under istio/, subdirectories included."""
+    return sorted(p for p in ISTIO_DIR.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
+
+
+def kubectl_files(path: Path) -> list[Path]:
+    """What `kubectl apply -f path` reads: the file, or the directory's
+    manifests (not its subdirectories; kubectl needs -R for those)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".yaml", ".yml", ".json"))
+    return [path]
+
+
+# --- Schemas ------------------------------------------------------------------
+
+# Kubernetes ObjectMeta, as much of it as a manifest sets.
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "maxLength": 253, "pattern": _DNS_SUBDOMAIN},
+        "namespace": {"type": "string", "maxLength": 63, "pattern": _DNS_LABEL},
+        "labels": {"type": "object", "additionalProperties": {"type": "string", "maxLength": 63}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+
+def _strict(schema: dict) -> dict:
+    """A CRD's structural schema (OpenAPI v3) as JSON Schema, strict the way
+    `kubectl apply` is: a field the schema does not know is an error unless
+    the object has x-kubernetes-preserve-unknown-fields (pluginConfig)."""
+    out: dict = {}
+    for key, value in schema.items():
+        if key == "properties":
+            out[key] = {name: _strict(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "not") and isinstance(value, dict):
+            out[key] = _strict(value)
+        elif key in ("oneOf", "anyOf", "allOf"):
+            out[key] = [_strict(sub) for sub in value]
+        elif key != "nullable":
+            out[key] = value
+    if schema.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if (
+        schema.get("type") == "object"
+        and "additionalProperties" not in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+def _crds() -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) -> the served version's openAPIV3Schema."""
+    if not CRD_DIR.is_dir():
+        raise RuntimeError(f"Istio CRD schemas not found at {CRD_DIR} (../shared/istio-crds from the repo root)")
+    out = {}
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for crd in load(path):
+            if crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                if version.get("served"):
+                    out[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return out
+
+
+CRDS = _crds()
+
+
+def _duration_ms(text: str) -> float:
+    """A Go/protobuf duration ("1.5s", "100ms", "1h2m") in milliseconds."""
+    units = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1, "us": 1e-3, "µs": 1e-3, "ns": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)", text)
+    if not parts or "".join(a + b for a, b in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _url_scheme_ok(value: str, schemes: tuple[str, ...]) -> bool:
+    text = value if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value) else "http://" + value
+    parts = urllib.parse.urlsplit(text)
+    return bool(parts.netloc or parts.path) and parts.scheme in schemes
+
+
+def _has(obj, name: str) -> bool:
+    return isinstance(obj, dict) and name in obj
+
+
+# The CEL rules (x-kubernetes-validations) of these CRDs, one Python
+# translation each. A rule met on a manifest that has no translation here
+# fails the test, so a new rule in a newer CRD cannot pass unchecked.
+_URL_RULE = (
+    'isURL(self) ? (url(self).getScheme() in ["", "http", "https", "{a}", "{b}"]) : (isURL("http://" + self) &&\n'
+    'url("http://" + self).getScheme() in ["", "http", "https", "{a}", "{b}"])'
+)
+CEL_RULES = {
+    'self.all(key, !key.contains("*"))': lambda s: all("*" not in k for k in s),
+    "self.all(key, key.size() != 0)": lambda s: all(len(k) for k in s),
+    '!self.contains("*")': lambda s: "*" not in s,
+    "self.size() == 0": lambda s: len(s) == 0,
+    "(has(self.selector) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1": lambda s: _has(s, "selector")
+    + _has(s, "targetRefs")
+    <= 1,
+    "(has(self.selector) ? 1 : 0) + (has(self.targetRef) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1": lambda s: (
+        _has(s, "selector") + _has(s, "targetRef") + _has(s, "targetRefs") <= 1
+    ),
+    "has(self.wasm) != has(self.lua)": lambda s: _has(s, "wasm") != _has(s, "lua"),
+    '(has(self.valueFrom) ? self.valueFrom : "") != "HOST" || !has(self.value)': lambda s: s.get("valueFrom", "")
+    != "HOST"
+    or "value" not in s,
+    "duration(self) >= duration('1ms')": lambda s: _duration_ms(s) >= 1,
+    _URL_RULE.replace("{a}", "oci").replace("{b}", "file"): lambda s: _url_scheme_ok(
+        s, ("", "http", "https", "oci", "file")
+    ),
+    _URL_RULE.replace("{a}", "file").replace("{b}", "oci"): lambda s: _url_scheme_ok(
+        s, ("", "http", "https", "file", "oci")
+    ),
+}
+
+
+def _cel_errors(schema: dict, value, path: str) -> list[str]:
+    errors = []
+    for check in schema.get("x-kubernetes-validations", []):
+        rule = check["rule"]
+        if rule not in CEL_RULES:
+            errors.append(f"{path}: CEL rule {rule!r} has no translation in tests/istio/mesh.py")
+        elif not CEL_RULES[rule](value):
+            errors.append(f"{path}: {check.get('message', rule)}")
+    if isinstance(value, dict):
+        for name, sub in value.items():
+            sub_schema = schema.get("properties", {}).get(name) or schema.get("additionalProperties")
+            if isinstance(sub_schema, dict):
+                errors += _cel_errors(sub_schema, sub, f"{path}.{name}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, sub in enumerate(value):
+            errors += _cel_errors(schema["items"], sub, f"{path}[{i}]")
+    return errors
+
+
+def validate_istio(doc: dict) -> list[str]:
+    """Errors of an Istio resource against its CRD (empty when valid)."""
+    key = (doc.get("apiVersion"), doc.get("kind"))
+    if key not in CRDS:
+        return [f"no Istio 1.32 CRD serves {key[1]} {key[0]}"]
+    crd = CRDS[key]
+    schema = _strict(crd)
+    schema["properties"].update(
+        apiVersion={"const": key[0]},
+        kind={"const": key[1]},
+        metadata=METADATA,
+    )
+    schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    return errors + _cel_errors(crd, doc, "")
+
+
+def validate_kubernetes(doc: dict) -> list[str]:
+    """Errors of a built-in Kubernetes kind against Kubernetes' own schemas,
+    strict (unknown fields rejected), for every version in K8S_VERSIONS."""
+    errors = []
+    for version in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            where = ".".join(map(str, e.absolute_path)) or "(root)"
+            errors.append(f"Kubernetes {version}: {where}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            errors.append(e.message)
+    return errors
+
+
+def validate(doc: dict) -> list[str]:
+    if str(doc.get("apiVersion", "")).split("/")[0].endswith(".istio.io"):
+        return validate_istio(doc)
+    return validate_kubernetes(doc)
+
+
+# --- The cluster the README's commands act on -------------------------------
+
+
+def merge_patch(target, patch):
+    """RFC 7386 JSON merge patch: what `kubectl patch --type merge` does (a
+    custom resource has no strategic merge)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+def json_patch(target, ops: list[dict]):
+    """RFC 6902 JSON patch (`kubectl patch --type json`): add, replace,
+    remove and test."""
+    doc = copy.deepcopy(target)
+    for op in ops:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node = doc
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        key = (len(node) if last == "-" else int(last)) if isinstance(node, list) else last
+        exists = key < len(node) if isinstance(node, list) else key in node
+        if op["op"] != "add" and not exists:
+            raise KeyError(f"{op['path']}: not found")
+        if op["op"] == "add" and isinstance(node, list):
+            node.insert(key, op["value"])
+        elif op["op"] in ("add", "replace"):
+            node[key] = op["value"]
+        elif op["op"] == "remove":
+            del node[key]
+        elif op["op"] == "test":
+            if node[key] != op["value"]:
+                raise ValueError(f"{op['path']}: is {node[key]!r}, not {op['value']!r}")
+        else:
+            raise ValueError(f"unsupported JSON patch op {op['op']}")
+    return doc
+
+
+# kubectl's resource names for the kinds here (singular, plural, short).
+KIND_NAMES = {
+    "Namespace": {"namespace", "namespaces", "ns"},
+    "Deployment": {"deployment", "deployments", "deploy"},
+    "Service": {"service", "services", "svc"},
+    "DestinationRule": {"destinationrule", "destinationrules", "dr"},
+    "VirtualService": {"virtualservice", "virtualservices", "vs"},
+    "WasmPlugin": {"wasmplugin", "wasmplugins"},
+    "TrafficExtension": {"trafficextension", "trafficextensions"},
+}
+
+
+def kind_of(resource: str) -> str:
+    for kind, names in KIND_NAMES.items():
+        if resource.lower() in names:
+            return kind
+    raise ValueError(f"unknown resource type {resource!r}")
+
+
+@dataclass
+class Cluster:
+    """The objects `kubectl apply` created, keyed by (kind, namespace, name)."""
+
+    objects: dict[tuple[str, str, str], dict] = field(default_factory=dict)
+
+    def apply(self, path: Path) -> None:
+        for file in kubectl_files(path):
+            for doc in load(file):
+                ns = doc["metadata"].get("namespace", "")
+                if doc["kind"] != "Namespace" and ("Namespace", "", ns) not in self.objects:
+                    raise LookupError(f"{file.relative_to(ROOT)}: namespace {ns!r} not found (apply it first)")
+                self.objects[(doc["kind"], ns, doc["metadata"]["name"])] = doc
+
+    def get(self, kind: str, namespace: str, name: str) -> dict:
+        try:
+            return self.objects[(kind, namespace, name)]
+        except KeyError:
+            raise LookupError(f'{kind.lower()}s "{name}" not found in namespace {namespace!r}') from None
+
+    def patch(self, kind: str, namespace: str, name: str, patch_type: str, patch: str) -> dict:
+        current = self.get(kind, namespace, name)
+        body = json.loads(patch)
+        if patch_type == "merge":
+            patched = merge_patch(current, body)
+        elif patch_type == "json":
+            patched = json_patch(current, body)
+        else:
+            raise ValueError(f"--type {patch_type}: a custom resource takes merge or json patches")
+        self.objects[(kind, namespace, name)] = patched
+        return patched
+
+    def delete(self, kind: str, namespace: str, name: str) -> None:
+        self.get(kind, namespace, name)
+        del self.objects[(kind, namespace, name)]
+
+    def all(self, kind: str) -> list[dict]:
+        return [doc for (k, _, _), doc in sorted(self.objects.items()) if k == kind]
+
+    def one(self, kind: str) -> dict:
+        docs = self.all(kind)
+        assert len(docs) == 1, f"expected one {kind}, found {len(docs)}"
+        return docs[0]
+
+    def plugin(self) -> dict:
+        """The canary-selector plugin resource in force (WasmPlugin or
+        TrafficExtension; exactly one of them)."""
+        docs = self.all(WASM_PLUGIN) + self.all(TRAFFIC_EXTENSION)
+        assert len(docs) == 1, f"expected one WasmPlugin or TrafficExtension, found {len(docs)}"
+        return docs[0]
+
+
+def shipped() -> Cluster:
+    """The cluster after the README's apply step: namespace.yaml, then istio/."""
+    cluster = Cluster()
+    cluster.apply(ISTIO_DIR / "namespace.yaml")
+    cluster.apply(ISTIO_DIR)
+    return cluster
+
+
+# --- What Istio makes of the plugin resource ---------------------------------
+
+
+def wasm_fields(plugin: dict) -> dict:
+    """The Wasm fields of a WasmPlugin (spec) or a TrafficExtension (spec.wasm)."""
+    return plugin["spec"]["wasm"] if plugin["kind"] == TRAFFIC_EXTENSION else plugin["spec"]
+
+
+def filter_name(plugin: dict) -> str:
+    """Istio's name for the Envoy filter and its ECDS resource."""
+    return f"{plugin['metadata']['namespace']}.{plugin['metadata']['name']}"
+
+
+def _as_struct(value):
+    """A YAML value as a protobuf Struct holds it: every number a double."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, list):
+        return [_as_struct(v) for v in value]
+    return {k: _as_struct(v) for k, v in value.items()}
+
+
+def _go_numbers(value):
+    """Doubles the way Go's encoding/json (and so golang/protobuf's jsonpb)
+    writes them: whole numbers without a fraction."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    if isinstance(value, list):
+        return [_go_numbers(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _go_numbers(v) for k, v in value.items()}
+    return value
+
+
+def plugin_config_json(plugin_config: dict, numbers: str = "jsonpb") -> str:
+    """`pluginConfig` as Istio hands it to Envoy (the StringValue in the Wasm
+    filter's `configuration`): the object is a protobuf Struct, so every
+    number is a double, and istiod marshals it with golang/protobuf's jsonpb:
+    compact, keys sorted, `<`, `>`, `&` escaped. numbers="jsonpb" writes
+    doubles as Go does (90, 0.5); numbers="double" writes every number as a
+    double (90.0), as other protobuf JSON encoders may."""
+    struct = _as_struct(plugin_config)
+    if numbers == "jsonpb":
+        struct = _go_numbers(struct)
+    elif numbers != "double":
+        raise ValueError(numbers)
+    text = json.dumps(struct, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# --- Do the pieces agree? ----------------------------------------------------
+
+
+DEFAULT_ROUTING_HEADER = "x-canary-version"
+
+
+def inconsistencies(cluster: Cluster) -> list[str]:
+    """What would make the rollout misroute: a version without a route or a
+    subset, routes on another header, a default route that is not the stable
+    (first) version, a plugin that does not run where the routes are chosen."""
+    problems = []
+    plugin = cluster.plugin()
+    config = wasm_fields(plugin)["pluginConfig"]
+    header = config.get("routingHeader", DEFAULT_ROUTING_HEADER).lower()
+    versions = [v["name"] for v in config["versions"]]
+    vs, dr, svc = cluster.one("VirtualService"), cluster.one("DestinationRule"), cluster.one("Service")
+    subsets = {s["name"] for s in dr["spec"]["subsets"]}
+    host = service_host(cluster)
+
+    if dr["spec"]["host"] != host or vs["spec"]["hosts"] != [host]:
+        problems.append(f"the DestinationRule host and VirtualService hosts must be the Service, {host}")
+    routed: dict[str, str] = {}  # version -> subset
+    default = None
+    for http in vs["spec"]["http"]:
+        (dest,) = http["route"]
+        d = dest["destination"]
+        if d["host"] != host or d.get("port", {}).get("number", service_port(cluster)) != service_port(cluster):
+            problems.append(f"route {http.get('name')!r} goes to {d['host']}:{d.get('port')}, not the model Service")
+        if d["subset"] not in subsets:
+            problems.append(f"route {http.get('name')!r} goes to subset {d['subset']!r}, not in the DestinationRule")
+        if not http.get("match"):
+            default = d["subset"]
+            continue
+        for m in http["match"]:
+            for name, cond in m.get("headers", {}).items():
+                if name.lower() != header:
+                    problems.append(f"route {http.get('name')!r} matches header {name!r}, the plugin writes {header!r}")
+                elif "exact" in cond:
+                    routed.setdefault(cond["exact"], d["subset"])
+    if vs["spec"]["http"] and vs["spec"]["http"][-1].get("match"):
+        problems.append("the last VirtualService route must have no match (the default route)")
+    for v in versions:
+        if v not in routed:
+            problems.append(f"version {v!r} has no VirtualService route on {header}: {v}")
+    if versions and default != routed.get(versions[0]):
+        problems.append(
+            f"the default route goes to subset {default!r}; the stable version {versions[0]!r} is subset "
+            f"{routed.get(versions[0])!r}"
+        )
+
+    # The plugin runs in the callers' sidecars, on their calls to the model.
+    selector = plugin["spec"].get("selector", {}).get("matchLabels", {})
+    pods = {d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"] for d in cluster.all("Deployment")}
+    selected = sorted(n for n, labels in pods.items() if selector.items() <= labels.items())
+    models = sorted(n for n, labels in pods.items() if svc["spec"]["selector"].items() <= labels.items())
+    if not selected or set(selected) & set(models):
+        problems.append(f"the plugin selects {selected}: it must run in callers' sidecars, not the model's {models}")
+    for m in plugin["spec"].get("match", []):
+        ports = [p["number"] for p in m.get("ports", [])]
+        if m.get("mode") != "CLIENT" or ports not in ([], [service_port(cluster)]):
+            problems.append(f"plugin match {m}: it must take the callers' outbound traffic to the model's port")
+    return problems
+
+
+# --- Istio's client sidecar, as a real Envoy --------------------------------
+
+
+def service_port(cluster: Cluster) -> int:
+    ports = cluster.one("Service")["spec"]["ports"]
+    assert len(ports) == 1, "the model Service has one port"
+    return ports[0]["port"]
+
+
+def service_host(cluster: Cluster) -> str:
+    svc = cluster.one("Service")["metadata"]
+    return f"{svc['name']}.{svc['namespace']}.svc.cluster.local"
+
+
+def subset_deployments(cluster: Cluster) -> dict[str, str]:
+    """DestinationRule subset -> the one Deployment whose pods it selects
+    (pods the Service selects, with the subset's labels)."""
+    selector = cluster.one("Service")["spec"]["selector"]
+    out = {}
+    for subset in cluster.one("DestinationRule")["spec"]["subsets"]:
+        wanted = {**selector, **subset.get("labels", {})}
+        matches = [
+            d["metadata"]["name"]
+            for d in cluster.all("Deployment")
+            if wanted.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matches) == 1, f"subset {subset['name']} selects the pods of {matches or 'no Deployment'}"
+        out[subset["name"]] = matches[0]
+    return out
+
+
+def _string_match(cond: dict) -> dict:
+    (kind, value), *rest = cond.items()
+    if rest or kind not in ("exact", "prefix", "regex"):
+        raise NotImplementedError(f"header match {cond}")
+    return {"safe_regex": {"regex": value}} if kind == "regex" else {kind: value}
+
+
+def envoy_routes(cluster: Cluster) -> list[dict]:
+    """The VirtualService's http routes as Istio writes them into the client
+    sidecar's route table for the Service's port (the features it uses: header
+    matches and one destination subset per route)."""
+    vs = cluster.one("VirtualService")
+    port = service_port(cluster)
+    routes = []
+    for http in vs["spec"]["http"]:
+        unsupported = set(http) - {"name", "match", "route"}
+        if unsupported:
+            raise NotImplementedError(f"VirtualService http fields {sorted(unsupported)} (add them to envoy_routes)")
+        (dest,) = http["route"]
+        d = dest["destination"]
+        cluster_name = f"outbound|{port}|{d['subset']}|{d['host']}"
+        for m in http.get("match") or [{}]:
+            if set(m) - {"headers"}:
+                raise NotImplementedError(f"VirtualService match fields {sorted(m)}")
+            headers = [{"name": h, "string_match": _string_match(c)} for h, c in m.get("headers", {}).items()]
+            match = {"prefix": "/", **({"headers": headers} if headers else {})}
+            routes.append({"name": http.get("name", ""), "match": match, "route": {"cluster": cluster_name}})
+    return routes
+
+
+# Istio's default stats inclusion (its Envoy bootstrap), plus the ECDS
+# counters the harness waits on.
+ISTIO_STATS_INCLUSION = [
+    {"prefix": p} for p in ("reporter=", "cluster_manager", "listener_manager", "server", "cluster.xds-grpc", "wasm")
+] + [
+    {"suffix": s} for s in ("rbac.allowed", "rbac.denied", "shadow_allowed", "shadow_denied")
+] + [{"prefix": "component"}, {"prefix": "extension_config_discovery"}]
+
+
+def _typed(name: str, type_url: str) -> dict:
+    return {"name": name, "typed_config": {"@type": type_url}}
+
+
+def _istio_shape(cluster: Cluster, filter_name: str, edit_chain):
+    """Bootstrap hook: turn the harness' envoy/envoy.yaml into Istio's client
+    sidecar for the model Service."""
+
+    def hook(cfg: dict) -> None:
+        subsets = subset_deployments(cluster)
+        port, host = service_port(cluster), service_host(cluster)
+        by_name = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+        for subset, deployment in subsets.items():
+            c = copy.deepcopy(by_name[deployment])  # the demo server of that version
+            c["name"] = c["load_assignment"]["cluster_name"] = f"outbound|{port}|{subset}|{host}"
+            cfg["static_resources"]["clusters"].append(c)
+        (listener,) = [x for x in cfg["static_resources"]["listeners"] if x["name"] == "ingress"]
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["stat_prefix"] = f"outbound_0.0.0.0_{port}"
+        hcm["route_config"] = {
+            "name": str(port),
+            "virtual_hosts": [{"name": f"{host}:{port}", "domains": ["*"], "routes": envoy_routes(cluster)}],
+        }
+        (plugin,) = [f for f in hcm["http_filters"] if f["name"] == filter_name]
+        fault = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+        # Istio's outbound chain: the Wasm plugins, then fault, CORS, stats, router.
+        hcm["http_filters"] = [
+            plugin,
+            _typed("envoy.filters.http.fault", fault),
+            _typed("envoy.filters.http.cors", "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"),
+            hcm["http_filters"][-1],
+        ]
+        if edit_chain:
+            edit_chain(hcm["http_filters"])
+        cfg["stats_config"] = {"stats_matcher": {"inclusion_list": {"patterns": ISTIO_STATS_INCLUSION}}}
+
+    return hook
+
+
+def sidecar(cluster: Cluster, workdir: Path, numbers: str = "jsonpb", edit_chain=None, **kwargs) -> Envoy:
+    """A real Envoy shaped like the client sidecar Istio builds for this
+    cluster, with the plugin resource delivered as Istio delivers it: over
+    ECDS, named <namespace>.<name>, root_id = pluginName, the pluginConfig
+    marshalled to JSON in a StringValue, the failure policy from failStrategy,
+    RBAC accepted as the substitute filter. `edit_chain` may change the
+    list of HTTP filters (the plugin, fault, CORS, router). Not started."""
+    plugin = cluster.plugin()
+    wasm = wasm_fields(plugin)
+    policy = {"FAIL_OPEN": "FAIL_OPEN", "FAIL_CLOSE": "FAIL_CLOSED", "FAIL_RELOAD": "FAIL_RELOAD"}
+    return Envoy(
+        workdir,
+        plugin_config_json(wasm["pluginConfig"], numbers),
+        filter_name=filter_name(plugin),
+        root_id=wasm["pluginName"],
+        failure_policy=policy[wasm.get("failStrategy", "FAIL_CLOSE")],
+        extra_type_urls=(RBAC_FILTER,),
+        bootstrap_hook=_istio_shape(cluster, filter_name(plugin), edit_chain),
+        **kwargs,
+    )
+
+
+def istio_allow_all(name: str) -> dict:
+    """What Istio's agent sends Envoy instead of a FAIL_OPEN plugin whose
+    module it cannot fetch: an RBAC filter with no rules (allow all)."""
+    return {
+        "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+        "name": name,
+        "typed_config": {"@type": RBAC_FILTER, "rules_stat_prefix": "wasm-default-allow"},
+    }
+
+
+# --- The README section -------------------------------------------------------
+
+
+def readme_section() -> str:
+    text = README.read_text()
+    start, end = "<!-- section: istio -->", "<!-- end section: istio -->"
+    assert start in text and end in text, "README.md lacks the istio section markers"
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+@dataclass
+class Step:
+    """One command line of a README shell block, with the comment above it
+    (its label) and the lines printed below it (its documented output)."""
+
+    section: str
+    label: str
+    line: str
+    output: list[str] = field(default_factory=list)
+
+    @property
+    def argv(self) -> list[str]:
+        return shlex.split(self.line)
+
+
+COMMANDS = ("kubectl", "make", "sha256sum", "docker", "curl")
+
+
+def readme_steps() -> list[Step]:
+    """Every command in the section's ```sh blocks, in order."""
+    steps: list[Step] = []
+    section = ""
+    for part in re.split(r"(^```sh\n.*?^```$)", readme_section(), flags=re.S | re.M):
+        if not part.startswith("```sh"):
+            headings = re.findall(r"^#+ (.+)$", part, re.M)
+            section = headings[-1] if headings else section
+            continue
+        label = ""
+        for line in part.splitlines()[1:-1]:
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                label = line.lstrip("# ").strip()
+            elif line.split()[0] in COMMANDS:
+                steps.append(Step(section, label, line))
+                label = ""
+            elif steps:
+                steps[-1].output.append(line)
+    return steps
