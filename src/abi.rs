@@ -137,6 +137,7 @@ const ARENA_SIZE: usize = 64 * 1024;
 
 /// The arena's bytes, in a static of its own: all zeros, so it lands in
 /// `.bss` and costs nothing in the module's size.
+#[repr(align(16))]
 struct ArenaBuf(UnsafeCell<[u8; ARENA_SIZE]>);
 
 // SAFETY: a proxy-wasm VM runs one thread; nothing here is shared across
@@ -175,7 +176,10 @@ fn arena_alloc(size: usize) -> *mut u8 {
 struct Scope(PhantomData<*mut ()>);
 
 impl Scope {
-    fn begin() -> Scope {
+    /// # Safety
+    /// Resets the arena: no slice from an earlier scope may be used after
+    /// this. Call it once, at the start of a callback.
+    unsafe fn begin() -> Scope {
         ARENA_USED.set(0);
         OVERFLOW.with(|overflow| {
             if let Ok(mut overflow) = overflow.try_borrow_mut() {
@@ -378,6 +382,7 @@ struct GuardState {
     /// Shared-data key of the proxy-wide window: plugin name and config hash,
     /// so a new config starts a fresh window.
     key: String,
+    plugin: String,
     trips_metric: u32,
     tripped_metric: u32,
 }
@@ -441,6 +446,14 @@ impl Hasher for IdHasher {
 #[derive(Default)]
 struct Plugin {
     roots: Vec<Root>,
+    /// The stream context created last, and its root. Envoy creates a
+    /// stream's context right before its request headers, so this is how the
+    /// request phase finds the stream's config with no per-request map entry.
+    /// (A context Envoy creates only to log a request that never reached this
+    /// filter gets no entry anywhere, so nothing can leak from it.)
+    created: Option<(u32, u32)>,
+    /// Streams with work left for the response phase, until it runs or the
+    /// stream is deleted.
     streams: HashMap<u32, Stream, BuildHasherDefault<IdHasher>>,
     rng: LazyRng,
 }
@@ -492,20 +505,15 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
                 });
             }
         } else {
-            p.streams.insert(
-                context_id,
-                Stream {
-                    root: parent_id,
-                    pending: None,
-                },
-            );
+            p.created = Some((context_id, parent_id));
         }
     });
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
-    let scope = Scope::begin();
+    // SAFETY: the callback's only scope.
+    let scope = unsafe { Scope::begin() };
     let config = scope.plugin_configuration(config_size);
     let rollout = match Rollout::from_json(config) {
         Ok(rollout) => rollout,
@@ -523,6 +531,23 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
             ));
         }
     }
+    // Shared-data keys carry the plugin's name (`<namespace>.<name>`), so
+    // two plugins in one proxy never share a window or a log-once record.
+    let plugin =
+        String::from_utf8_lossy(scope.property(b"plugin_name").unwrap_or_default()).into_owned();
+    let first = first_to_accept(&scope, &plugin, config);
+    if first {
+        log(LOG_INFO, &format!("config accepted: {}", rollout.summary()));
+        // A tripped guard holds until a new config arrives: this is it.
+        let marker = format!("canary-selector.{plugin}.guard-tripped");
+        if let (Some(b"1"), cas) = scope.shared_data(&marker) {
+            set_shared_data(&marker, b"0", cas);
+            log(
+                LOG_WARN,
+                "guard reset: a new config was pushed; canary versions get their share again",
+            );
+        }
+    }
     let guard = rollout.guard.as_ref().map(|g| {
         let window = Window::new(rollout.versions.len(), g.window_ms);
         // Merge and judge a few times per slot, at most once a second.
@@ -532,38 +557,30 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
             proxy_set_tick_period_milliseconds(period);
         }
         let key = format!(
-            "{}.{:08x}",
-            guard_key_prefix(&scope),
+            "canary-selector.{plugin}.guard.{:08x}",
             crate::hash::murmur3_32(config, 0)
         );
-        let tripped_metric = define_metric(METRIC_GAUGE, filter::GUARD_TRIPPED_METRIC);
-        GuardState {
-            local: window,
+        let state = GuardState {
+            local: Window::new(rollout.versions.len(), g.window_ms),
             tripped: false,
             key,
+            plugin: plugin.clone(),
             trips_metric: define_metric(METRIC_COUNTER, filter::GUARD_TRIPS_METRIC),
-            tripped_metric,
-        }
-    });
-    if first_to_accept(&scope, config) {
-        log(LOG_INFO, &format!("config accepted: {}", rollout.summary()));
-        // A tripped guard holds until a new config arrives: this is it.
-        let marker = format!("{}.tripped", guard_key_prefix(&scope));
-        if let (Some(b"1"), cas) = scope.shared_data(&marker) {
-            set_shared_data(&marker, b"0", cas);
-            log(
-                LOG_WARN,
-                "guard reset: a new config was pushed; canary versions get their share again",
-            );
-        }
-    }
-    with_plugin(|p| {
-        if let Some(g) = &guard {
+            tripped_metric: define_metric(METRIC_GAUGE, filter::GUARD_TRIPPED_METRIC),
+        };
+        if first {
+            // A push starts a fresh window, even for a config seen before
+            // (A, B, then A again): its old window, tripped or not, is gone.
+            // Writing it now also gives every later merge a real CAS token.
+            set_shared_data(&state.key, &window.encode(None), 0);
             // SAFETY: plain host call.
             unsafe {
-                proxy_record_metric(g.tripped_metric, 0);
+                proxy_record_metric(state.tripped_metric, 0);
             }
         }
+        state
+    });
+    with_plugin(|p| {
         let installed = Installed {
             rollout,
             counters,
@@ -581,26 +598,19 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
     .map_or(0, |()| 1)
 }
 
-/// Shared-data keys of the guard start with the plugin's name
-/// (`<namespace>.<name>`), so two plugins never share a window.
-fn guard_key_prefix(scope: &Scope) -> String {
-    let plugin = scope.property(b"plugin_name").unwrap_or_default();
-    format!("canary-selector.guard.{}", String::from_utf8_lossy(plugin))
-}
-
 /// Envoy runs one VM per worker thread (plus one on the main thread), and
 /// each configures itself. So that an accepted config is logged once per
 /// proxy rather than once per VM, the first VM to accept it records its hash
 /// in shared data; the others see it there and stay quiet.
-fn first_to_accept(scope: &Scope, config: &[u8]) -> bool {
-    const KEY: &str = "canary-selector.last-logged-config";
+fn first_to_accept(scope: &Scope, plugin: &str, config: &[u8]) -> bool {
+    let key = format!("canary-selector.{plugin}.last-config");
     let digest = crate::hash::murmur3_32(config, 0x5eed).to_le_bytes();
-    let (seen, cas) = scope.shared_data(KEY);
+    let (seen, cas) = scope.shared_data(&key);
     if seen == Some(&digest[..]) {
         return false;
     }
     // Lost a race with another VM that just recorded it: that VM logs.
-    set_shared_data(KEY, &digest, cas)
+    set_shared_data(&key, &digest, cas)
 }
 
 #[no_mangle]
@@ -609,19 +619,27 @@ pub extern "C" fn proxy_on_request_headers(
     _headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
-    let scope = Scope::begin();
+    // SAFETY: the callback's only scope.
+    let scope = unsafe { Scope::begin() };
     with_plugin(|p| {
         let Plugin {
             roots,
+            created,
             streams,
             rng,
         } = p;
-        let Some(stream) = streams.get_mut(&context_id) else {
-            return;
+        let root = match *created {
+            Some((id, root)) if id == context_id => root,
+            // Not the context just created (not seen from Envoy): with a
+            // single config in this VM, that is the one.
+            _ => match roots.as_slice() {
+                [only] => only.id,
+                _ => return,
+            },
         };
         let Some(installed) = roots
             .iter()
-            .find(|r| r.id == stream.root)
+            .find(|r| r.id == root)
             .and_then(|r| r.installed.as_ref())
         else {
             return;
@@ -633,7 +651,9 @@ pub extern "C" fn proxy_on_request_headers(
         };
         let (_, pending) =
             filter::on_request_headers(&installed.rollout, &mut request, rng, installed.live());
-        stream.pending = pending;
+        if pending.is_some() {
+            streams.insert(context_id, Stream { root, pending });
+        }
     });
     ACTION_CONTINUE
 }
@@ -644,17 +664,19 @@ pub extern "C" fn proxy_on_response_headers(
     _headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
-    let scope = Scope::begin();
     with_plugin(|p| {
-        let Some(stream) = p.streams.get_mut(&context_id) else {
-            return;
-        };
-        let (Some(pending), root) = (stream.pending.take(), stream.root) else {
+        let Some(Stream {
+            root,
+            pending: Some(pending),
+        }) = p.streams.remove(&context_id)
+        else {
             return;
         };
         let Some(installed) = p.installed_mut(root) else {
             return;
         };
+        // SAFETY: the callback's only scope.
+        let scope = unsafe { Scope::begin() };
         let outcome = filter::on_response_headers(
             &installed.rollout,
             &pending,
@@ -671,7 +693,8 @@ pub extern "C" fn proxy_on_response_headers(
 /// Merges this VM's guard counts into the proxy-wide window and judges it.
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root_id: u32) {
-    let scope = Scope::begin();
+    // SAFETY: the callback's only scope.
+    let scope = unsafe { Scope::begin() };
     with_plugin(|p| {
         let Some(installed) = p.installed_mut(root_id) else {
             return;
@@ -696,8 +719,13 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
                 .and_then(|b| Window::decode(b, versions, config.window_ms))
                 .unwrap_or_else(|| (Window::new(versions, config.window_ms), None));
             if tripped.is_some() {
+                // Another VM tripped it: latch, and say so in the gauge.
                 g.tripped = true;
                 g.local.clear();
+                // SAFETY: plain host call.
+                unsafe {
+                    proxy_record_metric(g.tripped_metric, 1);
+                }
                 return;
             }
             if g.local.is_empty() {
@@ -715,8 +743,11 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
             g.local.clear();
             if let Some(t) = trip {
                 g.tripped = true;
-                let marker = format!("{}.tripped", guard_key_prefix(&scope));
-                set_shared_data(&marker, b"1", 0);
+                set_shared_data(
+                    &format!("canary-selector.{}.guard-tripped", g.plugin),
+                    b"1",
+                    0,
+                );
                 // SAFETY: plain host calls.
                 unsafe {
                     proxy_increment_metric(g.trips_metric, 1);
@@ -753,6 +784,9 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     with_plugin(|p| {
+        if p.created.is_some_and(|(id, _)| id == context_id) {
+            p.created = None;
+        }
         if p.streams.remove(&context_id).is_none() {
             p.roots.retain(|r| r.id != context_id);
         }

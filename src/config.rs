@@ -64,15 +64,37 @@ fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, Conf
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
     routing_header: Option<String>,
-    versions: Option<Vec<RawVersion>>,
+    versions: Option<Vec<Obj<RawVersion>>>,
     #[serde(default)]
-    stickiness: RawStickiness,
+    stickiness: Obj<RawStickiness>,
     #[serde(default)]
-    rules: Vec<RawRule>,
+    rules: Vec<Obj<RawRule>>,
     response_header: Option<String>,
     response_reason_header: Option<String>,
-    guard: Option<RawGuard>,
-    schedule: Option<RawSchedule>,
+    guard: Option<Obj<RawGuard>>,
+    schedule: Option<Obj<RawSchedule>>,
+}
+
+/// A struct that must be written as a JSON object. (Serde's derived
+/// `Deserialize` also accepts a struct as a positional array, which the config
+/// contract does not allow.)
+#[derive(Default)]
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(Visit(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -93,7 +115,7 @@ struct RawGuard {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawSchedule {
     start: String,
-    steps: Vec<RawStep>,
+    steps: Vec<Obj<RawStep>>,
 }
 
 #[derive(Deserialize)]
@@ -120,7 +142,7 @@ struct RawStickiness {
     #[serde(default)]
     user_id_cookies: Vec<String>,
     salt: Option<String>,
-    anonymous_cookie: Option<RawAnonymousCookie>,
+    anonymous_cookie: Option<Obj<RawAnonymousCookie>>,
 }
 
 #[derive(Deserialize)]
@@ -138,7 +160,7 @@ struct RawAnonymousCookie {
 struct RawRule {
     name: String,
     #[serde(rename = "match", default)]
-    match_: RawMatch,
+    match_: Obj<RawMatch>,
     version: String,
 }
 
@@ -146,9 +168,9 @@ struct RawRule {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawMatch {
     #[serde(default, deserialize_with = "ordered_map")]
-    headers: Vec<(String, RawStringMatch)>,
+    headers: Vec<(String, Obj<RawStringMatch>)>,
     #[serde(default, deserialize_with = "ordered_map")]
-    cookies: Vec<(String, RawStringMatch)>,
+    cookies: Vec<(String, Obj<RawStringMatch>)>,
 }
 
 #[derive(Deserialize)]
@@ -415,25 +437,28 @@ impl Rollout {
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return err("(config)", "must be a JSON object");
         }
+        // One JSON object and nothing after it (`de.end()`).
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw = RawConfig::deserialize(de).map_err(|e| {
-            // serde_json says where, not which field: name the field from the
-            // position, and keep the reason without the position suffix.
-            let message = e.to_string();
-            let suffix = format!(" at line {} column {}", e.line(), e.column());
-            ConfigError {
-                field: json_path_at(
-                    bytes,
-                    e.line(),
-                    e.column(),
-                    message.starts_with("missing field"),
-                ),
-                reason: message
-                    .strip_suffix(&suffix)
-                    .unwrap_or(&message)
-                    .to_string(),
-            }
-        })?;
+        let raw = RawConfig::deserialize(&mut *de)
+            .and_then(|raw| de.end().map(|()| raw))
+            .map_err(|e| {
+                // serde_json says where, not which field: name the field from the
+                // position, and keep the reason without the position suffix.
+                let message = e.to_string();
+                let suffix = format!(" at line {} column {}", e.line(), e.column());
+                ConfigError {
+                    field: json_path_at(
+                        bytes,
+                        e.line(),
+                        e.column(),
+                        message.starts_with("missing field"),
+                    ),
+                    reason: message
+                        .strip_suffix(&suffix)
+                        .unwrap_or(&message)
+                        .to_string(),
+                }
+            })?;
         validate(raw)
     }
 
@@ -592,11 +617,18 @@ const RESERVED_HEADERS: &[&str] = &[
     "proxy-connection",
     "cookie",
     "set-cookie",
+    "authorization",
+    "proxy-authorization",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-request-id",
 ];
 
 fn written_header(field: &str, name: &str) -> Result<String, ConfigError> {
     let name = header_name(field, name, false)?;
-    if RESERVED_HEADERS.contains(&name.as_str()) {
+    if RESERVED_HEADERS.contains(&name.as_str()) || name.starts_with("x-envoy-") {
         return err(
             field,
             format!("{name:?} is reserved and cannot be written by the filter"),
@@ -638,16 +670,21 @@ fn string_match(field: &str, raw: &RawStringMatch) -> Result<StringMatch, Config
             if pattern.len() > MAX_REGEX_LEN {
                 return err(field, format!("regex is longer than {MAX_REGEX_LEN} bytes"));
             }
+            let compile = |p: &str| {
+                RegexBuilder::new(p)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .nest_limit(REGEX_NEST_LIMIT)
+                    .build()
+                    .map_err(|e| ConfigError {
+                        field: field.clone(),
+                        reason: format!("invalid regex: {e}"),
+                    })
+            };
+            // Checked on its own first: a pattern such as `a)|(b` is only
+            // balanced once wrapped, and would escape the anchoring.
+            compile(pattern)?;
             // Full match, as Istio's RE2 regex match.
-            let re = RegexBuilder::new(&format!("^(?:{pattern})$"))
-                .size_limit(REGEX_SIZE_LIMIT)
-                .nest_limit(REGEX_NEST_LIMIT)
-                .build()
-                .map_err(|e| ConfigError {
-                    field: field.clone(),
-                    reason: format!("invalid regex: {e}"),
-                })?;
-            StringMatch::Regex(re)
+            StringMatch::Regex(compile(&format!("^(?:{pattern})$"))?)
         }
         (None, None, None) => return err(field, "needs one of exact, prefix or regex"),
         _ => return err(field, "takes exactly one of exact, prefix or regex"),
@@ -677,6 +714,12 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         Some(h) => Some(written_header("responseReasonHeader", &h)?),
         None => None,
     };
+    if response_reason_header.is_some() && response_reason_header == response_header {
+        return err(
+            "responseReasonHeader",
+            "is the same header as responseHeader",
+        );
+    }
 
     // Versions and their weights.
     let Some(raw_versions) = raw.versions else {
@@ -692,7 +735,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         );
     }
     let mut versions: Vec<Version> = Vec::with_capacity(raw_versions.len());
-    for (i, v) in raw_versions.into_iter().enumerate() {
+    for (i, Obj(v)) in raw_versions.into_iter().enumerate() {
         let field = format!("versions[{i}]");
         if v.name.is_empty() {
             return err(format!("{field}.name"), "is empty");
@@ -720,10 +763,29 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
                 format!("{:?} is listed twice", v.name),
             );
         }
+        // Prometheus turns every character but letters and digits into `_`:
+        // `model-v2` and `model.v2` would share one series.
+        let metric_name = |name: &str| -> String {
+            name.chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect()
+        };
+        if let Some(seen) = versions
+            .iter()
+            .find(|seen| metric_name(&seen.name) == metric_name(&v.name))
+        {
+            return err(
+                format!("{field}.name"),
+                format!(
+                    "{:?} and {:?} would share one Prometheus metric name",
+                    seen.name, v.name
+                ),
+            );
+        }
         if !v.weight.is_finite() || !(0.0..=100.0).contains(&v.weight) {
             return err(
                 format!("{field}.weight"),
-                format!("{} is not between 0 and 100", v.weight),
+                format!("{} is not between 0 and 100", decimal(v.weight)),
             );
         }
         versions.push(Version {
@@ -757,7 +819,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
     let mut slots = HeaderSlots(Vec::new());
 
     // Stickiness.
-    let st = raw.stickiness;
+    let Obj(st) = raw.stickiness;
     let n_sources = st.user_id_headers.len() + st.user_id_cookies.len();
     if n_sources > MAX_USER_ID_SOURCES {
         return err(
@@ -795,7 +857,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         user_ids.push(source);
     }
     let anonymous_cookie = match st.anonymous_cookie {
-        Some(c) => {
+        Some(Obj(c)) => {
             let source = cookie_source("stickiness.anonymousCookie.name", &c.name, &mut slots)?;
             // The generated id is read back like any other user id cookie.
             if !user_ids.contains(&source) {
@@ -841,7 +903,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         return err("rules", format!("lists more than {MAX_RULES} rules"));
     }
     let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
-    for (i, r) in raw.rules.into_iter().enumerate() {
+    for (i, Obj(r)) in raw.rules.into_iter().enumerate() {
         let field = format!("rules[{i}]");
         if r.name.is_empty() || r.name.len() > MAX_NAME_LEN {
             return err(
@@ -862,7 +924,8 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
             );
         }
         let version = version_index(&format!("{field}.version"), &r.version)?;
-        let n = r.match_.headers.len() + r.match_.cookies.len();
+        let Obj(match_) = r.match_;
+        let n = match_.headers.len() + match_.cookies.len();
         if n == 0 {
             return err(
                 format!("{field}.match"),
@@ -877,7 +940,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         }
         let mut conditions = Vec::with_capacity(n);
         let mut seen_headers: Vec<String> = Vec::new();
-        for (h, m) in r.match_.headers {
+        for (h, Obj(m)) in match_.headers {
             let cfield = format!("{field}.match.headers.{h}");
             let name = header_name(&cfield, &h, true)?;
             if name == routing_header {
@@ -900,9 +963,9 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
                 matcher: string_match(&cfield, &m)?,
             });
         }
-        for (i, (c, m)) in r.match_.cookies.iter().enumerate() {
+        for (i, (c, Obj(m))) in match_.cookies.iter().enumerate() {
             let cfield = format!("{field}.match.cookies.{c}");
-            if r.match_.cookies.iter().take(i).any(|(seen, _)| seen == c) {
+            if match_.cookies.iter().take(i).any(|(seen, _)| seen == c) {
                 return err(cfield, "is listed twice");
             }
             conditions.push(Condition {
@@ -918,11 +981,11 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
     }
 
     let guard = match raw.guard {
-        Some(g) => Some(validate_guard(g, versions.len())?),
+        Some(Obj(g)) => Some(validate_guard(g, versions.len())?),
         None => None,
     };
     let schedule = match raw.schedule {
-        Some(s) => Some(validate_schedule(s, &versions, &thresholds)?),
+        Some(Obj(s)) => Some(validate_schedule(s, &versions, &thresholds)?),
         None => None,
     };
 
@@ -1027,7 +1090,7 @@ fn validate_schedule(
     }
     let mut steps: Vec<Step> = Vec::with_capacity(s.steps.len());
     let mut previous: Vec<u64> = listed.to_vec();
-    for (i, raw) in s.steps.into_iter().enumerate() {
+    for (i, Obj(raw)) in s.steps.into_iter().enumerate() {
         let field = format!("schedule.steps[{i}]");
         let after = u64::from(raw.after_seconds.unwrap_or(0));
         let at_ms = start_ms.saturating_add(i64::try_from(after * 1000).unwrap_or(i64::MAX));
@@ -1098,8 +1161,12 @@ fn thresholds(weights: &[f64]) -> Vec<u64> {
             ((acc * BUCKETS / 100.0).floor().clamp(0.0, BUCKETS)) as u64
         })
         .collect();
-    if let Some(last) = out.last_mut() {
-        *last = 1 << 32;
+    // Buckets the rounded sums leave over go to the last version with a
+    // positive weight: a weight-0 version never receives anyone.
+    if let Some(last) = weights.iter().rposition(|&w| w > 0.0) {
+        for t in out.iter_mut().skip(last) {
+            *t = 1 << 32;
+        }
     }
     out
 }

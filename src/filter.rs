@@ -109,6 +109,11 @@ pub fn on_response_headers(
         host.add_response_header("set-cookie", value.as_bytes());
     }
     let guard = rollout.guard.as_ref()?;
+    // The guard protects users: traffic a rule pins (testers debugging a
+    // canary, perhaps at weight 0) is not counted.
+    if pending.reason == Reason::Rule {
+        return None;
+    }
     let error = host.status().is_some_and(|s| (500..600).contains(&s));
     let slow = match (guard.slow, pending.started_ms) {
         (Some((bound_ms, _)), Some(started)) => {

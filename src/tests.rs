@@ -1286,7 +1286,11 @@ fn a_tripped_guard_sends_unpinned_traffic_to_stable_but_rules_still_apply() {
 #[test]
 fn guarded_streams_report_errors_and_slow_responses() {
     let r = rollout(GUARDED);
-    let mut host = FakeRequest::with(&[("x-canary-tester", b"true")]);
+    let v2_user = (0..1000)
+        .map(|i| format!("user-{i}"))
+        .find(|u| version_for(&r, u) == "model-v2")
+        .unwrap();
+    let mut host = FakeRequest::with(&[("x-user-id", v2_user.as_bytes())]);
     let live = Live {
         now_ms: 1_000,
         guard_tripped: false,
@@ -1314,7 +1318,7 @@ fn guarded_streams_report_errors_and_slow_responses() {
         );
         assert_eq!(
             resp.headers,
-            vec![("x-canary-reason".to_string(), "rule".to_string())]
+            vec![("x-canary-reason".to_string(), "sticky".to_string())]
         );
     }
     // Without a guard nothing is counted.
@@ -1326,6 +1330,16 @@ fn guarded_streams_report_errors_and_slow_responses() {
         started_ms: None,
     };
     assert!(filter::on_response_headers(&plain, &pending, &mut FakeResponse::default()).is_none());
+    // Nor what a rule pinned: testers debugging a canary cannot trip it.
+    let pinned = filter::Pending {
+        reason: Reason::Rule,
+        ..pending
+    };
+    let mut resp = FakeResponse {
+        status: Some(503),
+        ..Default::default()
+    };
+    assert!(filter::on_response_headers(&r, &pinned, &mut resp).is_none());
 }
 
 #[test]
@@ -1353,4 +1367,99 @@ fn errors_in_multi_line_configs_name_the_field() {
     for (json, field) in cases {
         assert_eq!(rejected(json).field, field, "{json}");
     }
+}
+
+#[test]
+fn hostile_configs_found_in_review_are_rejected() {
+    let v = r#""versions":[{"name":"v1","weight":90},{"name":"v2","weight":10}]"#;
+    let cases = [
+        // Trailing data after the object: the first object must not silently win.
+        (
+            format!(r#"{{{v}}} garbage"#),
+            "(config)",
+            "trailing characters",
+        ),
+        (
+            format!(r#"{{{v}}}{{"versions":[{{"name":"v2","weight":100}}]}}"#),
+            "(config)",
+            "trailing characters",
+        ),
+        // Structs written as positional arrays.
+        (
+            r#"{"versions":[["v1",100]]}"#.to_string(),
+            "versions[0]",
+            "expected an object",
+        ),
+        (
+            format!(r#"{{{v},"stickiness":[["x-user"],[],null,null]}}"#),
+            "stickiness",
+            "expected an object",
+        ),
+        (
+            format!(r#"{{{v},"rules":[["t",{{}},"v2"]]}}"#),
+            "rules[0]",
+            "expected an object",
+        ),
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x":["1"]}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].match.headers.x",
+            "expected an object",
+        ),
+        // A regex that would only balance once wrapped, escaping the anchors.
+        (
+            format!(
+                r#"{{{v},"rules":[{{"name":"t","match":{{"headers":{{"x":{{"regex":"qa)|(?:zz"}}}}}},"version":"v2"}}]}}"#
+            ),
+            "rules[0].match.headers.x.regex",
+            "invalid regex",
+        ),
+        // Headers the filter must not write.
+        (
+            format!(r#"{{{v},"routingHeader":"Authorization"}}"#),
+            "routingHeader",
+            "reserved",
+        ),
+        (
+            format!(r#"{{{v},"routingHeader":"x-forwarded-for"}}"#),
+            "routingHeader",
+            "reserved",
+        ),
+        (
+            format!(r#"{{{v},"routingHeader":"x-envoy-upstream-alt-stat-name"}}"#),
+            "routingHeader",
+            "reserved",
+        ),
+        (
+            format!(r#"{{{v},"responseHeader":"x-c","responseReasonHeader":"X-C"}}"#),
+            "responseReasonHeader",
+            "same header",
+        ),
+        // Version names that would collide in Prometheus.
+        (
+            r#"{"versions":[{"name":"model-v2","weight":50},{"name":"model.v2","weight":50}]}"#
+                .to_string(),
+            "versions[1].name",
+            "Prometheus",
+        ),
+    ];
+    for (json, field, reason) in cases {
+        let e = rejected(&json);
+        assert_eq!(e.field, field, "{json}\n{e}");
+        assert!(e.reason.contains(reason), "{json}\n{e}");
+    }
+}
+
+#[test]
+fn a_trailing_weight_zero_version_never_receives_users() {
+    // Within the sum tolerance, but short of 100: the leftover buckets go to
+    // the last version with a positive weight.
+    let r = rollout(r#"{"versions":[{"name":"v1","weight":99.9999995},{"name":"v2","weight":0}]}"#);
+    assert_eq!(r.thresholds, vec![1 << 32, 1 << 32]);
+    assert_eq!(r.version_of_bucket(u32::MAX), 0);
+    let r = rollout(
+        r#"{"versions":[{"name":"a","weight":49.9999997},{"name":"b","weight":50},{"name":"c","weight":0}]}"#,
+    );
+    assert_eq!(r.version_of_bucket(u32::MAX), 1);
 }

@@ -57,12 +57,12 @@ def expected_version(config: dict, user_id: str | bytes) -> str:
     versions = config["versions"]
     salt = config.get("stickiness", {}).get("salt", versions[0]["name"])
     b = bucket(salt, user_id)
+    last = max(i for i, v in enumerate(versions) if v["weight"] > 0)
     acc = 0.0
-    for v in versions:
+    for i, v in enumerate(versions):
         acc += v["weight"]
-        if b < math.floor(acc * 2**32 / 100):
+        if b < math.floor(acc * 2**32 / 100) or i == last:
             return v["name"]
-    return versions[-1]["name"]
 
 
 # --- HTTP -------------------------------------------------------------------

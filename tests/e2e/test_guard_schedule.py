@@ -93,10 +93,17 @@ def test_a_failing_canary_trips_the_guard_and_users_go_back_to_stable(start_envo
     assert "responses failed" in trip_lines[0]
 
     # A new config re-arms the guard: the canary gets its users back.
+    tripped_config = json.loads(json.dumps(config))
     config["guard"]["maxErrorRate"] = 0.5
     assert envoy.push(config)
     assert "guard reset" in envoy.wait_for_log("guard reset")
     for u in canary_users[:30]:
+        assert decided(envoy.request({"x-user-id": u})) == ("model-v2", "sticky")
+    # Pushing the tripped config again (a revert) starts it afresh too: no
+    # silent trip inherited from its old window.
+    assert envoy.push(tripped_config)
+    time.sleep(1.5)  # every worker ticks at least once
+    for u in canary_users[:5]:
         assert decided(envoy.request({"x-user-id": u})) == ("model-v2", "sticky")
 
 
