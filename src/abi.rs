@@ -93,6 +93,7 @@ extern "C" {
     ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_len: usize, out_id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, out_data: *mut *mut u8, out_len: *mut usize) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
@@ -265,14 +266,42 @@ thread_local! {
 
 struct EnvoyRequest<'s> {
     scope: &'s Scope,
-    counters: &'s [u32],
+    /// The header names the config reads, by slot.
+    names: &'s [String],
+    counts: &'s [Cell<u64>],
     fetched: [Option<Option<&'s [u8]>>; MAX_HEADERS_READ],
+}
+
+impl EnvoyRequest<'_> {
+    /// Fetches every header the config reads with one host call; false if
+    /// the host's map could not be read.
+    fn fetch_all(&mut self) -> bool {
+        let (mut ptr, mut len) = (null_mut(), 0);
+        // SAFETY: valid out-pointers.
+        let status = unsafe { proxy_get_header_map_pairs(MAP_REQUEST_HEADERS, &mut ptr, &mut len) };
+        if status != STATUS_OK {
+            return false;
+        }
+        let mut found = [None; MAX_HEADERS_READ];
+        if !crate::pairs::lookup(self.scope.slice(ptr, len), self.names, &mut found) {
+            return false;
+        }
+        for (f, value) in self.fetched.iter_mut().zip(found).take(self.names.len()) {
+            *f = Some(value);
+        }
+        true
+    }
 }
 
 impl Request for EnvoyRequest<'_> {
     fn header(&mut self, slot: usize, name: &str) -> Option<&[u8]> {
         if let Some(Some(cached)) = self.fetched.get(slot) {
             return *cached;
+        }
+        // Reading two or more headers: one host call for all of them is
+        // cheaper than one call each (measured: see BENCHMARKS.md).
+        if self.names.len() >= 2 && self.fetch_all() {
+            return self.fetched.get(slot).copied().flatten().flatten();
         }
         let value = self.scope.header(MAP_REQUEST_HEADERS, name);
         if let Some(entry) = self.fetched.get_mut(slot) {
@@ -310,12 +339,14 @@ impl Host for EnvoyRequest<'_> {
     }
 
     fn count(&mut self, version: usize, reason: Reason) {
-        let index = version * Reason::ALL.len() + reason.index();
-        if let Some(&id) = self.counters.get(index) {
-            // SAFETY: plain host call.
-            unsafe {
-                proxy_increment_metric(id, 1);
-            }
+        // Counted in the VM and flushed to Envoy's counters on each tick: a
+        // host call per request would cost more than the rest of the
+        // decision (measured: see BENCHMARKS.md).
+        if let Some(c) = self
+            .counts
+            .get(version * Reason::ALL.len() + reason.index())
+        {
+            c.set(c.get() + 1);
         }
     }
 }
@@ -392,12 +423,27 @@ struct Installed {
     rollout: Rollout,
     /// Metric id per (version, reason): `version * Reason::ALL.len() + reason`.
     counters: Vec<u32>,
+    /// Decisions counted since the last flush, same layout as `counters`.
+    counts: Vec<Cell<u64>>,
     guard: Option<GuardState>,
     /// Unix ms at the last tick; the guard's clock between ticks.
     now_ms: i64,
 }
 
 impl Installed {
+    /// Adds the decisions counted since the last flush to Envoy's counters.
+    fn flush_counts(&self) {
+        for (&id, count) in self.counters.iter().zip(&self.counts) {
+            let n = count.take();
+            if n > 0 {
+                // SAFETY: plain host call.
+                unsafe {
+                    proxy_increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    }
+
     /// What the decision needs from the clock and the guard. The clock is
     /// read per request only when a schedule or a latency bound needs it.
     fn live(&self) -> Live {
@@ -548,14 +594,18 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
             );
         }
     }
+    // Ticks flush the decision counters once a second; with a guard they
+    // also merge and judge its window, a few times per slot.
+    let period = rollout.guard.as_ref().map_or(1000, |g| {
+        let slot_ms = Window::new(rollout.versions.len(), g.window_ms).slot_ms();
+        u32::try_from(slot_ms.clamp(100, 1000)).unwrap_or(1000)
+    });
+    // SAFETY: plain host call; applies to the root context being configured.
+    unsafe {
+        proxy_set_tick_period_milliseconds(period);
+    }
     let guard = rollout.guard.as_ref().map(|g| {
         let window = Window::new(rollout.versions.len(), g.window_ms);
-        // Merge and judge a few times per slot, at most once a second.
-        let period = u32::try_from(window.slot_ms().clamp(100, 1000)).unwrap_or(1000);
-        // SAFETY: plain host call; applies to the root context being configured.
-        unsafe {
-            proxy_set_tick_period_milliseconds(period);
-        }
         let key = format!(
             "canary-selector.{plugin}.guard.{:08x}",
             crate::hash::murmur3_32(config, 0)
@@ -583,6 +633,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
     with_plugin(|p| {
         let installed = Installed {
             rollout,
+            counts: counters.iter().map(|_| Cell::new(0)).collect(),
             counters,
             guard,
             now_ms: now_ms(),
@@ -646,7 +697,8 @@ pub extern "C" fn proxy_on_request_headers(
         };
         let mut request = EnvoyRequest {
             scope: &scope,
-            counters: &installed.counters,
+            names: &installed.rollout.headers,
+            counts: &installed.counts,
             fetched: [None; MAX_HEADERS_READ],
         };
         let (_, pending) =
@@ -699,6 +751,7 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
         let Some(installed) = p.installed_mut(root_id) else {
             return;
         };
+        installed.flush_counts();
         installed.now_ms = now_ms();
         let now = u64::try_from(installed.now_ms).unwrap_or(0);
         let (Some(g), Some(config)) = (installed.guard.as_mut(), installed.rollout.guard.as_ref())
@@ -788,7 +841,15 @@ pub extern "C" fn proxy_on_delete(context_id: u32) {
             p.created = None;
         }
         if p.streams.remove(&context_id).is_none() {
-            p.roots.retain(|r| r.id != context_id);
+            p.roots.retain(|r| {
+                if r.id != context_id {
+                    return true;
+                }
+                if let Some(installed) = &r.installed {
+                    installed.flush_counts();
+                }
+                false
+            });
         }
     });
 }

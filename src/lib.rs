@@ -28,6 +28,7 @@ pub mod filter;
 pub mod guard;
 pub mod hash;
 pub mod matcher;
+pub mod pairs;
 pub mod time;
 
 #[cfg(target_arch = "wasm32")]

@@ -286,6 +286,12 @@ class Envoy:
                 out[name] = int(value)
         return out
 
+    def flushed_stats(self) -> dict[str, int]:
+        """Counters once the filter has flushed its decision counts (it does
+        so on each tick, once a second)."""
+        time.sleep(1.3)
+        return self.stats()
+
     def prometheus(self) -> str:
         return self._admin("/stats/prometheus")
 

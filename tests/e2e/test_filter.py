@@ -87,7 +87,7 @@ def test_testers_rule_pins_the_canary_before_any_user_gets_it(start_envoy, demo_
         assert envoy.request({"x-user-id": user, "x-canary-tester": "true"}).served_by == "model-v2"
         assert envoy.request({"x-user-id": user, "x-canary-tester": "yes"}).served_by == "model-v1"
         assert envoy.request({"x-user-id": user}).served_by == "model-v1"
-    stats = envoy.stats()
+    stats = envoy.flushed_stats()
     assert stats["wasmcustom.canary_selector.requests.model-v2.rule"] == 50
     assert stats["wasmcustom.canary_selector.requests.model-v1.sticky"] == 100
 
@@ -202,6 +202,7 @@ def test_counters_by_version_and_reason_are_in_prometheus(start_envoy, demo_conf
         envoy.request({"x-user-id": u})
     for _ in range(7):
         envoy.request({"x-canary-tester": "true"})
+    envoy.flushed_stats()
     prom = envoy.prometheus()
 
     def value(name):

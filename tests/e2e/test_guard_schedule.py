@@ -83,7 +83,7 @@ def test_a_failing_canary_trips_the_guard_and_users_go_back_to_stable(start_envo
     assert {decided(r) for r in tester} == {("model-v2", "rule")}
     assert any(r.served_by == "model-v2" for r in tester)
 
-    stats = envoy.stats()
+    stats = envoy.flushed_stats()
     assert stats[GUARD_TRIPS] == 1, "one trip for the whole proxy"
     assert stats["wasmcustom.canary_selector.requests.model-v1.guard"] >= len(canary_users)
     logs = envoy.wait_for_log("guard tripped")

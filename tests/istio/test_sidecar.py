@@ -153,6 +153,7 @@ def test_the_plugin_as_istio_delivers_it_splits_users_and_pins_testers(
 
 def prometheus_values(envoy) -> dict[str, float]:
     out = {}
+    envoy.flushed_stats()  # the filter flushes its counts once a second
     for line in envoy.prometheus().splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
@@ -335,6 +336,7 @@ class Readme:
             assert [r.body.decode().strip()] == step.output, step.line
         elif command[:4] == ["pilot-agent", "request", "GET", "stats/prometheus"]:
             assert args[2:4] == ["-c", "istio-proxy"]
+            self.envoy.flushed_stats()
             lines = self.envoy.prometheus().splitlines()
             for pipe in pipes:
                 grep = shlex.split(pipe)
