@@ -151,11 +151,11 @@ bench-tools:
 # cases each with a fixed seed. `make fuzz` runs each for FUZZ_SECONDS in
 # release mode, with overflow checks and debug assertions on, from a fresh
 # seed (printed, with how to replay a failing case).
-FUZZ_SECONDS ?= 120
+FUZZ_SECONDS ?= 240
 FUZZ_SEED ?= $(shell date +%s)
 FUZZ_LOG := target/fuzz.log
 
-## fuzz: every fuzz target for FUZZ_SECONDS (default 120) each; prints the inputs tried
+## fuzz: every fuzz target for FUZZ_SECONDS (default 240) each; prints the inputs tried
 fuzz:
 	@mkdir -p target
 	set -o pipefail; CARGO_TARGET_DIR=target/fuzz \

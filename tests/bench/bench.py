@@ -1,0 +1,516 @@
+#!/usr/bin/env python3
+"""`make bench`: what canary-selector costs Envoy per request, next to no
+filter and next to the Lua filter mesh users write today (envoy/lua/).
+
+Every variant is the same Envoy (envoy/lua/envoy.yaml: one listener, routes
+keyed on x-canary-version with a default route, direct responses) with only
+the HTTP filter in front of the router swapped. All variants run side by side
+(`--concurrency 1`, pinned to one core); wrk (pinned to the other core) loads
+them in turn, A B C A B C, with the identical request sequence
+(tests/bench/load.lua: a different user id on each request). For each run:
+
+- CPU µs per request: the Envoy process's utime+stime (/proc/<pid>/stat)
+  over the run, divided by the requests Envoy completed in it;
+- requests per second and p50/p99 latency, from wrk;
+- Envoy's VmRSS after the run (/proc/<pid>/status).
+
+The table shows medians over the rounds, and the overhead ratio
+(canary-selector - none) / (lua - none) of the median CPU per request.
+Before loading, each variant is checked to route as it should (the README's
+formula is the oracle); the bench fails on a misroute, on any non-2xx
+response or wrk socket error.
+
+Settings (environment): ROUNDS (12), DURATION seconds per run (3),
+CONNECTIONS (32), WARMUP seconds before each run (0), VARIANTS
+(none,lua,canary-selector; more in VARIANTS below), ENVOY_CPU (0), LOAD_CPU (1),
+QUIET_WAIT (0: seconds each run may first wait for other processes to go quiet).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mmh3
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "envoy"))
+import ecds  # noqa: E402  (envoy/ecds.py: the filter config exactly as Istio delivers it)
+
+ENVOY = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv/bin/envoy"))
+WASM = Path(os.environ.get("CANARY_WASM", ROOT / "target/wasm32-wasip1/release/canary_selector.wasm"))
+BASE_CONFIG = ROOT / "envoy/lua/envoy.yaml"
+LUA = ROOT / "envoy/lua/canary.lua"
+LOAD = ROOT / "tests/bench/load.lua"
+FLOOR = ROOT / "tests/bench/floor.rs"
+OUT = ROOT / "target/bench"
+PATH = "/v1/models/model:predict"
+QUIET = 0.10  # cores of other CPU use above which a run is measured again
+RETRIES = 1
+QUIET_WAIT = float(os.environ.get("QUIET_WAIT", 0))  # seconds a run may wait for a quiet machine
+
+# The rollout both canary-selector and the Lua peer implement.
+PLUGIN_CONFIG = {
+    "routingHeader": "x-canary-version",
+    "versions": [{"name": "model-v1", "weight": 90}, {"name": "model-v2", "weight": 10}],
+    "stickiness": {"userIdHeaders": ["x-user-id"]},
+    "rules": [
+        {
+            "name": "testers",
+            "match": {"headers": {"x-canary-tester": {"exact": "true"}}},
+            "version": "model-v2",
+        }
+    ],
+}
+V1_BELOW = math.floor(90 * 2**32 / 100)
+
+
+def sticky_version(user_id: str) -> str:
+    """The README's bucket formula for PLUGIN_CONFIG (salt = first version)."""
+    bucket = mmh3.hash(b"model-v1:" + user_id.encode()[:256], 0, signed=False)
+    return "model-v1" if bucket < V1_BELOW else "model-v2"
+
+
+# --- variants ---------------------------------------------------------------
+
+
+def wasm_filter(path: Path, configuration: str = "", root_id: str = "canary-selector") -> dict:
+    """An inline Wasm HTTP filter, built like the ECDS resource Istio sends."""
+    typed = ecds.resource(configuration, str(path), name=root_id, root_id=root_id)["resources"][0]["typed_config"]
+    return {"name": "envoy.filters.http.wasm", "typed_config": typed}
+
+
+def floor_module(flags: list[str]) -> Path:
+    """tests/bench/floor.rs built with `--cfg` flags (a few hundred bytes)."""
+    out = OUT / ("floor" + "".join("-" + f for f in flags) + ".wasm")
+    cfgs = [a for f in flags for a in ("--cfg", f)]
+    subprocess.run(
+        ["rustc", "--edition", "2021", "--target", "wasm32-wasip1", "--crate-type", "cdylib",
+         "-O", "-C", "panic=abort", *cfgs, "-o", str(out), str(FLOOR)],
+        check=True,
+    )
+    return out
+
+
+@dataclass
+class Variant:
+    name: str
+    what: str
+    # Builds the HTTP filter in front of the router (None: the router alone),
+    # given the variant's work directory.
+    http_filter: Callable[[Path], dict | None]
+    # Expected x-served-by for a request with these headers.
+    expect: Callable[[dict], str]
+    module: Callable[[], Path | None] = lambda: None
+    # canary-selector's own counters must add up to the requests served.
+    counts_requests: bool = False
+
+
+def canary_expect(h: dict) -> str:
+    if h.get("x-canary-tester") == "true":
+        return "model-v2"
+    if h.get("x-user-id"):
+        return sticky_version(h["x-user-id"])
+    return h.get("x-canary-version", "model-v1")  # anonymous: random, not checked
+
+
+def client_expect(h: dict) -> str:
+    return h.get("x-canary-version", "model-v1")
+
+
+def last_digit_expect(h: dict) -> str:
+    return "model-v2" if h.get("x-user-id", "").endswith("0") else "model-v1"
+
+
+def lua_filter(_: Path) -> dict:
+    return {
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"filename": str(LUA)},
+        },
+    }
+
+
+def ecds_filter(workdir: Path) -> dict:
+    path = workdir / "ecds" / "canary-selector.json"
+    ecds.write_atomically(str(path), ecds.resource(json.dumps(PLUGIN_CONFIG), str(WASM)))
+    return {
+        "name": ecds.DEFAULT_NAME,
+        "config_discovery": {
+            "config_source": {
+                "resource_api_version": "V3",
+                "path_config_source": {"path": str(path), "watched_directory": {"path": str(path.parent)}},
+            },
+            "type_urls": [ecds.WASM_FILTER],
+        },
+    }
+
+
+VARIANTS = {
+    v.name: v
+    for v in [
+        Variant("none", "no filter; the client sets x-canary-version", lambda _: None, client_expect),
+        Variant("lua", "envoy/lua/canary.lua (same rule, same stickiness)", lua_filter, canary_expect,
+                module=lambda: LUA),
+        Variant("canary-selector", "the module, inline typed_config", lambda _: wasm_filter(WASM, json.dumps(PLUGIN_CONFIG)),
+                canary_expect, module=lambda: WASM, counts_requests=True),
+        # Breakdown variants (VARIANTS=...): where canary-selector's cost goes.
+        Variant("canary-selector-ecds", "the module over ECDS, as Istio delivers it", ecds_filter, canary_expect,
+                module=lambda: WASM, counts_requests=True),
+        Variant("wasm-empty", "floor.rs: 2 exported callbacks, no-op", lambda _: wasm_filter(floor_module([])),
+                client_expect, module=lambda: OUT / "floor.wasm"),
+        Variant("wasm-headers", "floor.rs: + get x-canary-tester, x-user-id; replace x-canary-version",
+                lambda _: wasm_filter(floor_module(["work", "noclear"])), last_digit_expect,
+                module=lambda: OUT / "floor-work-noclear.wasm"),
+        Variant("wasm-pairs", "floor.rs: as wasm-headers, reading all headers with one get_header_map_pairs",
+                lambda _: wasm_filter(floor_module(["work", "noclear", "pairs"])), last_digit_expect,
+                module=lambda: OUT / "floor-work-noclear-pairs.wasm"),
+        Variant("wasm-headers-clear", "floor.rs: + clear_route_cache (canary-selector's 4 host calls)",
+                lambda _: wasm_filter(floor_module(["work"])), last_digit_expect, module=lambda: OUT / "floor-work.wasm"),
+        Variant("wasm-headers-clear-metric", "floor.rs: + 1 counter increment",
+                lambda _: wasm_filter(floor_module(["work", "metric"])), last_digit_expect,
+                module=lambda: OUT / "floor-work-metric.wasm"),
+        Variant("wasm-headers-clear-metric-cb", "floor.rs: + no-op on_response_headers, on_delete exported",
+                lambda _: wasm_filter(floor_module(["work", "metric", "callbacks"])), last_digit_expect,
+                module=lambda: OUT / "floor-work-metric-callbacks.wasm"),
+    ]
+}
+
+
+# --- one Envoy per variant --------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin(cpu: int | None) -> Callable[[], None] | None:
+    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+
+
+@dataclass
+class Envoy:
+    variant: Variant
+    cpu: int | None
+    workdir: Path = field(init=False)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "Envoy":
+        self.workdir = OUT / self.variant.name
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.admin, self.port = free_port(), free_port()
+        cfg = yaml.safe_load(BASE_CONFIG.read_text())
+        cfg["admin"]["address"]["socket_address"]["port_value"] = self.admin
+        listener = cfg["static_resources"]["listeners"][0]
+        listener["address"]["socket_address"]["port_value"] = self.port
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        router = hcm["http_filters"][-1]
+        extra = self.variant.http_filter(self.workdir)
+        hcm["http_filters"] = ([extra] if extra else []) + [router]
+        if "config_discovery" in (extra or {}):
+            cfg["node"] = {"id": "bench", "cluster": "bench"}  # xDS needs a node identity
+        (self.workdir / "envoy.yaml").write_text(yaml.safe_dump(cfg))
+        self.log = self.workdir / "envoy.log"
+        self.proc = subprocess.Popen(
+            [str(ENVOY), "-c", str(self.workdir / "envoy.yaml"), "--concurrency", "1",
+             "--disable-hot-restart", "-l", "warning", "--log-path", str(self.log)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=pin(self.cpu),
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.variant.name}: Envoy exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if self.admin_get("/ready") == "LIVE\n" and self.request({"x-user-id": "warm"})[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.variant.name}: Envoy not ready in 60s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def admin_get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}{path}", timeout=5) as r:
+            return r.read().decode()
+
+    def counters(self, regex: str) -> dict[str, int]:
+        text = self.admin_get("/stats?type=Counters&filter=" + urllib.parse.quote(regex))
+        return {k: int(v) for k, _, v in (line.partition(": ") for line in text.splitlines()) if v.isdigit()}
+
+    def cpu_seconds(self) -> float:
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def request(self, headers: dict) -> tuple[int, str | None]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{PATH}", headers=headers)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            r.read()
+            return r.status, r.headers.get("x-served-by")
+
+
+def check_routing(envoy: Envoy) -> None:
+    """The variant routes as it should before it is measured."""
+    cases = [{"x-user-id": f"user-{n}", "x-canary-version": "model-v1" if n % 2 else "model-v2"} for n in range(1, 201)]
+    cases += [
+        {"x-user-id": "alice", "x-canary-tester": "true"},
+        {"x-user-id": "user-27"},
+        {"x-canary-version": "model-v2"},
+        {},
+    ]
+    for headers in cases:
+        status, served = envoy.request(headers)
+        anonymous = "x-user-id" not in headers and "x-canary-tester" not in headers
+        if envoy.variant.expect is canary_expect and anonymous:
+            ok = status == 200 and served in ("model-v1", "model-v2")  # a random pick
+        else:
+            ok = status == 200 and served == envoy.variant.expect(headers)
+        if not ok:
+            raise SystemExit(f"{envoy.variant.name}: {headers} -> {status} {served}, "
+                             f"expected {envoy.variant.expect(headers)}")
+
+
+# --- load -------------------------------------------------------------------
+
+
+def wrk(envoy: Envoy, seconds: int, connections: int, cpu: int | None) -> dict:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LOAD),
+         f"http://127.0.0.1:{envoy.port}{PATH}"],
+        capture_output=True, text=True, preexec_fn=pin(cpu), check=True,
+    )
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
+    return json.loads(line[len("BENCH "):])
+
+
+def busy_ticks() -> int:
+    """CPU time spent by everything on the machine (/proc/stat), in ticks."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return f[0] + f[1] + f[2] + f[5] + f[6]  # user, nice, system, irq, softirq
+
+
+def wait_quiet(envoys: list[Envoy], limit: float) -> float:
+    """Waits (up to `limit` seconds) until other processes leave the CPUs
+    alone for a second; returns the seconds waited."""
+    start = time.monotonic()
+    while True:
+        busy0, own0 = busy_ticks(), sum(e.cpu_seconds() for e in envoys)
+        time.sleep(1)
+        other = (busy_ticks() - busy0) / os.sysconf("SC_CLK_TCK") - (sum(e.cpu_seconds() for e in envoys) - own0)
+        waited = time.monotonic() - start
+        if other < QUIET or waited >= limit:
+            return waited
+
+
+def uncounted(envoy: Envoy, completed: int, slack: int) -> int:
+    """Requests Envoy completed since it started that canary-selector's own
+    counters do not show. The module may count in the VM and flush on its
+    tick (once a second): wait up to 3 s for the counters to catch up. (A
+    few requests sent while an ECDS config was still on its way may pass
+    without the filter: up to `slack` are tolerated.)"""
+    if not envoy.variant.counts_requests:
+        return 0
+    deadline = time.monotonic() + 3
+    while True:
+        counted = sum(envoy.counters(r"^wasmcustom\.canary_selector\.requests\.").values())
+        if completed - counted <= slack or time.monotonic() > deadline:
+            return completed - counted
+        time.sleep(0.2)
+
+
+def measure(envoy: Envoy, seconds: int, connections: int, cpu: int | None) -> dict:
+    rq = r"^http\.ingress\.downstream_rq_(completed|2xx)$"
+    before = envoy.counters(rq)
+    wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, cpu0, t0 = busy_ticks(), envoy.cpu_seconds(), time.monotonic()
+    load = wrk(envoy, seconds, connections, cpu)
+    time.sleep(0.1)  # let Envoy finish the streams wrk left behind
+    busy1, cpu1, t1 = busy_ticks(), envoy.cpu_seconds(), time.monotonic()
+    wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = envoy.counters(rq)
+    completed = after["http.ingress.downstream_rq_completed"] - before["http.ingress.downstream_rq_completed"]
+    ok = after["http.ingress.downstream_rq_2xx"] - before["http.ingress.downstream_rq_2xx"]
+    wrk_cpu = (wrk1.ru_utime + wrk1.ru_stime) - (wrk0.ru_utime + wrk0.ru_stime)
+    # CPU used by anything but this Envoy and wrk (other work on the machine).
+    other = (busy1 - busy0) / os.sysconf("SC_CLK_TCK") - (cpu1 - cpu0) - wrk_cpu
+    return {
+        "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(completed, 1),
+        "rps": load["requests"] / (load["duration_us"] / 1e6),
+        "p50_us": load["p50_us"],
+        "p99_us": load["p99_us"],
+        "rss_mib": envoy.rss_mib(),
+        "envoy_cores": (cpu1 - cpu0) / (t1 - t0),
+        "other_cores": max(other, 0.0) / (t1 - t0),
+        "completed": completed,
+        "non_2xx": completed - ok,
+        "socket_errors": sum(v for k, v in load["errors"].items() if k != "status"),
+        "uncounted": uncounted(envoy, after["http.ingress.downstream_rq_completed"], connections),
+    }
+
+
+# --- report -----------------------------------------------------------------
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")), "?")
+    version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout.split("version:")[-1]
+    return {"nproc": os.cpu_count(), "cpu": model, "envoy": version.strip(), "kernel": os.uname().release}
+
+
+def table(summary: dict, module_sizes: dict) -> str:
+    head = "| variant | CPU µs/req | Δ vs none | req/s | p50 µs | p99 µs | RSS MiB | module |"
+    rows = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    base = summary.get("none", {}).get("cpu_us_per_req")
+    for name, s in summary.items():
+        delta = f"+{s['cpu_us_per_req'] - base:.1f}" if base is not None and name != "none" else "–"
+        size = module_sizes.get(name)
+        rows.append(
+            f"| {name} | {s['cpu_us_per_req']:.1f} | {delta} | {s['rps']:,.0f} | {s['p50_us']:.0f} | "
+            f"{s['p99_us']:.0f} | {s['rss_mib']:.1f} | {f'{size:,} B' if size else '–'} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    rounds = int(os.environ.get("ROUNDS", 12))
+    seconds = int(os.environ.get("DURATION", 3))  # wrk takes whole seconds
+    connections = int(os.environ.get("CONNECTIONS", 32))
+    warmup = int(os.environ.get("WARMUP", 0))
+    names = os.environ.get("VARIANTS", "none,lua,canary-selector").split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    pinned = (os.cpu_count() or 1) >= 2
+    envoy_cpu = int(os.environ.get("ENVOY_CPU", 0)) if pinned else None
+    load_cpu = int(os.environ.get("LOAD_CPU", 1)) if pinned else None
+    for path in (ENVOY, WASM):
+        if not path.exists():
+            raise SystemExit(f"{path} missing: run `make venv build`")
+    OUT.mkdir(parents=True, exist_ok=True)
+    print(f"bench: {', '.join(names)}; {rounds} rounds of {seconds}s at {connections} connections "
+          f"(+{warmup}s warm-up each); Envoy on CPU {envoy_cpu}, wrk on CPU {load_cpu}", flush=True)
+
+    envoys: dict[str, Envoy] = {}
+    disturbed = 0
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    try:
+        for n in names:
+            envoys[n] = Envoy(VARIANTS[n], envoy_cpu).start()
+            check_routing(envoys[n])
+            print(f"  {n:28} {VARIANTS[n].what}", flush=True)
+            wrk(envoys[n], 3, connections, load_cpu)  # JIT tiers (V8, LuaJIT) warm up
+        print("routing checked: every variant sends each request where it should", flush=True)
+        for r in range(rounds):
+            for n in names:
+                # The machine may be shared: a run that other processes
+                # disturbed is measured again (RETRIES times); with QUIET_WAIT,
+                # each run first waits for them to leave the CPUs alone.
+                for attempt in range(RETRIES + 1):
+                    if QUIET_WAIT > 0 and wait_quiet(list(envoys.values()), QUIET_WAIT) > 1.5:
+                        print("  (waited for other processes to leave the CPUs)", flush=True)
+                    if warmup > 0:
+                        wrk(envoys[n], warmup, connections, load_cpu)
+                    m = measure(envoys[n], seconds, connections, load_cpu)
+                    busy = m["other_cores"] > QUIET
+                    print(f"  round {r + 1}/{rounds} {n:28} {m['cpu_us_per_req']:6.1f} µs/req "
+                          f"{m['rps']:9,.0f} req/s  p50 {m['p50_us']:5.0f} µs  p99 {m['p99_us']:5.0f} µs  "
+                          f"non-2xx {m['non_2xx']}  other CPU {m['other_cores']:.2f}"
+                          + ("  (busy machine: again)" if busy and attempt < RETRIES else ""), flush=True)
+                    if not busy:
+                        break
+                    disturbed += attempt == RETRIES
+                runs[n].append(m)
+    finally:
+        for e in envoys.values():
+            e.stop()
+
+    summary = {n: {k: statistics.median(run[k] for run in runs[n]) for k in runs[n][0]} for n in names}
+    sizes = {n: p.stat().st_size for n in names if (p := VARIANTS[n].module()) is not None and p.exists()}
+    result = {"machine": machine(), "settings": {"rounds": rounds, "duration_s": seconds,
+              "connections": connections, "warmup_s": warmup}, "runs": runs, "summary": summary,
+              "module_bytes": sizes}
+
+    print()
+    print(table(summary, sizes))
+    ratio = None
+    if {"none", "lua", "canary-selector"} <= set(names):
+        cpu = {n: summary[n]["cpu_us_per_req"] for n in ("none", "lua", "canary-selector")}
+        ratio = (cpu["canary-selector"] - cpu["none"]) / (cpu["lua"] - cpu["none"])
+        per_round = sorted(
+            (c["cpu_us_per_req"] - z["cpu_us_per_req"]) / (lu["cpu_us_per_req"] - z["cpu_us_per_req"])
+            for z, lu, c in zip(runs["none"], runs["lua"], runs["canary-selector"])
+        )
+        result["ratio"] = ratio
+        result["ratio_per_round"] = per_round
+        print(f"\noverhead ratio (canary-selector - none) / (lua - none) = {ratio:.2f}   "
+              f"(per-round median {statistics.median(per_round):.2f}, quartiles "
+              f"{statistics.quantiles(per_round, n=4)[0] if len(per_round) > 1 else ratio:.2f} .. "
+              f"{statistics.quantiles(per_round, n=4)[2] if len(per_round) > 1 else ratio:.2f}); "
+              f"target <= 1.0, stretch <= 0.8: "
+              f"{'met' if ratio <= 0.8 else 'target met' if ratio <= 1.0 else 'NOT met'}")
+        quiet = [i for i in range(rounds)
+                 if all(runs[n][i]["other_cores"] <= QUIET for n in ("none", "lua", "canary-selector"))]
+        if len(quiet) >= 3:
+            q = {n: statistics.median(runs[n][i]["cpu_us_per_req"] for i in quiet)
+                 for n in ("none", "lua", "canary-selector")}
+            result["ratio_quiet_rounds"] = (q["canary-selector"] - q["none"]) / (q["lua"] - q["none"])
+            print(f"  over the {len(quiet)} rounds no other process disturbed: none {q['none']:.1f}, "
+                  f"lua {q['lua']:.1f}, canary-selector {q['canary-selector']:.1f} µs/req, "
+                  f"ratio {result['ratio_quiet_rounds']:.2f}")
+    if "canary-selector" in sizes:
+        size = sizes["canary-selector"]
+        print(f"module size {size:,} bytes ({size / 1024:.0f} KiB); target <= 150 KB: "
+              f"{'met' if size <= 150_000 else 'NOT met'}")
+    failures = [f"{n} round {i + 1}: {m['non_2xx']} non-2xx, {m['socket_errors']} socket errors, "
+                f"{m['uncounted']} requests not counted by the filter"
+                for n in names for i, m in enumerate(runs[n])
+                if m["non_2xx"] or m["socket_errors"] or abs(m["uncounted"]) > connections]
+    total = sum(m["completed"] for n in names for m in runs[n])
+    print(f"responses: {total:,}, non-2xx or errors: {'none' if not failures else len(failures)} "
+          f"(machine: {result['machine']['nproc']} x {result['machine']['cpu']}, Envoy {result['machine']['envoy']})")
+    if disturbed:
+        print(f"note: {disturbed} run(s) kept although other processes used more than {QUIET} cores "
+              "during them (see other_cores in results.json)")
+    (OUT / "results.json").write_text(json.dumps(result, indent=2))
+    print(f"raw runs: {OUT.relative_to(ROOT)}/results.json")
+    if failures:
+        print("FAILED:\n  " + "\n  ".join(failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+//! Native micro-benchmark of the per-request decision (`make bench-micro`,
+//! `cargo bench --bench decision`): nanoseconds per `decide()` for a sticky
+//! hit, a rule hit and an anonymous request, with the bench's rollout (90/10,
+//! one header rule, sticky on `x-user-id`), and the heap allocations each
+//! decision makes (counted by a wrapping global allocator; the target is
+//! zero for a sticky decision).
+//!
+//! No framework: each case runs in batches timed with `Instant`; the figure is
+//! the median batch, per decision (the fastest batch is shown too).
+
+#![allow(clippy::expect_used, clippy::indexing_slicing)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use canary_selector::config::Rollout;
+use canary_selector::decision::{decide, Live, Request, WyRand};
+
+struct Counting;
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator, only counting.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const CONFIG: &str = r#"{
+  "routingHeader": "x-canary-version",
+  "versions": [{ "name": "model-v1", "weight": 90 }, { "name": "model-v2", "weight": 10 }],
+  "stickiness": { "userIdHeaders": ["x-user-id"] },
+  "rules": [{ "name": "testers",
+              "match": { "headers": { "x-canary-tester": { "exact": "true" } } },
+              "version": "model-v2" }]
+}"#;
+
+/// A request as a few (name, value) pairs, looked up by name like a header map.
+struct Headers<'a>(Vec<(&'a str, &'a [u8])>);
+
+impl Request for Headers<'_> {
+    fn header(&mut self, _slot: usize, name: &str) -> Option<&[u8]> {
+        self.0.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+}
+
+const BATCH: u64 = 20_000;
+const BATCHES: usize = 31;
+
+/// (median ns, fastest ns, allocations) per decision.
+fn run(requests: &mut [Headers], rollout: &Rollout) -> (f64, f64, f64) {
+    let mut rng = WyRand(0x5eed);
+    let live = Live::default();
+    let mut once = |i: u64| {
+        let n = requests.len();
+        let req = &mut requests[i as usize % n];
+        black_box(decide(rollout, black_box(req), &mut rng, live));
+    };
+    let warm = Instant::now();
+    let mut i = 0;
+    while warm.elapsed() < Duration::from_millis(200) {
+        once(i);
+        i += 1;
+    }
+    let allocs_before = ALLOCATIONS.load(Ordering::Relaxed);
+    let mut samples = Vec::with_capacity(BATCHES);
+    for _ in 0..BATCHES {
+        let start = Instant::now();
+        for _ in 0..BATCH {
+            once(i);
+            i += 1;
+        }
+        samples.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
+    }
+    let allocs = (ALLOCATIONS.load(Ordering::Relaxed) - allocs_before) as f64;
+    samples.sort_by(f64::total_cmp);
+    (
+        samples[BATCHES / 2],
+        samples[0],
+        allocs / (BATCH * BATCHES as u64) as f64,
+    )
+}
+
+fn main() {
+    let rollout = Rollout::from_json(CONFIG.as_bytes()).expect("the bench config is valid");
+    // A different user id per request, as in the Envoy bench.
+    let ids: Vec<String> = (0..1024).map(|n| format!("user-{n}")).collect();
+    let path: &[u8] = b"/v1/models/model:predict";
+    let common = |mut extra: Vec<(&'static str, &'static [u8])>| {
+        extra.push((":path", path));
+        extra
+    };
+    let leak = |s: &str| -> &'static [u8] { Box::leak(s.as_bytes().to_vec().into_boxed_slice()) };
+
+    let mut sticky: Vec<Headers> = ids
+        .iter()
+        .map(|id| Headers(common(vec![("x-user-id", leak(id))])))
+        .collect();
+    let mut rule: Vec<Headers> = ids
+        .iter()
+        .map(|id| {
+            Headers(common(vec![
+                ("x-user-id", leak(id)),
+                ("x-canary-tester", b"true"),
+            ]))
+        })
+        .collect();
+    let mut anonymous = vec![Headers(common(vec![]))];
+
+    println!(
+        "decide(), 90/10, one header rule, sticky on x-user-id ({BATCHES} batches of {BATCH}):"
+    );
+    println!(
+        "{:<28} {:>12} {:>12} {:>16}",
+        "case", "ns/decision", "fastest", "allocs/decision"
+    );
+    for (name, requests) in [
+        ("sticky hit (x-user-id)", &mut sticky),
+        ("rule hit (x-canary-tester)", &mut rule),
+        ("anonymous (random pick)", &mut anonymous),
+    ] {
+        let (median, fastest, allocs) = run(requests, &rollout);
+        println!("{name:<28} {median:>12.1} {fastest:>12.1} {allocs:>16.3}");
+    }
+}
