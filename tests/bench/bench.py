@@ -52,6 +52,7 @@ import ecds  # noqa: E402  (envoy/ecds.py: the filter config exactly as Istio de
 
 ENVOY = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv/bin/envoy"))
 WASM = Path(os.environ.get("CANARY_WASM", ROOT / "target/wasm32-wasip1/release/canary_selector.wasm"))
+WASM_B = Path(os.environ.get("CANARY_WASM_B", WASM))
 BASE_CONFIG = ROOT / "envoy/lua/envoy.yaml"
 LUA = ROOT / "envoy/lua/canary.lua"
 LOAD = ROOT / "tests/bench/load.lua"
@@ -168,6 +169,11 @@ VARIANTS = {
                 module=lambda: LUA),
         Variant("canary-selector", "the module, inline typed_config", lambda _: wasm_filter(WASM, json.dumps(PLUGIN_CONFIG)),
                 canary_expect, module=lambda: WASM, counts_requests=True),
+        # Another build of the module, to compare two builds in one run:
+        # CANARY_WASM_B=path/to/other.wasm VARIANTS=none,canary-selector,canary-selector-b
+        Variant("canary-selector-b", "the module at $CANARY_WASM_B, inline typed_config",
+                lambda _: wasm_filter(WASM_B, json.dumps(PLUGIN_CONFIG)), canary_expect,
+                module=lambda: WASM_B, counts_requests=True),
         # Breakdown variants (VARIANTS=...): where canary-selector's cost goes.
         Variant("canary-selector-ecds", "the module over ECDS, as Istio delivers it", ecds_filter, canary_expect,
                 module=lambda: WASM, counts_requests=True),
