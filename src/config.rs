@@ -42,8 +42,19 @@ pub struct ConfigError {
 }
 
 impl fmt::Display for ConfigError {
+    /// One line whatever the config holds: control characters (a newline in
+    /// a JSON key, say) are escaped, so a config cannot forge log lines.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
+        for part in [&self.field[..], ": ", &self.reason[..]] {
+            for c in part.chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,10 @@ use regex_lite::Regex;
 /// small and predictable.
 pub const MAX_COOKIE_HEADER_SCAN: usize = 16 * 1024;
 
+/// The longest value a regex condition is matched against; longer values
+/// never match it.
+pub const MAX_REGEX_INPUT: usize = 4096;
+
 #[derive(Debug)]
 pub enum StringMatch {
     Exact(Box<[u8]>),
@@ -24,7 +28,13 @@ impl StringMatch {
         match self {
             StringMatch::Exact(want) => value == &**want,
             StringMatch::Prefix(prefix) => value.starts_with(prefix),
-            StringMatch::Regex(re) => std::str::from_utf8(value).is_ok_and(|s| re.is_match(s)),
+            // Regex time grows with the value's length times the pattern's
+            // size: values longer than the bound never match, so no request
+            // can make a rule expensive.
+            StringMatch::Regex(re) => {
+                value.len() <= MAX_REGEX_INPUT
+                    && std::str::from_utf8(value).is_ok_and(|s| re.is_match(s))
+            }
         }
     }
 }
@@ -34,7 +44,19 @@ impl StringMatch {
 /// quotes around the value are removed (RFC 6265 allows quoted values).
 /// Malformed pairs (no `=`) are skipped.
 pub fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    let scanned = header.get(..MAX_COOKIE_HEADER_SCAN).unwrap_or(header);
+    let scanned = match header.get(..MAX_COOKIE_HEADER_SCAN) {
+        // Cut at the bound: drop the pair the cut went through, so a cookie
+        // that straddles it is absent rather than read short.
+        Some(head)
+            if header.len() > MAX_COOKIE_HEADER_SCAN
+                && header.get(MAX_COOKIE_HEADER_SCAN) != Some(&b';') =>
+        {
+            let cut = head.iter().rposition(|&b| b == b';').unwrap_or(0);
+            head.get(..cut).unwrap_or_default()
+        }
+        Some(head) => head,
+        None => header,
+    };
     for pair in scanned.split(|&b| b == b';') {
         let pair = trim(pair);
         let Some(eq) = pair.iter().position(|&b| b == b'=') else {
@@ -117,6 +139,25 @@ mod tests {
         let mut h = b"early=1; ".to_vec();
         h.extend(std::iter::repeat_n(b'x', 100_000));
         assert_eq!(cookie_value(&h, b"early"), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn a_cookie_straddling_the_scan_bound_is_absent_not_cut_short() {
+        let mut h = vec![b'x'; MAX_COOKIE_HEADER_SCAN - 8];
+        h.extend_from_slice(b"; uid=alice; later=1");
+        assert_eq!(cookie_value(&h, b"uid"), None);
+        // Ending exactly at the bound, it is whole and found.
+        let mut h = vec![b'x'; MAX_COOKIE_HEADER_SCAN - 11];
+        h.extend_from_slice(b"; uid=alice; later=1");
+        assert_eq!(h.get(MAX_COOKIE_HEADER_SCAN), Some(&b';'));
+        assert_eq!(cookie_value(&h, b"uid"), Some(&b"alice"[..]));
+    }
+
+    #[test]
+    fn long_values_never_match_a_regex() {
+        let r = re("a+");
+        assert!(r.matches(&vec![b'a'; MAX_REGEX_INPUT]));
+        assert!(!r.matches(&vec![b'a'; MAX_REGEX_INPUT + 1]));
     }
 
     #[test]

@@ -1463,3 +1463,13 @@ fn a_trailing_weight_zero_version_never_receives_users() {
     );
     assert_eq!(r.version_of_bucket(u32::MAX), 1);
 }
+
+#[test]
+fn config_errors_cannot_forge_log_lines() {
+    let e = rejected(
+        "{\"x\\n[2026-11-23 15:00:00.000][1][critical][main] forged\": 1, \"versions\": []}",
+    );
+    let line = e.to_string();
+    assert!(!line.contains(['\n', '\r']), "{line}");
+    assert!(line.contains("\\n[2026"), "{line}");
+}

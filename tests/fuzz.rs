@@ -258,7 +258,10 @@ impl Match {
         match self {
             Match::Exact(want) => value == want.as_bytes(),
             Match::Prefix(p) => value.starts_with(p.as_bytes()),
-            Match::Regex(i) => std::str::from_utf8(value).is_ok_and(|s| regex_holds(*i, s)),
+            Match::Regex(i) => {
+                value.len() <= canary_selector::matcher::MAX_REGEX_INPUT
+                    && std::str::from_utf8(value).is_ok_and(|s| regex_holds(*i, s))
+            }
         }
     }
     /// A value that this match may or may not accept.
@@ -770,10 +773,14 @@ fn parse(bytes: &[u8]) -> Result<Rollout, config::ConfigError> {
     let result = Rollout::from_json(bytes);
     match &result {
         Ok(r) => check_rollout(r),
-        Err(e) => assert!(
-            !e.field.is_empty() && !e.reason.is_empty(),
-            "error without field or reason: {e:?}"
-        ),
+        Err(e) => {
+            assert!(
+                !e.field.is_empty() && !e.reason.is_empty(),
+                "error without field or reason: {e:?}"
+            );
+            // The logged line can never be split or forged.
+            assert!(!e.to_string().contains(['\n', '\r']), "{e:?}");
+        }
     }
     result
 }
@@ -1230,7 +1237,14 @@ fn trim(mut s: &[u8]) -> &[u8] {
 /// 16 KiB of the header, first occurrence wins, spaces/tabs and one pair of
 /// double quotes around the value removed, pairs without `=` skipped.
 fn oracle_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    let scanned = &header[..header.len().min(MAX_COOKIE_HEADER_SCAN)];
+    // Cut at the bound, dropping the pair the cut goes through.
+    let scanned = if header.len() > MAX_COOKIE_HEADER_SCAN && header[MAX_COOKIE_HEADER_SCAN] != b';'
+    {
+        let head = &header[..MAX_COOKIE_HEADER_SCAN];
+        &head[..head.iter().rposition(|&b| b == b';').unwrap_or(0)]
+    } else {
+        &header[..header.len().min(MAX_COOKIE_HEADER_SCAN)]
+    };
     scanned.split(|&b| b == b';').find_map(|pair| {
         let eq = pair.iter().position(|&b| b == b'=')?;
         (trim(&pair[..eq]) == name.as_bytes()).then(|| {
