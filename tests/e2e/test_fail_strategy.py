@@ -121,11 +121,6 @@ def test_fail_close_without_the_module_denies_every_request(start_envoy, demo_co
         assert r.served_by is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="envoy/envoy.yaml keeps a client's routing header when the filter does not run; "
-    "stripping it needs the HCM's early_header_mutation_extensions (see README, Reliability)",
-)
 def test_fail_open_never_lets_a_client_pick_its_version(start_envoy, demo_config):
     envoy = start_envoy(demo_config, initial_resource=istio_fallback(True), extra_type_urls=(RBAC,))
     r = envoy.request({"x-canary-version": "model-v2"})
