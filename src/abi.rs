@@ -413,7 +413,9 @@ struct GuardState {
     /// Shared-data key of the proxy-wide window: plugin name and config hash,
     /// so a new config starts a fresh window.
     key: String,
-    plugin: String,
+    /// Shared-data key marking that this plugin's guard tripped, so the
+    /// next push can log the reset.
+    marker: String,
     trips_metric: u32,
     tripped_metric: u32,
 }
@@ -585,7 +587,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
     if first {
         log(LOG_INFO, &format!("config accepted: {}", rollout.summary()));
         // A tripped guard holds until a new config arrives: this is it.
-        let marker = format!("canary-selector.{plugin}.guard-tripped");
+        let marker = tripped_marker(&plugin);
         if let (Some(b"1"), cas) = scope.shared_data(&marker) {
             set_shared_data(&marker, b"0", cas);
             log(
@@ -594,27 +596,15 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
             );
         }
     }
-    // Ticks flush the decision counters once a second; with a guard they
-    // also merge and judge its window, a few times per slot.
-    let period = rollout.guard.as_ref().map_or(1000, |g| {
-        let slot_ms = Window::new(rollout.versions.len(), g.window_ms).slot_ms();
-        u32::try_from(slot_ms.clamp(100, 1000)).unwrap_or(1000)
-    });
-    // SAFETY: plain host call; applies to the root context being configured.
-    unsafe {
-        proxy_set_tick_period_milliseconds(period);
-    }
     let guard = rollout.guard.as_ref().map(|g| {
-        let window = Window::new(rollout.versions.len(), g.window_ms);
-        let key = format!(
-            "canary-selector.{plugin}.guard.{:08x}",
-            crate::hash::murmur3_32(config, 0)
-        );
         let state = GuardState {
             local: Window::new(rollout.versions.len(), g.window_ms),
             tripped: false,
-            key,
-            plugin: plugin.clone(),
+            key: format!(
+                "canary-selector.{plugin}.guard.{:08x}",
+                crate::hash::murmur3_32(config, 0)
+            ),
+            marker: tripped_marker(&plugin),
             trips_metric: define_metric(METRIC_COUNTER, filter::GUARD_TRIPS_METRIC),
             tripped_metric: define_metric(METRIC_GAUGE, filter::GUARD_TRIPPED_METRIC),
         };
@@ -622,7 +612,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
             // A push starts a fresh window, even for a config seen before
             // (A, B, then A again): its old window, tripped or not, is gone.
             // Writing it now also gives every later merge a real CAS token.
-            set_shared_data(&state.key, &window.encode(None), 0);
+            set_shared_data(&state.key, &state.local.encode(None), 0);
             // SAFETY: plain host call.
             unsafe {
                 proxy_record_metric(state.tripped_metric, 0);
@@ -630,6 +620,15 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
         }
         state
     });
+    // Ticks flush the decision counters once a second; with a guard they
+    // also merge and judge its window, a few times per slot.
+    let period = guard.as_ref().map_or(1000, |g| {
+        u32::try_from(g.local.slot_ms().clamp(100, 1000)).unwrap_or(1000)
+    });
+    // SAFETY: plain host call; applies to the root context being configured.
+    unsafe {
+        proxy_set_tick_period_milliseconds(period);
+    }
     with_plugin(|p| {
         let installed = Installed {
             rollout,
@@ -647,6 +646,10 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
         }
     })
     .map_or(0, |()| 1)
+}
+
+fn tripped_marker(plugin: &str) -> String {
+    format!("canary-selector.{plugin}.guard-tripped")
 }
 
 /// Envoy runs one VM per worker thread (plus one on the main thread), and
@@ -796,11 +799,7 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
             g.local.clear();
             if let Some(t) = trip {
                 g.tripped = true;
-                set_shared_data(
-                    &format!("canary-selector.{}.guard-tripped", g.plugin),
-                    b"1",
-                    0,
-                );
+                set_shared_data(&g.marker, b"1", 0);
                 // SAFETY: plain host calls.
                 unsafe {
                     proxy_increment_metric(g.trips_metric, 1);

@@ -572,45 +572,36 @@ fn header_name(field: &str, name: &str, allow_pseudo: bool) -> Result<String, Co
         }
         None => name,
     };
+    token(field, "header", name, body)?;
+    Ok(name.to_ascii_lowercase())
+}
+
+fn cookie_name(field: &str, name: &str) -> Result<Box<[u8]>, ConfigError> {
+    token(field, "cookie", name, name)?;
+    Ok(name.as_bytes().into())
+}
+
+/// Checks a header or cookie name (`kind`): `body` (the name without a
+/// pseudo-header's colon) is a non-empty HTTP token and `name` is not too long.
+fn token(field: &str, kind: &str, name: &str, body: &str) -> Result<(), ConfigError> {
     if body.is_empty() {
-        return err(field, "header name is empty");
+        return err(field, format!("{kind} name is empty"));
     }
     if name.len() > MAX_NAME_LEN {
         return err(
             field,
-            format!("header name is longer than {MAX_NAME_LEN} bytes"),
+            format!("{kind} name is longer than {MAX_NAME_LEN} bytes"),
         );
     }
     if !body.bytes().all(is_tchar) {
         return err(
             field,
             format!(
-                "{name:?} is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+                "{name:?} is not a valid {kind} name (letters, digits and !#$%&'*+-.^_`|~ only)"
             ),
         );
     }
-    Ok(name.to_ascii_lowercase())
-}
-
-fn cookie_name(field: &str, name: &str) -> Result<Box<[u8]>, ConfigError> {
-    if name.is_empty() {
-        return err(field, "cookie name is empty");
-    }
-    if name.len() > MAX_NAME_LEN {
-        return err(
-            field,
-            format!("cookie name is longer than {MAX_NAME_LEN} bytes"),
-        );
-    }
-    if !name.bytes().all(is_tchar) {
-        return err(
-            field,
-            format!(
-                "{name:?} is not a valid cookie name (letters, digits and !#$%&'*+-.^_`|~ only)"
-            ),
-        );
-    }
-    Ok(name.as_bytes().into())
+    Ok(())
 }
 
 /// Headers the filter must never write: framing, hop-by-hop and the ones
