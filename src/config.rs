@@ -75,37 +75,15 @@ fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, Conf
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
     routing_header: Option<String>,
-    versions: Option<Vec<Obj<RawVersion>>>,
+    versions: Option<Vec<RawVersion>>,
     #[serde(default)]
-    stickiness: Obj<RawStickiness>,
+    stickiness: RawStickiness,
     #[serde(default)]
-    rules: Vec<Obj<RawRule>>,
+    rules: Vec<RawRule>,
     response_header: Option<String>,
     response_reason_header: Option<String>,
-    guard: Option<Obj<RawGuard>>,
-    schedule: Option<Obj<RawSchedule>>,
-}
-
-/// A struct that must be written as a JSON object. (Serde's derived
-/// `Deserialize` also accepts a struct as a positional array, which the config
-/// contract does not allow.)
-#[derive(Default)]
-struct Obj<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit<T>(std::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
-            type Value = Obj<T>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
-                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
-            }
-        }
-        d.deserialize_map(Visit(std::marker::PhantomData))
-    }
+    guard: Option<RawGuard>,
+    schedule: Option<RawSchedule>,
 }
 
 #[derive(Deserialize)]
@@ -126,7 +104,7 @@ struct RawGuard {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawSchedule {
     start: String,
-    steps: Vec<Obj<RawStep>>,
+    steps: Vec<RawStep>,
 }
 
 #[derive(Deserialize)]
@@ -153,7 +131,7 @@ struct RawStickiness {
     #[serde(default)]
     user_id_cookies: Vec<String>,
     salt: Option<String>,
-    anonymous_cookie: Option<Obj<RawAnonymousCookie>>,
+    anonymous_cookie: Option<RawAnonymousCookie>,
 }
 
 #[derive(Deserialize)]
@@ -171,7 +149,7 @@ struct RawAnonymousCookie {
 struct RawRule {
     name: String,
     #[serde(rename = "match", default)]
-    match_: Obj<RawMatch>,
+    match_: RawMatch,
     version: String,
 }
 
@@ -179,9 +157,9 @@ struct RawRule {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawMatch {
     #[serde(default, deserialize_with = "ordered_map")]
-    headers: Vec<(String, Obj<RawStringMatch>)>,
+    headers: Vec<(String, RawStringMatch)>,
     #[serde(default, deserialize_with = "ordered_map")]
-    cookies: Vec<(String, Obj<RawStringMatch>)>,
+    cookies: Vec<(String, RawStringMatch)>,
 }
 
 #[derive(Deserialize)]
@@ -190,100 +168,6 @@ struct RawStringMatch {
     exact: Option<String>,
     prefix: Option<String>,
     regex: Option<String>,
-}
-
-/// The JSON path (`versions[1].weight`) of the value being read at a
-/// 1-based line and column of `text`, or `(config)` at the top level: enough
-/// of a JSON scanner to follow objects, arrays and keys up to that point.
-fn json_path_at(text: &[u8], line: usize, column: usize, missing_field: bool) -> String {
-    enum Frame {
-        Object { key: Option<String>, in_value: bool },
-        Array { index: usize },
-    }
-    let line_start = text
-        .iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b'\n')
-        .nth(line.saturating_sub(2))
-        .map_or(0, |(i, _)| i + 1);
-    let mut end = if line <= 1 {
-        column
-    } else {
-        line_start + column
-    };
-    // serde_json reports the byte it stopped at (1-based). A closing bracket
-    // there was consumed when a field was found missing at the end of the
-    // object, but only peeked at when a value's own check failed: then the
-    // value's object is still the one being read.
-    if !missing_field && matches!(text.get(end.wrapping_sub(1)), Some(b'}' | b']')) {
-        end -= 1;
-    }
-    let text = text.get(..end.min(text.len())).unwrap_or(text);
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut i = 0;
-    while let Some(&b) = text.get(i) {
-        i += 1;
-        match b {
-            b'{' => stack.push(Frame::Object {
-                key: None,
-                in_value: false,
-            }),
-            b'[' => stack.push(Frame::Array { index: 0 }),
-            b'}' | b']' => {
-                stack.pop();
-            }
-            b':' => {
-                if let Some(Frame::Object { in_value, .. }) = stack.last_mut() {
-                    *in_value = true;
-                }
-            }
-            b',' => match stack.last_mut() {
-                Some(Frame::Array { index }) => *index += 1,
-                Some(Frame::Object { in_value, .. }) => *in_value = false,
-                None => {}
-            },
-            b'"' => {
-                let start = i;
-                while let Some(&c) = text.get(i) {
-                    i += if c == b'\\' { 2 } else { 1 };
-                    if c == b'"' {
-                        break;
-                    }
-                }
-                if let Some(Frame::Object {
-                    key,
-                    in_value: false,
-                }) = stack.last_mut()
-                {
-                    let raw = text.get(start..i.saturating_sub(1)).unwrap_or_default();
-                    *key = Some(String::from_utf8_lossy(raw).into_owned());
-                }
-            }
-            _ => {}
-        }
-    }
-    let mut path = String::new();
-    for frame in &stack {
-        match frame {
-            Frame::Object { key: Some(k), .. } => {
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(k);
-            }
-            Frame::Object { key: None, .. } => {}
-            Frame::Array { index } => {
-                path.push('[');
-                path.push_str(&index.to_string());
-                path.push(']');
-            }
-        }
-    }
-    if path.is_empty() {
-        "(config)".into()
-    } else {
-        path
-    }
 }
 
 /// A JSON object as (key, value) pairs in the order written, duplicates kept
@@ -448,28 +332,11 @@ impl Rollout {
         if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return err("(config)", "must be a JSON object");
         }
-        // One JSON object and nothing after it (`de.end()`).
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw = RawConfig::deserialize(&mut *de)
-            .and_then(|raw| de.end().map(|()| raw))
-            .map_err(|e| {
-                // serde_json says where, not which field: name the field from the
-                // position, and keep the reason without the position suffix.
-                let message = e.to_string();
-                let suffix = format!(" at line {} column {}", e.line(), e.column());
-                ConfigError {
-                    field: json_path_at(
-                        bytes,
-                        e.line(),
-                        e.column(),
-                        message.starts_with("missing field"),
-                    ),
-                    reason: message
-                        .strip_suffix(&suffix)
-                        .unwrap_or(&message)
-                        .to_string(),
-                }
-            })?;
+        // One JSON object and nothing after it.
+        let raw: RawConfig = crate::json::from_slice(bytes).map_err(|e| ConfigError {
+            field: e.path.unwrap_or_else(|| "(config)".into()),
+            reason: e.reason,
+        })?;
         validate(raw)
     }
 
@@ -737,7 +604,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         );
     }
     let mut versions: Vec<Version> = Vec::with_capacity(raw_versions.len());
-    for (i, Obj(v)) in raw_versions.into_iter().enumerate() {
+    for (i, v) in raw_versions.into_iter().enumerate() {
         let field = format!("versions[{i}]");
         if v.name.is_empty() {
             return err(format!("{field}.name"), "is empty");
@@ -821,7 +688,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
     let mut slots = HeaderSlots(Vec::new());
 
     // Stickiness.
-    let Obj(st) = raw.stickiness;
+    let st = raw.stickiness;
     let n_sources = st.user_id_headers.len() + st.user_id_cookies.len();
     if n_sources > MAX_USER_ID_SOURCES {
         return err(
@@ -859,7 +726,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         user_ids.push(source);
     }
     let anonymous_cookie = match st.anonymous_cookie {
-        Some(Obj(c)) => {
+        Some(c) => {
             let source = cookie_source("stickiness.anonymousCookie.name", &c.name, &mut slots)?;
             // The generated id is read back like any other user id cookie.
             if !user_ids.contains(&source) {
@@ -905,7 +772,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         return err("rules", format!("lists more than {MAX_RULES} rules"));
     }
     let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
-    for (i, Obj(r)) in raw.rules.into_iter().enumerate() {
+    for (i, r) in raw.rules.into_iter().enumerate() {
         let field = format!("rules[{i}]");
         if r.name.is_empty() || r.name.len() > MAX_NAME_LEN {
             return err(
@@ -926,7 +793,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
             );
         }
         let version = version_index(&format!("{field}.version"), &r.version)?;
-        let Obj(match_) = r.match_;
+        let match_ = r.match_;
         let n = match_.headers.len() + match_.cookies.len();
         if n == 0 {
             return err(
@@ -942,7 +809,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         }
         let mut conditions = Vec::with_capacity(n);
         let mut seen_headers: Vec<String> = Vec::new();
-        for (h, Obj(m)) in match_.headers {
+        for (h, m) in match_.headers {
             let cfield = format!("{field}.match.headers.{h}");
             let name = header_name(&cfield, &h, true)?;
             if name == routing_header {
@@ -965,7 +832,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
                 matcher: string_match(&cfield, &m)?,
             });
         }
-        for (i, (c, Obj(m))) in match_.cookies.iter().enumerate() {
+        for (i, (c, m)) in match_.cookies.iter().enumerate() {
             let cfield = format!("{field}.match.cookies.{c}");
             if match_.cookies.iter().take(i).any(|(seen, _)| seen == c) {
                 return err(cfield, "is listed twice");
@@ -983,11 +850,11 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
     }
 
     let guard = match raw.guard {
-        Some(Obj(g)) => Some(validate_guard(g, versions.len())?),
+        Some(g) => Some(validate_guard(g, versions.len())?),
         None => None,
     };
     let schedule = match raw.schedule {
-        Some(Obj(s)) => Some(validate_schedule(s, &versions, &thresholds)?),
+        Some(s) => Some(validate_schedule(s, &versions, &thresholds)?),
         None => None,
     };
 
@@ -1092,7 +959,7 @@ fn validate_schedule(
     }
     let mut steps: Vec<Step> = Vec::with_capacity(s.steps.len());
     let mut previous: Vec<u64> = listed.to_vec();
-    for (i, Obj(raw)) in s.steps.into_iter().enumerate() {
+    for (i, raw) in s.steps.into_iter().enumerate() {
         let field = format!("schedule.steps[{i}]");
         let after = u64::from(raw.after_seconds.unwrap_or(0));
         let at_ms = start_ms.saturating_add(i64::try_from(after * 1000).unwrap_or(i64::MAX));

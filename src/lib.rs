@@ -27,6 +27,7 @@ pub mod decision;
 pub mod filter;
 pub mod guard;
 pub mod hash;
+pub mod json;
 pub mod matcher;
 pub mod pairs;
 pub mod time;

@@ -1473,3 +1473,73 @@ fn config_errors_cannot_forge_log_lines() {
     assert!(!line.contains(['\n', '\r']), "{line}");
     assert!(line.contains("\\n[2026"), "{line}");
 }
+
+#[test]
+fn the_config_reader_names_deep_fields_and_decodes_escapes() {
+    let rule = |m: &str| {
+        format!(
+            r#"{{"versions":[{{"name":"v1","weight":90}},{{"name":"v2","weight":10}}],
+                "rules":[{{"name":"t","match":{{"headers":{{"x-a":{m}}}}},"version":"v2"}}]}}"#
+        )
+    };
+    let e = rejected(&rule(r#"{"exact":7}"#));
+    assert_eq!(e.field, "rules[0].match.headers.x-a.exact", "{e}");
+    assert!(
+        e.reason
+            .contains("invalid type: integer `7`, expected a string"),
+        "{e}"
+    );
+    let e = rejected(&rule(r#"{"exact":"a","prefix":[1.5]}"#));
+    assert_eq!(e.field, "rules[0].match.headers.x-a.prefix", "{e}");
+    assert!(e.reason.contains("array"), "{e}");
+    let e = rejected(&rule(r#"{"exact":"a"},"x-b":{"exact":"b",}"#));
+    assert_eq!(e.field, "rules[0].match.headers.x-b", "{e}");
+    assert!(e.reason.contains("key must be a string"), "{e}");
+    // Escapes decode (here to a version name the rule then refers to).
+    let ok = Rollout::from_json(
+        br#"{"versions":[{"name":"v\u0031","weight":100}],"rules":[{"name":"t",
+            "match":{"headers":{"x-a":{"exact":"\ud83d\ude00\t\"\\\/"}}},"version":"v1"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(ok.versions[0].name, "v1");
+    let matcher = &ok.rules[0].conditions[0].matcher;
+    assert!(matcher.matches("\u{1F600}\t\"\\/".as_bytes()));
+    for (text, field, reason) in [
+        (
+            r#"{"versions":[{"name":"v\ud83d","weight":100}]}"#,
+            "name",
+            "surrogate",
+        ),
+        (
+            r#"{"versions":[{"name":"v1","weight":1e400}]}"#,
+            "weight",
+            "out of range",
+        ),
+        (
+            r#"{"versions":[{"name":"v1","weight":01}]}"#,
+            "weight",
+            "invalid number",
+        ),
+        (
+            "{\"versions\":[{\"name\":\"v\u{1}\",\"weight\":100}]}",
+            "name",
+            "control character",
+        ),
+    ] {
+        let e = rejected(text);
+        assert_eq!(e.field, format!("versions[0].{field}"), "{text}: {e}");
+        assert!(e.reason.contains(reason), "{text}: {e}");
+    }
+    // The schema stops any config long before the nesting bound, which
+    // guards the reader itself.
+    let deep = format!("{}1{}", "{\"a\":".repeat(40), "}".repeat(40));
+    let e = crate::json::from_slice::<serde_json::Value>(deep.as_bytes()).unwrap_err();
+    assert!(e.reason.contains("nested too deeply"), "{e}");
+    assert!(
+        crate::json::from_slice::<serde_json::Value>(&deep.as_bytes()[5 * 9..deep.len() - 9])
+            .is_ok()
+    );
+    let bad_utf8 = b"{\"versions\":[{\"name\":\"v\xff\",\"weight\":100}]}";
+    let e = Rollout::from_json(bad_utf8).unwrap_err();
+    assert!(e.reason.contains("UTF-8"), "{e}");
+}

@@ -1932,3 +1932,167 @@ fn header_pairs() {
         1
     });
 }
+
+// ---------------------------------------------------------------------------
+// The config's JSON reader (src/json.rs) against serde_json: on any text,
+// both accept or both reject, and what they accept reads the same.
+// ---------------------------------------------------------------------------
+
+/// JSON text: a generated config or value, written with random spacing,
+/// then damaged at the byte level (bytes dropped, doubled, replaced with
+/// JSON's own punctuation, escapes, invalid UTF-8, deep nesting).
+fn gen_json_text(rng: &mut Rng) -> Vec<u8> {
+    let value = if rng.one_in(2) {
+        gen_spec(rng).json()
+    } else {
+        let mut v = json!({"a": [1, 2.5, -3e2, "x\u{e9}\u{1F600}", null, true], "b": {"c": {}}});
+        for _ in 0..rng.range(0, 4) {
+            mutate(rng, &mut v);
+        }
+        v
+    };
+    let mut text = if rng.one_in(2) {
+        serde_json::to_vec_pretty(&value).unwrap()
+    } else {
+        serde_json::to_vec(&value).unwrap()
+    };
+    const PIECES: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b":",
+        b"\"",
+        b"\\",
+        b"\\u",
+        b"\\ud83d",
+        b"\\ude00",
+        b"\\u00e9",
+        b"\\x",
+        b"-",
+        b"0",
+        b"01",
+        b"1.",
+        b".5",
+        b"1e",
+        b"1e+",
+        b"1E-7",
+        b"e5",
+        b"true",
+        b"tru",
+        b"null",
+        b"nul",
+        b"false",
+        b" ",
+        b"\t",
+        b"\n",
+        b"\x00",
+        b"\x1f",
+        b"\xff",
+        b"\xc3",
+        b"\xe9",
+        b"\xed\xa0\x80",
+        b"1e400",
+        b"-0",
+        b"18446744073709551616",
+        b"-9223372036854775809",
+    ];
+    for _ in 0..rng.range(0, 4) {
+        if text.is_empty() {
+            break;
+        }
+        let at = rng.below(text.len() + 1);
+        match rng.below(4) {
+            0 => {
+                text.remove(at.min(text.len() - 1));
+            }
+            1 => {
+                let piece = rng.pick(PIECES);
+                text.splice(at..at, piece.iter().copied());
+            }
+            2 => {
+                let end = (at + rng.range(1, 8)).min(text.len());
+                text.splice(at.min(end)..end, rng.pick(PIECES).iter().copied());
+            }
+            _ => text.truncate(at),
+        }
+    }
+    if rng.one_in(20) {
+        // Nesting around the bound (the reader allows 32 levels).
+        let depth = rng.range(25, 40);
+        let open = if rng.one_in(2) {
+            b"["
+        } else {
+            b"{\"k\":".as_slice()
+        };
+        let mut deep = open.repeat(depth);
+        deep.extend_from_slice(b"1");
+        deep.extend(std::iter::repeat_n(
+            if open == b"[" { b']' } else { b'}' },
+            depth,
+        ));
+        text = deep;
+    }
+    text
+}
+
+/// Equal as JSON values; floats may differ in their last bit (serde_json's
+/// float parsing is not correctly rounded, the reader's is).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(p), Some(q)) if x.is_f64() || y.is_f64() => {
+                p == q || ((p - q) / p.abs().max(q.abs())).abs() < 1e-15
+            }
+            _ => x == y,
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_json(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, p)| y.get(k).is_some_and(|q| same_json(p, q)))
+        }
+        _ => a == b,
+    }
+}
+
+fn nesting(text: &[u8]) -> usize {
+    let (mut depth, mut max) = (0usize, 0);
+    for &b in text {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+#[test]
+fn json_reader_agrees_with_serde_json() {
+    run(
+        "json_reader_agrees_with_serde_json",
+        gen_json_text,
+        |text| {
+            let ours = canary_selector::json::from_slice::<Value>(text);
+            let theirs = serde_json::from_slice::<Value>(text);
+            match (&ours, &theirs) {
+                (Ok(a), Ok(b)) => assert!(same_json(a, b), "read differently: {a} vs {b}"),
+                (Err(e), Err(_)) => assert!(!e.reason.is_empty()),
+                // Deeper than the reader's bound, within serde_json's.
+                (Err(e), Ok(_)) if nesting(text) > 32 && e.reason.contains("nested") => {}
+                _ => panic!(
+                    "disagree on {:?}: reader {ours:?}, serde_json {theirs:?}",
+                    String::from_utf8_lossy(text)
+                ),
+            }
+            1
+        },
+    );
+}
