@@ -110,6 +110,82 @@ pub fn from_slice<'de, T: de::Deserialize<'de>>(text: &'de [u8]) -> Result<T, Er
     Ok(value)
 }
 
+/// The value of a JSON number (already checked against JSON's grammar).
+///
+/// Not core's `str::parse::<f64>`: its correctly rounded algorithm brings
+/// about 17 KB of code and tables into the module. Config numbers are
+/// weights, rates and whole numbers: up to 19 significant digits are kept
+/// (more cannot change a value the config uses), and the result is exact
+/// whenever the digits fit in 53 bits and the power of ten is at most 22
+/// (`10`, `10.0`, `33.5`, `0.05`); otherwise within a few units in the last
+/// place of the correctly rounded value.
+fn decimal_to_f64(text: &str) -> Option<f64> {
+    // Exactly representable powers of ten.
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let (negative, rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa_text, exponent_text) = match rest.find(['e', 'E']) {
+        Some(at) => (rest.get(..at)?, rest.get(at + 1..)?),
+        None => (rest, ""),
+    };
+    let mut exponent: i64 = match exponent_text {
+        "" => 0,
+        e => {
+            // Saturate: `1e999999999999` is out of range either way.
+            let (sign, digits) = match e.as_bytes().first() {
+                Some(b'-') => (-1, e.get(1..)?),
+                Some(b'+') => (1, e.get(1..)?),
+                _ => (1, e),
+            };
+            let magnitude = digits.bytes().fold(0i64, |n, d| {
+                (n * 10 + i64::from(d.wrapping_sub(b'0'))).min(1_000_000)
+            });
+            sign * magnitude
+        }
+    };
+    let (mut mantissa, mut kept, mut seen_dot) = (0u64, 0u32, false);
+    for b in mantissa_text.bytes() {
+        if b == b'.' {
+            seen_dot = true;
+            continue;
+        }
+        if mantissa == 0 && b == b'0' {
+            // Leading zeros carry no digit, only position.
+            exponent -= i64::from(seen_dot);
+            continue;
+        }
+        if kept < 19 {
+            mantissa = mantissa * 10 + u64::from(b.wrapping_sub(b'0'));
+            kept += 1;
+            exponent -= i64::from(seen_dot);
+        } else {
+            // A digit past the 19th: dropped, but one in the integer part
+            // still scales the value.
+            exponent += i64::from(!seen_dot);
+        }
+    }
+    #[allow(clippy::cast_precision_loss)] // rounded once, to nearest
+    let mut value = mantissa as f64;
+    if mantissa != 0 {
+        while exponent > 0 {
+            let step = exponent.min(22);
+            value *= POW10.get(usize::try_from(step).ok()?)?;
+            exponent -= step;
+        }
+        while exponent < 0 {
+            let step = (-exponent).min(22);
+            value /= POW10.get(usize::try_from(step).ok()?)?;
+            exponent += step;
+        }
+    }
+    Some(if negative { -value } else { value })
+}
+
 enum Number {
     Unsigned(u64),
     Signed(i64),
@@ -320,8 +396,8 @@ impl<'de> Reader<'de> {
                 return Ok(Number::Signed(n));
             }
         }
-        match text.parse::<f64>() {
-            Ok(v) if v.is_finite() => Ok(Number::Float(v)),
+        match decimal_to_f64(text) {
+            Some(v) if v.is_finite() => Ok(Number::Float(v)),
             _ => Err(self.fail("number out of range")),
         }
     }

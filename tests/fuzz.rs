@@ -2096,3 +2096,70 @@ fn json_reader_agrees_with_serde_json() {
         },
     );
 }
+
+/// A JSON number: up to 25 digits, maybe a fraction, maybe an exponent.
+fn gen_json_number(rng: &mut Rng) -> String {
+    let mut s = String::new();
+    if rng.one_in(4) {
+        s.push('-');
+    }
+    let digits = rng.range(1, 25);
+    let dot = rng.range(0, digits);
+    for i in 0..digits {
+        if i == dot && i > 0 {
+            s.push('.');
+        }
+        let d = if i == 0 && dot != 1 {
+            rng.range(1, 9)
+        } else {
+            rng.range(0, 9)
+        };
+        s.push(char::from(b'0' + d as u8));
+    }
+    if rng.one_in(2) {
+        s.push(rng.pick(&['e', 'E']));
+        s.push_str(rng.pick(&["", "+", "-"]));
+        s.push_str(&rng.range(0, 330).to_string());
+    }
+    s
+}
+
+#[test]
+fn json_numbers_read_as_their_decimal_value() {
+    run(
+        "json_numbers_read_as_their_decimal_value",
+        gen_json_number,
+        |text| {
+            let exact: f64 = text.parse().unwrap();
+            match canary_selector::json::from_slice::<f64>(text.as_bytes()) {
+                Ok(v) => {
+                    // Digits that fit in 53 bits and a power of ten up to 22: exact.
+                    let digits: String = text
+                        .split(['e', 'E'])
+                        .next()
+                        .unwrap()
+                        .chars()
+                        .filter(char::is_ascii_digit)
+                        .collect();
+                    let simple =
+                        !text.contains(['e', 'E']) && digits.trim_start_matches('0').len() <= 15;
+                    if simple {
+                        assert_eq!(v, exact, "{text}");
+                    } else if exact.abs() > 1e-300 {
+                        assert!(
+                            ((v - exact) / exact).abs() < 1e-14,
+                            "{text}: {v} vs {exact}"
+                        );
+                    } else {
+                        assert!(v.abs() < 1e-290, "{text}: {v} vs {exact}");
+                    }
+                }
+                Err(e) => assert!(
+                    exact.is_infinite() && e.reason.contains("out of range"),
+                    "{text}: {e}"
+                ),
+            }
+            1
+        },
+    );
+}
