@@ -5,6 +5,6 @@
 #
 # Build it with `make image IMAGE=...` (or `make push IMAGE=...`): the build
 # context is target/image/, which holds nothing but plugin.wasm (a copy of
-# target/wasm32-wasip1/release/canary_selector.wasm).
+# target/canary-selector.wasm).
 FROM scratch
 COPY plugin.wasm /plugin.wasm

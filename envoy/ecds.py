@@ -102,7 +102,7 @@ def render(config_path: str, wasm_path: str, out_path: str, **kwargs) -> str:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="envoy/plugin-config.json", help="plugin config (JSON)")
-    p.add_argument("--wasm", default="target/wasm32-wasip1/release/canary_selector.wasm")
+    p.add_argument("--wasm", default="target/canary-selector.wasm")
     p.add_argument("--out", default="envoy/ecds/canary-selector.json")
     p.add_argument("--name", default=DEFAULT_NAME)
     p.add_argument("--root-id", default=DEFAULT_ROOT_ID)

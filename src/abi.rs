@@ -147,28 +147,38 @@ unsafe impl Sync for ArenaBuf {}
 
 static ARENA_BUF: ArenaBuf = ArenaBuf(UnsafeCell::new([0; ARENA_SIZE]));
 
-thread_local! {
-    /// Bytes of the arena handed out since the last reset.
-    static ARENA_USED: Cell<usize> = const { Cell::new(0) };
-    /// Requests that did not fit; freed at the next reset.
-    static OVERFLOW: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
+/// State of the VM's only thread. Envoy runs each VM on one thread and this
+/// module is built without Wasm threads, so a plain static is enough
+/// (`thread_local!` would add its lazy-initialisation code, a few KB of
+/// module, and a check on every access).
+struct VmLocal<T>(T);
+
+// SAFETY: no Wasm threads (checked below), so there is only one thread.
+unsafe impl<T> Sync for VmLocal<T> {}
+
+#[cfg(target_feature = "atomics")]
+compile_error!("VmLocal assumes a module without Wasm threads");
+
+/// Bytes of the arena handed out since the last reset.
+static ARENA_USED: VmLocal<Cell<usize>> = VmLocal(Cell::new(0));
+/// Requests that did not fit; freed at the next reset.
+static OVERFLOW: VmLocal<RefCell<Vec<Box<[u8]>>>> = VmLocal(RefCell::new(Vec::new()));
 
 fn arena_alloc(size: usize) -> *mut u8 {
-    let start = (ARENA_USED.get() + 7) & !7;
+    let start = (ARENA_USED.0.get() + 7) & !7;
     if let Some(end) = start.checked_add(size).filter(|&end| end <= ARENA_SIZE) {
-        ARENA_USED.set(end);
+        ARENA_USED.0.set(end);
         // SAFETY: start + size is within the buffer.
         return unsafe { ARENA_BUF.0.get().cast::<u8>().add(start) };
     }
     let mut block = vec![0u8; size].into_boxed_slice();
     let ptr = block.as_mut_ptr();
-    OVERFLOW.with(|overflow| match overflow.try_borrow_mut() {
+    match OVERFLOW.0.try_borrow_mut() {
         Ok(mut overflow) => overflow.push(block),
         // Unreachable (the host never allocates re-entrantly); leak rather
         // than free memory the host is about to write.
         Err(_) => std::mem::forget(block),
-    });
+    }
     ptr
 }
 
@@ -181,12 +191,10 @@ impl Scope {
     /// Resets the arena: no slice from an earlier scope may be used after
     /// this. Call it once, at the start of a callback.
     unsafe fn begin() -> Scope {
-        ARENA_USED.set(0);
-        OVERFLOW.with(|overflow| {
-            if let Ok(mut overflow) = overflow.try_borrow_mut() {
-                overflow.clear();
-            }
-        });
+        ARENA_USED.0.set(0);
+        if let Ok(mut overflow) = OVERFLOW.0.try_borrow_mut() {
+            overflow.clear();
+        }
         Scope(PhantomData)
     }
 
@@ -258,11 +266,9 @@ fn replace_header(map: u32, name: &str, value: &[u8]) {
     }
 }
 
-thread_local! {
-    /// Cleared when the host says it has no `clear_route_cache` foreign
-    /// function (Envoy before 1.33 clears the cache itself on header writes).
-    static HAS_CLEAR_ROUTE_CACHE: Cell<bool> = const { Cell::new(true) };
-}
+/// Cleared when the host says it has no `clear_route_cache` foreign
+/// function (Envoy before 1.33 clears the cache itself on header writes).
+static HAS_CLEAR_ROUTE_CACHE: VmLocal<Cell<bool>> = VmLocal(Cell::new(true));
 
 struct EnvoyRequest<'s> {
     scope: &'s Scope,
@@ -317,7 +323,7 @@ impl Host for EnvoyRequest<'_> {
     }
 
     fn clear_route_cache(&mut self) {
-        if !HAS_CLEAR_ROUTE_CACHE.get() {
+        if !HAS_CLEAR_ROUTE_CACHE.0.get() {
             return;
         }
         const NAME: &str = "clear_route_cache";
@@ -334,7 +340,7 @@ impl Host for EnvoyRequest<'_> {
             )
         };
         if status == STATUS_NOT_FOUND {
-            HAS_CLEAR_ROUTE_CACHE.set(false);
+            HAS_CLEAR_ROUTE_CACHE.0.set(false);
         }
     }
 
@@ -515,12 +521,15 @@ impl Plugin {
     }
 }
 
-thread_local! {
-    static PLUGIN: RefCell<Plugin> = RefCell::new(Plugin::default());
-}
+static PLUGIN: VmLocal<RefCell<Plugin>> = VmLocal(RefCell::new(Plugin {
+    roots: Vec::new(),
+    created: None,
+    streams: HashMap::with_hasher(BuildHasherDefault::new()),
+    rng: LazyRng(None),
+}));
 
 fn with_plugin<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
-    PLUGIN.with(|p| p.try_borrow_mut().ok().map(|mut p| f(&mut p)))
+    PLUGIN.0.try_borrow_mut().ok().map(|mut p| f(&mut p))
 }
 
 fn define_metric(kind: u32, name: &str) -> u32 {

@@ -2,9 +2,8 @@
 //! fields rejected), parsed once per config push into an immutable, validated
 //! [`Rollout`]. Every error names the field it is about and the reason.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 
-use regex_lite::RegexBuilder;
 use serde::{Deserialize, Deserializer};
 
 use crate::hash::Murmur3;
@@ -26,9 +25,6 @@ pub const MAX_VERSION_NAME_LEN: usize = 64;
 pub const MAX_MATCH_VALUE_LEN: usize = 1024;
 pub const MAX_REGEX_LEN: usize = 512;
 pub const MAX_SALT_LEN: usize = 256;
-/// Compiled size bound for one regex (regex-lite's own accounting).
-const REGEX_SIZE_LIMIT: usize = 256 * 1024;
-const REGEX_NEST_LIMIT: u32 = 32;
 /// How far the weights may sum away from 100 (float rounding in configs
 /// written as `33.3333`).
 const WEIGHT_SUM_TOLERANCE: f64 = 1e-6;
@@ -65,6 +61,28 @@ fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, Conf
         field: field.into(),
         reason: reason.into(),
     })
+}
+
+/// A config string in a message, quoted, with control characters escaped so
+/// that a config cannot forge log lines. (Not `{:?}`: Rust's debug escaping
+/// brings Unicode tables into the module.)
+pub struct Quoted<'a>(pub &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_char('"')?;
+        for c in self.0.chars() {
+            match c {
+                '"' | '\\' => {
+                    f.write_char('\\')?;
+                    f.write_char(c)?;
+                }
+                c if c.is_control() => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+                c => f.write_char(c)?,
+            }
+        }
+        f.write_char('"')
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -401,12 +419,12 @@ impl Rollout {
             })
             .collect();
         format!(
-            "routing header {}; versions {}; rules [{}]; user ids [{}]; salt {:?}{}; anonymous users {}; response header {}",
+            "routing header {}; versions {}; rules [{}]; user ids [{}]; salt {}{}; anonymous users {}; response header {}",
             self.routing_header,
             versions.join(" "),
             rules.join(", "),
             ids.join(", "),
-            self.salt,
+            Quoted(&self.salt),
             if self.salt_is_default { " (default: first version)" } else { "" },
             match &self.anonymous_cookie {
                 Some(c) => format!("get cookie {}", c.name),
@@ -434,7 +452,7 @@ fn header_name(field: &str, name: &str, allow_pseudo: bool) -> Result<String, Co
         Some(_) => {
             return err(
                 field,
-                format!("{name:?} is a pseudo-header; use a regular header"),
+                format!("{} is a pseudo-header; use a regular header", Quoted(name)),
             )
         }
         None => name,
@@ -464,7 +482,8 @@ fn token(field: &str, kind: &str, name: &str, body: &str) -> Result<(), ConfigEr
         return err(
             field,
             format!(
-                "{name:?} is not a valid {kind} name (letters, digits and !#$%&'*+-.^_`|~ only)"
+                "{} is not a valid {kind} name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                Quoted(name)
             ),
         );
     }
@@ -500,7 +519,10 @@ fn written_header(field: &str, name: &str) -> Result<String, ConfigError> {
     if RESERVED_HEADERS.contains(&name.as_str()) || name.starts_with("x-envoy-") {
         return err(
             field,
-            format!("{name:?} is reserved and cannot be written by the filter"),
+            format!(
+                "{} is reserved and cannot be written by the filter",
+                Quoted(&name)
+            ),
         );
     }
     Ok(name)
@@ -539,21 +561,12 @@ fn string_match(field: &str, raw: &RawStringMatch) -> Result<StringMatch, Config
             if pattern.len() > MAX_REGEX_LEN {
                 return err(field, format!("regex is longer than {MAX_REGEX_LEN} bytes"));
             }
-            let compile = |p: &str| {
-                RegexBuilder::new(p)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .nest_limit(REGEX_NEST_LIMIT)
-                    .build()
-                    .map_err(|e| ConfigError {
-                        field: field.clone(),
-                        reason: format!("invalid regex: {e}"),
-                    })
-            };
-            // Checked on its own first: a pattern such as `a)|(b` is only
-            // balanced once wrapped, and would escape the anchoring.
-            compile(pattern)?;
-            // Full match, as Istio's RE2 regex match.
-            StringMatch::Regex(compile(&format!("^(?:{pattern})$"))?)
+            // Always a whole-value match, as Istio's (RE2) regex match.
+            let regex = crate::regex::Regex::new(pattern).map_err(|e| ConfigError {
+                field,
+                reason: format!("invalid regex: {e}"),
+            })?;
+            StringMatch::Regex(regex)
         }
         (None, None, None) => return err(field, "needs one of exact, prefix or regex"),
         _ => return err(field, "takes exactly one of exact, prefix or regex"),
@@ -621,15 +634,15 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
             return err(
                 format!("{field}.name"),
                 format!(
-                    "{:?} is not a valid header value (visible ASCII, no spaces)",
-                    v.name
+                    "{} is not a valid header value (visible ASCII, no spaces)",
+                    Quoted(&v.name)
                 ),
             );
         }
         if versions.iter().any(|seen| seen.name == v.name) {
             return err(
                 format!("{field}.name"),
-                format!("{:?} is listed twice", v.name),
+                format!("{} is listed twice", Quoted(&v.name)),
             );
         }
         // Prometheus turns every character but letters and digits into `_`:
@@ -646,8 +659,9 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
             return err(
                 format!("{field}.name"),
                 format!(
-                    "{:?} and {:?} would share one Prometheus metric name",
-                    seen.name, v.name
+                    "{} and {} would share one Prometheus metric name",
+                    Quoted(&seen.name),
+                    Quoted(&v.name)
                 ),
             );
         }
@@ -678,7 +692,11 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
                 let known: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
                 err(
                     field,
-                    format!("{name:?} is not a listed version ({})", known.join(", ")),
+                    format!(
+                        "{} is not a listed version ({})",
+                        Quoted(name),
+                        known.join(", ")
+                    ),
                 )
             },
             Ok,
@@ -707,7 +725,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
             slot: slots.slot(&field, name)?,
         };
         if user_ids.contains(&source) {
-            return err(field, format!("{h:?} is listed twice"));
+            return err(field, format!("{} is listed twice", Quoted(h)));
         }
         user_ids.push(source);
     }
@@ -721,7 +739,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         let field = format!("stickiness.userIdCookies[{i}]");
         let source = cookie_source(&field, c, &mut slots)?;
         if user_ids.contains(&source) {
-            return err(field, format!("{c:?} is listed twice"));
+            return err(field, format!("{} is listed twice", Quoted(c)));
         }
         user_ids.push(source);
     }
@@ -789,7 +807,7 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         if rules.iter().any(|seen| seen.name == r.name) {
             return err(
                 format!("{field}.name"),
-                format!("{:?} is used by an earlier rule", r.name),
+                format!("{} is used by an earlier rule", Quoted(&r.name)),
             );
         }
         let version = version_index(&format!("{field}.version"), &r.version)?;
@@ -946,8 +964,8 @@ fn validate_schedule(
         return err(
             "schedule.start",
             format!(
-                "{:?} is not an RFC 3339 time such as 2026-12-01T09:00:00Z",
-                s.start
+                "{} is not an RFC 3339 time such as 2026-12-01T09:00:00Z",
+                Quoted(&s.start)
             ),
         );
     };

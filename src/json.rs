@@ -568,6 +568,35 @@ struct Entries<'r, 'de> {
 }
 
 impl Entries<'_, '_> {
+    /// The next member's key and its `:` (not generic over the visitor, so
+    /// it is in the module once), or None at the closing `}`.
+    fn key(&mut self) -> Result<Option<String>, Error> {
+        if !self.next(b'}', "an object")? {
+            return Ok(None);
+        }
+        let r = &mut *self.reader;
+        // Until the key is read, an error is about the object.
+        if let Some(Segment::Key(current)) = r.path.last_mut() {
+            current.clear();
+        }
+        match r.peek() {
+            Some(b'"') => r.pos += 1,
+            None => return Err(r.fail("EOF while parsing an object")),
+            Some(_) => return Err(r.fail("key must be a string")),
+        }
+        let key = r.string()?;
+        if let Some(Segment::Key(current)) = r.path.last_mut() {
+            current.clone_from(&key);
+        }
+        r.skip_whitespace();
+        match r.peek() {
+            Some(b':') => r.pos += 1,
+            None => return Err(r.fail("EOF while parsing an object")),
+            Some(_) => return Err(r.fail("expected `:`")),
+        }
+        Ok(Some(key))
+    }
+
     /// Moves past the separator before the next member; false at the
     /// closing bracket (consumed).
     fn next(&mut self, close: u8, what: &str) -> Result<bool, Error> {
@@ -598,30 +627,11 @@ impl<'de> de::MapAccess<'de> for Entries<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        if !self.next(b'}', "an object")? {
+        let Some(key) = self.key()? else {
             return Ok(None);
-        }
-        let r = &mut *self.reader;
-        // Until the key is read, an error is about the object.
-        if let Some(Segment::Key(current)) = r.path.last_mut() {
-            current.clear();
-        }
-        match r.peek() {
-            Some(b'"') => r.pos += 1,
-            None => return Err(r.fail("EOF while parsing an object")),
-            Some(_) => return Err(r.fail("key must be a string")),
-        }
-        let key = r.string()?;
-        if let Some(Segment::Key(current)) = r.path.last_mut() {
-            current.clone_from(&key);
-        }
-        r.skip_whitespace();
-        match r.peek() {
-            Some(b':') => r.pos += 1,
-            None => return Err(r.fail("EOF while parsing an object")),
-            Some(_) => return Err(r.fail("expected `:`")),
-        }
+        };
         let key: de::value::StringDeserializer<Error> = key.into_deserializer();
+        let r = &mut *self.reader;
         seed.deserialize(key).map(Some).map_err(|e| r.locate(e))
     }
 

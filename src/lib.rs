@@ -30,6 +30,7 @@ pub mod hash;
 pub mod json;
 pub mod matcher;
 pub mod pairs;
+pub mod regex;
 pub mod time;
 
 #[cfg(target_arch = "wasm32")]

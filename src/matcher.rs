@@ -2,7 +2,7 @@
 //! cookie lookup in a `Cookie` header. Everything works on raw bytes: header
 //! values are not guaranteed to be UTF-8 and must never cause a panic.
 
-use regex_lite::Regex;
+use crate::regex::Regex;
 
 /// Cookie headers longer than this are only searched in their first bytes;
 /// cookies past the bound are treated as absent. Envoy's own header limit

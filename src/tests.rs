@@ -1543,3 +1543,56 @@ fn the_config_reader_names_deep_fields_and_decodes_escapes() {
     let e = Rollout::from_json(bad_utf8).unwrap_err();
     assert!(e.reason.contains("UTF-8"), "{e}");
 }
+
+#[test]
+fn rule_regexes_match_whole_values_with_re2_like_syntax() {
+    use crate::regex::Regex;
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "qa-[a-z]+",
+            &["qa-x", "qa-team"],
+            &["qa-", "xqa-team", "qa-team!", "QA-team"],
+        ),
+        (
+            "/v1/models/[^/]+:predict",
+            &["/v1/models/iris:predict"],
+            &["/v1/models/a/b:predict"],
+        ),
+        (r"\d{1,3}", &["7", "123"], &["", "1234", "12a"]),
+        ("(?i)beta|canary", &["BETA", "Canary", "canary"], &["betas"]),
+        ("a(?i:b)c", &["abc", "aBc"], &["ABC"]),
+        (
+            "(?P<who>alice|bob)@example\\.com",
+            &["bob@example.com"],
+            &["bob@exampleXcom"],
+        ),
+        (r"[\w.-]+", &["user.name-1_x"], &["user name"]),
+        ("caf\\x{e9}|na.ve", &["café", "naïve"], &["cafe", "na\nve"]),
+        ("^a$|b*", &["a", "", "bbb"], &["ab"]),
+        ("(a+)+$", &["aaaa"], &["aaaa!"]),
+    ];
+    for (pattern, yes, no) in cases {
+        let re = Regex::new(pattern).unwrap();
+        for v in *yes {
+            assert!(re.is_match(v), "{pattern} should match {v:?}");
+        }
+        for v in *no {
+            assert!(!re.is_match(v), "{pattern} should not match {v:?}");
+        }
+    }
+    for (pattern, reason) in [
+        (r"\bword\b", "unsupported assertion"),
+        ("(?s).", "unsupported flag"),
+        ("[[:alpha:]]", "POSIX"),
+        ("a)|(b", "unopened group"),
+        ("(a", "unclosed group"),
+        ("a{2,1}", "m < n"),
+        ("a{1001}", "above 1000"),
+        ("((a{100}){100}){100}", "instructions"),
+        ("*a", "nothing before it"),
+        (r"(?P<n>a)(?P<n>b)", "duplicate group name"),
+    ] {
+        let e = Regex::new(pattern).unwrap_err();
+        assert!(e.contains(reason), "{pattern}: {e}");
+    }
+}

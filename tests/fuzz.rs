@@ -2163,3 +2163,129 @@ fn json_numbers_read_as_their_decimal_value() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------
+// The rule regex engine (src/regex.rs) against regex-lite: a pattern both
+// accept matches the same whole values; the engine rejects only what
+// regex-lite rejects or what it does not support.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct RegexCase {
+    pattern: String,
+    /// Uses syntax the engine rejects by design (`\b`, POSIX classes, ...).
+    unsupported: bool,
+    inputs: Vec<String>,
+}
+
+fn gen_regex(rng: &mut Rng, depth: usize, unsupported: &mut bool) -> String {
+    const ATOMS: &[&str] = &[
+        "a", "b", "c", "A", "é", "1", ".", r"\d", r"\w", r"\s", r"\D", r"\W", r"\S", r"\.", r"\n",
+        r"\x41", r"\x{e9}", "[ab]", "[^a]", "[a-c]", "[é-ü]", "[]a]", "[a-]", r"[\d_]", r"[^\s]",
+        "^", "$", "-", "_", " ", "{", "}", "]",
+    ];
+    const UNSUPPORTED: &[&str] = &[
+        r"\b",
+        r"\B",
+        "[[:alpha:]]",
+        "(?s:.)",
+        "(?m)",
+        "(?x)",
+        r"\pL",
+        r"\A",
+        r"\z",
+    ];
+    let mut out = String::new();
+    for _ in 0..rng.range(1, 4) {
+        let atom = match rng.below(12) {
+            0 | 1 if depth < 4 => format!(
+                "{}{}{}",
+                rng.pick(&["(", "(?:", "(?P<n>", "(?<n>", "(?i:", "(?i)"]),
+                {
+                    let mut branches = vec![gen_regex(rng, depth + 1, unsupported)];
+                    for _ in 0..rng.range(0, 2) {
+                        branches.push(gen_regex(rng, depth + 1, unsupported));
+                    }
+                    branches.join("|")
+                },
+                ")"
+            ),
+            2 if rng.one_in(8) => {
+                *unsupported = true;
+                rng.pick(UNSUPPORTED).to_string()
+            }
+            3 if rng.one_in(4) => {
+                // Noise: a raw metacharacter, likely a syntax error. A lone
+                // `\` escapes whatever comes next, supported or not.
+                let noise = rng.pick(&[
+                    "(", ")", "[", "*", "+", "?", "\\", "|", "{2", "x{1,0}", "(?",
+                ]);
+                *unsupported |= noise == "\\";
+                noise.to_string()
+            }
+            _ => rng.pick(ATOMS).to_string(),
+        };
+        out.push_str(&atom);
+        if rng.one_in(3) {
+            out.push_str(rng.pick(&[
+                "*", "+", "?", "*?", "+?", "{2}", "{1,3}", "{0,}", "{2,}?", "{0}",
+            ]));
+        }
+    }
+    if rng.one_in(6) {
+        out = format!("{out}|{}", gen_regex(rng, depth + 1, unsupported));
+    }
+    out
+}
+
+#[test]
+fn regex_engine_agrees_with_regex_lite() {
+    run(
+        "regex_engine_agrees_with_regex_lite",
+        |rng| {
+            let mut unsupported = false;
+            let pattern = gen_regex(rng, 0, &mut unsupported);
+            let inputs = (0..24)
+                .map(|_| {
+                    let len = rng.range(0, 8);
+                    (0..len)
+                        .map(|_| {
+                            rng.pick(&[
+                                'a', 'b', 'c', 'A', 'B', 'é', 'ü', '1', ' ', '\n', '.', '_', '-',
+                                '{',
+                            ])
+                        })
+                        .collect()
+                })
+                .collect();
+            RegexCase {
+                pattern,
+                unsupported,
+                inputs,
+            }
+        },
+        |case| {
+            let ours = canary_selector::regex::Regex::new(&case.pattern);
+            let theirs = regex_lite::Regex::new(&case.pattern)
+                .and_then(|_| regex_lite::Regex::new(&format!("^(?:{})$", case.pattern)));
+            match (&ours, &theirs) {
+                (Ok(ours), Ok(theirs)) => {
+                    for input in &case.inputs {
+                        assert_eq!(
+                            ours.is_match(input),
+                            theirs.is_match(input),
+                            "pattern {:?} on {input:?}",
+                            case.pattern
+                        );
+                    }
+                }
+                (Err(_), Err(_)) => {}
+                (Err(e), Ok(_)) => assert!(case.unsupported, "rejected {:?}: {e}", case.pattern),
+                (Ok(_), Err(e)) => {
+                    panic!("accepted {:?}, which regex-lite rejects: {e}", case.pattern)
+                }
+            }
+            case.inputs.len() as u64
+        },
+    );
+}

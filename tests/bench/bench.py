@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT / "envoy"))
 import ecds  # noqa: E402  (envoy/ecds.py: the filter config exactly as Istio delivers it)
 
 ENVOY = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv/bin/envoy"))
-WASM = Path(os.environ.get("CANARY_WASM", ROOT / "target/wasm32-wasip1/release/canary_selector.wasm"))
+WASM = Path(os.environ.get("CANARY_WASM", ROOT / "target/canary-selector.wasm"))
 WASM_B = Path(os.environ.get("CANARY_WASM_B", WASM))
 BASE_CONFIG = ROOT / "envoy/lua/envoy.yaml"
 LUA = ROOT / "envoy/lua/canary.lua"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "envoy"))
 import ecds  # noqa: E402  (envoy/ecds.py, shared with `make run`)
 
 ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
-WASM = Path(os.environ.get("CANARY_WASM", ROOT / "target/wasm32-wasip1/release/canary_selector.wasm"))
+WASM = Path(os.environ.get("CANARY_WASM", ROOT / "target/canary-selector.wasm"))
 ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv/bin/envoy"))
 FILTER_NAME = ecds.DEFAULT_NAME
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}"
