@@ -24,6 +24,8 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_VERSION_NAME_LEN: usize = 64;
 pub const MAX_MATCH_VALUE_LEN: usize = 1024;
 pub const MAX_REGEX_LEN: usize = 512;
+/// Compiled instructions of all a config's regexes together.
+pub const MAX_REGEX_TOTAL: usize = 32_768;
 pub const MAX_SALT_LEN: usize = 256;
 /// How far the weights may sum away from 100 (float rounding in configs
 /// written as `33.3333`).
@@ -865,6 +867,24 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
             conditions,
             version,
         });
+    }
+    // Each regex keeps matching state in proportion to its size: bound the
+    // whole config's, whatever its number of regexes.
+    let regex_size: usize = rules
+        .iter()
+        .flat_map(|r| &r.conditions)
+        .map(|c| match &c.matcher {
+            StringMatch::Regex(re) => re.size(),
+            _ => 0,
+        })
+        .sum();
+    if regex_size > MAX_REGEX_TOTAL {
+        return err(
+            "rules",
+            format!(
+                "the regexes compile to {regex_size} instructions in all; at most {MAX_REGEX_TOTAL}"
+            ),
+        );
     }
 
     let guard = match raw.guard {

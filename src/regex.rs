@@ -21,7 +21,7 @@ use std::cell::RefCell;
 /// Bound on a compiled pattern's size, in instructions: with values bounded
 /// too, it bounds the work of one match.
 pub const MAX_INSTRUCTIONS: usize = 8192;
-/// Bound on the nesting of groups and repetitions.
+/// Bound on the nesting of groups.
 pub const MAX_NESTING: usize = 32;
 /// Largest count in `{n,m}`.
 const MAX_REPEAT: u32 = 1000;
@@ -88,6 +88,12 @@ impl Regex {
             ranges: compiler.ranges,
             scratch: RefCell::new(None),
         })
+    }
+
+    /// The compiled program's length, in instructions: what a match's
+    /// work per character and its kept state grow with.
+    pub fn size(&self) -> usize {
+        self.program.len()
     }
 
     /// Whether the pattern matches all of `text`.
@@ -297,21 +303,17 @@ impl Parser {
     fn repetition(&mut self, atom: Node) -> Result<Node, String> {
         let mut node = atom;
         loop {
+            let one_char = |p: &mut Parser, counts| {
+                p.pos += 1;
+                counts
+            };
             let (min, max) = match self.peek() {
-                Some('*') => (0, None),
-                Some('+') => (1, None),
-                Some('?') => (0, Some(1)),
-                // `counts` consumes `{n,m}` itself.
-                Some('{') => match self.counts()? {
-                    Some(counts) => {
-                        self.pos -= 1; // back onto the `}`, skipped below
-                        counts
-                    }
-                    None => return Ok(node),
-                },
+                Some('*') => one_char(self, (0, None)),
+                Some('+') => one_char(self, (1, None)),
+                Some('?') => one_char(self, (0, Some(1))),
+                Some('{') => self.counts()?, // consumes `{n,m}`
                 _ => return Ok(node),
             };
-            self.pos += 1;
             self.eat('?'); // lazy: no difference for a whole-value match
             node = Node::Repeat {
                 node: Box::new(node),
@@ -322,7 +324,7 @@ impl Parser {
     }
 
     /// `{n}`, `{n,}`, `{n,m}` at the cursor (consumed).
-    fn counts(&mut self) -> Result<Option<(u32, Option<u32>)>, String> {
+    fn counts(&mut self) -> Result<(u32, Option<u32>), String> {
         self.pos += 1;
         // Spaces are allowed around the numbers (`{ 2, 3 }`), as in regex-lite.
         let number = |p: &mut Parser| -> Option<u32> {
@@ -362,7 +364,7 @@ impl Parser {
         if max.is_some_and(|m| m < min) {
             return Err("repetition range {n,m} with m < n".into());
         }
-        Ok(Some((min, max)))
+        Ok((min, max))
     }
 
     /// One atom, or None for a flag group (`(?i)`).
@@ -690,6 +692,10 @@ fn push_range(out: &mut Vec<(char, char)>, lo: u32, hi: u32, any: bool) {
 struct Compiler {
     program: Vec<Inst>,
     ranges: Vec<(char, char)>,
+    /// Nodes compiled so far. A repetition of something that compiles to
+    /// nothing (`(?:){1000}{1000}{1000}`) adds no instruction, so the
+    /// instruction bound alone would not bound the time compiling takes.
+    steps: usize,
 }
 
 impl Compiler {
@@ -710,6 +716,10 @@ impl Compiler {
     }
 
     fn node(&mut self, node: &Node) -> Result<(), String> {
+        self.steps += 1;
+        if self.steps > 8 * MAX_INSTRUCTIONS {
+            return Err("too large once its repetitions are expanded".into());
+        }
         match node {
             Node::Empty => {}
             Node::Set(set) => {

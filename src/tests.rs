@@ -1591,8 +1591,27 @@ fn rule_regexes_match_whole_values_with_re2_like_syntax() {
         ("((a{100}){100}){100}", "instructions"),
         ("*a", "nothing before it"),
         (r"(?P<n>a)(?P<n>b)", "duplicate group name"),
+        // Nothing to compile, repeated 10^12 times: refused, not spun on.
+        ("(?:){1000}{1000}{1000}{1000}", "too large"),
     ] {
         let e = Regex::new(pattern).unwrap_err();
         assert!(e.contains(reason), "{pattern}: {e}");
     }
+}
+
+#[test]
+fn the_regexes_of_one_config_are_bounded_together() {
+    // Each of these is within the per-regex bound; 5 of them are not.
+    let big = "[a-z]{1000}".repeat(7);
+    assert!(crate::regex::Regex::new(&big).unwrap().size() > 7000);
+    let conditions: Vec<String> = (0..5)
+        .map(|i| format!(r#""x-{i}":{{"regex":"{big}"}}"#))
+        .collect();
+    let e = rejected(&format!(
+        r#"{{"versions":[{{"name":"v1","weight":100}}],
+            "rules":[{{"name":"t","match":{{"headers":{{{}}}}},"version":"v1"}}]}}"#,
+        conditions.join(",")
+    ));
+    assert_eq!(e.field, "rules", "{e}");
+    assert!(e.reason.contains("at most 32768"), "{e}");
 }
