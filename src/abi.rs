@@ -390,7 +390,6 @@ impl ResponseHost for EnvoyResponse<'_> {
 }
 
 /// Seeded from the host (WASI `random_get`) on first use.
-#[derive(Default)]
 struct LazyRng(Option<WyRand>);
 
 impl Entropy for LazyRng {
@@ -497,7 +496,6 @@ impl Hasher for IdHasher {
     }
 }
 
-#[derive(Default)]
 struct Plugin {
     roots: Vec<Root>,
     /// The stream context created last, and its root. Envoy creates a

@@ -89,6 +89,8 @@ impl fmt::Display for Quoted<'_> {
 
 // ---------------------------------------------------------------------------
 // The JSON shape, as written by users (and by Istio from `pluginConfig`).
+// The reader (`crate::json`) gives a struct only a JSON object, never the
+// positional array serde's derive would also take.
 // ---------------------------------------------------------------------------
 
 #[derive(Deserialize)]

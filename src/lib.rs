@@ -4,6 +4,8 @@
 //!
 //! Pure modules (no host calls, tested natively):
 //! - [`config`]: the plugin config, parsed and validated into a [`config::Rollout`];
+//! - [`json`]: the JSON reader that drives the config's serde deserializers;
+//! - [`regex`]: the linear-time, whole-value regex engine for rule conditions;
 //! - [`hash`]: MurmurHash3 x86_32, the documented bucketing hash;
 //! - [`matcher`]: Istio-style string matches and cookie lookup;
 //! - [`decision`]: the per-request decision;
