@@ -7,10 +7,10 @@
 //! anything (measured: an empty SDK filter costs about +14 µs per request, a
 //! module exporting only what it uses about +8 µs). This module exports only
 //! the callbacks the filter needs:
-//! `proxy_on_memory_allocate`, `proxy_on_context_create`, `proxy_on_configure`,
+//! `proxy_on_memory_allocate`, `proxy_on_configure`,
 //! `proxy_on_request_headers`, `proxy_on_response_headers`, `proxy_on_delete`,
-//! and `proxy_on_tick` (called only for root contexts that ask for ticks: the
-//! guard's, never per request).
+//! and `proxy_on_tick` (called only for root contexts, once a second). Not
+//! even `proxy_on_context_create`: see [`stream_root`].
 //!
 //! Memory the host hands back (header values, the config) is written into a
 //! scratch arena that is reset at the start of each callback, so reading
@@ -470,6 +470,9 @@ impl Installed {
 /// One root context per plugin instance (per filter config) in this VM.
 struct Root {
     id: u32,
+    /// The plugin's name (`<namespace>.<name>` under Istio), which tells
+    /// apart the configs of two plugins that share this VM.
+    plugin: String,
     installed: Option<Installed>,
 }
 
@@ -498,12 +501,6 @@ impl Hasher for IdHasher {
 
 struct Plugin {
     roots: Vec<Root>,
-    /// The stream context created last, and its root. Envoy creates a
-    /// stream's context right before its request headers, so this is how the
-    /// request phase finds the stream's config with no per-request map entry.
-    /// (A context Envoy creates only to log a request that never reached this
-    /// filter gets no entry anywhere, so nothing can leak from it.)
-    created: Option<(u32, u32)>,
     /// Streams with work left for the response phase, until it runs or the
     /// stream is deleted.
     streams: HashMap<u32, Stream, BuildHasherDefault<IdHasher>>,
@@ -521,7 +518,6 @@ impl Plugin {
 
 static PLUGIN: VmLocal<RefCell<Plugin>> = VmLocal(RefCell::new(Plugin {
     roots: Vec::new(),
-    created: None,
     streams: HashMap::with_hasher(BuildHasherDefault::new()),
     rng: LazyRng(None),
 }));
@@ -549,20 +545,26 @@ fn set_shared_data(key: &str, value: &[u8], cas: u32) -> bool {
 #[no_mangle]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
 
-#[no_mangle]
-pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
-    with_plugin(|p| {
-        if parent_id == 0 {
-            if !p.roots.iter().any(|r| r.id == context_id) {
-                p.roots.push(Root {
-                    id: context_id,
-                    installed: None,
-                });
-            }
-        } else {
-            p.created = Some((context_id, parent_id));
-        }
-    });
+/// The root context (the config) serving the stream being processed.
+///
+/// Envoy names a stream's root only in `proxy_on_context_create`, which this
+/// module does not export: Envoy would enter the VM for it on every request
+/// (measured: about 1.4 µs of the filter's 10, see BENCHMARKS.md). With one
+/// config in the VM, that is the one. With several (two plugins sharing the
+/// VM, or a push while the previous config still has streams) the stream's
+/// plugin name tells which plugin, and its newest config serves it, as Envoy
+/// gives every new stream the newest.
+fn stream_root<'r>(roots: &'r [Root], scope: &Scope) -> Option<&'r Root> {
+    let mut installed = roots.iter().filter(|r| r.installed.is_some());
+    let first = installed.next()?;
+    if installed.next().is_none() {
+        return Some(first);
+    }
+    let plugin = scope.property(b"plugin_name")?;
+    roots
+        .iter()
+        .rev()
+        .find(|r| r.installed.is_some() && r.plugin.as_bytes() == plugin)
 }
 
 #[no_mangle]
@@ -648,6 +650,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, config_size: usize) -> u32 {
             Some(root) => root.installed = Some(installed),
             None => p.roots.push(Root {
                 id: root_id,
+                plugin,
                 installed: Some(installed),
             }),
         }
@@ -685,23 +688,11 @@ pub extern "C" fn proxy_on_request_headers(
     with_plugin(|p| {
         let Plugin {
             roots,
-            created,
             streams,
             rng,
         } = p;
-        let root = match *created {
-            Some((id, root)) if id == context_id => root,
-            // Not the context just created (not seen from Envoy): with a
-            // single config in this VM, that is the one.
-            _ => match roots.as_slice() {
-                [only] => only.id,
-                _ => return,
-            },
-        };
-        let Some(installed) = roots
-            .iter()
-            .find(|r| r.id == root)
-            .and_then(|r| r.installed.as_ref())
+        let Some((root, Some(installed))) =
+            stream_root(roots, &scope).map(|r| (r.id, r.installed.as_ref()))
         else {
             return;
         };
@@ -843,9 +834,6 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(context_id: u32) {
     with_plugin(|p| {
-        if p.created.is_some_and(|(id, _)| id == context_id) {
-            p.created = None;
-        }
         if p.streams.remove(&context_id).is_none() {
             p.roots.retain(|r| {
                 if r.id != context_id {

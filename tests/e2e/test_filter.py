@@ -232,3 +232,54 @@ def test_one_info_line_per_accepted_config_without_user_ids(start_envoy, demo_co
     assert "model-v1=90% model-v2=10%" in accepted[0]
     assert "model-v1=80% model-v2=20%" in accepted[1]
     assert "secret-id" not in logs, "user ids must not be logged above debug"
+
+
+def test_two_plugins_sharing_a_vm_each_apply_their_own_config(start_envoy, demo_config):
+    """Two canary-selector filters with the same module and VM settings (two
+    WasmPlugins on one proxy) run in the same Wasm VMs. Each stream's filter
+    must apply its own plugin's config, also after one of them is pushed."""
+    import ecds  # envoy/ecds.py, on the path through harness
+    from harness import WASM
+
+    team_b = {
+        "routingHeader": "x-team-b-version",
+        "responseHeader": "x-team-b-version",
+        "versions": [{"name": "b1", "weight": 0}, {"name": "b2", "weight": 100}],
+        "rules": [{"name": "qa", "match": {"headers": {"x-team": {"exact": "qa"}}}, "version": "b1"}],
+    }
+
+    def add_team_b(cfg: dict) -> None:
+        for listener in cfg["static_resources"]["listeners"]:
+            if listener["name"] != "ingress":
+                continue
+            hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            other = ecds.resource(json.dumps(team_b), str(WASM), name="team-b.canary-selector")["resources"][0]
+            hcm["http_filters"].insert(0, {"name": other["name"], "typed_config": other["typed_config"]})
+
+    def live_vms(e) -> str:
+        return e._admin("/stats?filter=^wasm\\.envoy\\.wasm\\.runtime\\.v8\\.active$")
+
+    alone = start_envoy(demo_config, concurrency=1)
+    vms_alone = live_vms(alone)
+    alone.stop()
+    envoy = start_envoy(demo_config, concurrency=1, bootstrap_hook=add_team_b)
+    # As many live VMs as with one plugin: the two share them.
+    assert live_vms(envoy) == vms_alone, (live_vms(envoy), vms_alone)
+
+    def check(config: dict) -> None:
+        for user in USERS[:100]:
+            r = envoy.request({"x-user-id": user})
+            assert r.status == 200
+            assert r.served_by == expected_version(config, user), user
+            assert r.header("x-canary-version") == r.served_by
+            assert r.header("x-team-b-version") == "b2", user
+        r = envoy.request({"x-user-id": "alice", "x-team": "qa", "x-canary-tester": "true"})
+        assert (r.served_by, r.header("x-team-b-version")) == ("model-v2", "b1")
+
+    check(demo_config)
+    # A push to one plugin leaves the other's config alone.
+    pushed = with_weights(demo_config, 50, 50)
+    assert envoy.push(pushed), envoy.logs()[-2000:]
+    check(pushed)
+    counts = envoy.flushed_stats()
+    assert counts.get("wasmcustom.canary_selector.requests.b2.anonymous", 0) >= 200, counts
