@@ -16,7 +16,9 @@
 //!   (then Envoy keeps the route it picked before the filter ran);
 //! - `--cfg metric`: also increments one counter, as canary-selector does;
 //! - `--cfg callbacks`: also exports no-op `proxy_on_response_headers` and
-//!   `proxy_on_delete`, canary-selector's other per-request callbacks.
+//!   `proxy_on_delete`, canary-selector's other per-request callbacks;
+//! - `--cfg nocreate`: does not export `proxy_on_context_create` (neither
+//!   does canary-selector).
 //!
 //! rustc --edition 2021 --target wasm32-wasip1 --crate-type cdylib -O \
 //!   -C panic=abort --cfg work -o floor-work.wasm tests/bench/floor.rs
@@ -101,6 +103,7 @@ fn pair_value<'a>(data: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
 #[no_mangle]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
 
+#[cfg(not(nocreate))]
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(_context_id: u32, _parent_id: u32) {}
 
