@@ -135,8 +135,9 @@ $(ENVOY_MATRIX_DIR)/%.installed:
 .PHONY: bench bench-micro bench-envoy bench-tools
 
 ## bench: ns per decision natively, then Envoy with no filter vs the Lua peer vs
-## canary-selector under the same load (BENCHMARKS.md). Env: ROUNDS, DURATION,
-## CONNECTIONS, WARMUP, VARIANTS (tests/bench/bench.py lists them).
+## canary-selector vs two reference Wasm modules under the same load
+## (BENCHMARKS.md). Env: ROUNDS, DURATION, CONNECTIONS, WARMUP, VARIANTS
+## (tests/bench/bench.py lists them), CANARY_WASM_EXTRA=name=path,... (more builds).
 bench: bench-micro bench-envoy
 
 ## bench-micro: ns per decision and allocations, natively (tests/bench/decision.rs)
