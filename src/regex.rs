@@ -26,7 +26,7 @@ pub const MAX_NESTING: usize = 32;
 /// Largest count in `{n,m}`.
 const MAX_REPEAT: u32 = 1000;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 enum Node {
     Empty,
     /// One character from a set of inclusive ranges (sorted, merged).
@@ -401,65 +401,17 @@ impl Parser {
         Node::Set(normalize(set))
     }
 
+    /// After `(`: a group, or None for a flag group (`(?i)`), which changes
+    /// the rest of the enclosing group instead.
     fn group(&mut self) -> Result<Option<Node>, String> {
         self.nest()?;
         let saved_fold = self.fold;
-        if self.eat('?') {
-            if self.eat(':') {
-            } else if self.eat('P') || self.peek() == Some('<') {
-                if !self.eat('<') {
-                    return Err("invalid group name".into());
-                }
-                let name_start = self.pos;
-                while self
-                    .peek()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-                {
-                    self.pos += 1;
-                }
-                let name: String = self
-                    .chars
-                    .get(name_start..self.pos)
-                    .unwrap_or_default()
-                    .iter()
-                    .collect();
-                if name.is_empty() || !self.eat('>') {
-                    return Err("invalid group name".into());
-                }
-                if self.names.contains(&name) {
-                    return Err(format!("duplicate group name `{name}`"));
-                }
-                self.names.push(name);
-            } else {
-                // Flags: only `i`, as `i`, `-i`; not empty, not ending in `-`.
-                let (mut on, mut seen) = (true, false);
-                loop {
-                    match self.peek() {
-                        Some('i') => {
-                            self.fold = on;
-                            seen = true;
-                            self.pos += 1;
-                        }
-                        Some('-') if on => {
-                            on = false;
-                            seen = false;
-                            self.pos += 1;
-                        }
-                        Some(')' | ':') if !seen => return Err("empty or unfinished flags".into()),
-                        Some(')') => {
-                            // `(?i)`: applies to the rest of the enclosing group.
-                            self.pos += 1;
-                            self.depth -= 1;
-                            return Ok(None);
-                        }
-                        Some(':') => {
-                            self.pos += 1;
-                            break;
-                        }
-                        Some(c) => return Err(format!("unsupported flag or group `(?{c}`")),
-                        None => return Err("unclosed group".into()),
-                    }
-                }
+        if self.eat('?') && !self.eat(':') {
+            if self.eat('P') || self.peek() == Some('<') {
+                self.group_name()?;
+            } else if !self.flags()? {
+                self.depth -= 1;
+                return Ok(None);
             }
         }
         let inner = self.alternation()?;
@@ -469,6 +421,64 @@ impl Parser {
         }
         self.depth -= 1;
         Ok(Some(inner))
+    }
+
+    /// After `(?P` or `(?`: `<name>`, each name used once.
+    fn group_name(&mut self) -> Result<(), String> {
+        if !self.eat('<') {
+            return Err("invalid group name".into());
+        }
+        let name_start = self.pos;
+        while self
+            .peek()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            self.pos += 1;
+        }
+        let name: String = self
+            .chars
+            .get(name_start..self.pos)
+            .unwrap_or_default()
+            .iter()
+            .collect();
+        if name.is_empty() || !self.eat('>') {
+            return Err("invalid group name".into());
+        }
+        if self.names.contains(&name) {
+            return Err(format!("duplicate group name `{name}`"));
+        }
+        self.names.push(name);
+        Ok(())
+    }
+
+    /// After `(?`: flags, only `i` (as `i` or `-i`; not empty, not ending in
+    /// `-`), then `:` (true: a group follows) or `)` (false: flags alone).
+    fn flags(&mut self) -> Result<bool, String> {
+        let (mut on, mut seen) = (true, false);
+        loop {
+            match self.peek() {
+                Some('i') => {
+                    self.fold = on;
+                    seen = true;
+                }
+                Some('-') if on => {
+                    on = false;
+                    seen = false;
+                }
+                Some(')' | ':') if !seen => return Err("empty or unfinished flags".into()),
+                Some(')') => {
+                    self.pos += 1;
+                    return Ok(false);
+                }
+                Some(':') => {
+                    self.pos += 1;
+                    return Ok(true);
+                }
+                Some(c) => return Err(format!("unsupported flag or group `(?{c}`")),
+                None => return Err("unclosed group".into()),
+            }
+            self.pos += 1;
+        }
     }
 
     /// After `\`: an escape, as an atom or (in a class) a set.
