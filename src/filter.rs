@@ -1,6 +1,6 @@
 //! What the filter does to a stream, written against a narrow [`Host`] trait
 //! so it runs natively in tests with a fake host. The proxy-wasm glue
-//! (`abi.rs`) implements `Host` with real host calls and does nothing else.
+//! (`glue.rs`) implements `Host` with SDK calls and does nothing else.
 
 use std::fmt::Write as _;
 
@@ -9,10 +9,10 @@ use crate::decision::{decide, AnonymousId, Decision, Entropy, Live, Reason, Requ
 
 /// The host operations the filter needs on the request path.
 pub trait Host: Request {
-    /// Replaces every value of a request header with `value`.
+    /// Replaces every value of a request header with `value`. The router
+    /// then picks the route again: Envoy clears its route cache when a
+    /// module of ABI 0.2.1 (the SDK's) changes request headers.
     fn set_request_header(&mut self, name: &str, value: &[u8]);
-    /// Makes the router re-evaluate the route after the header change.
-    fn clear_route_cache(&mut self);
     /// Counts one decision.
     fn count(&mut self, version: usize, reason: Reason);
 }
@@ -47,7 +47,7 @@ pub struct Outcome {
 }
 
 /// Decides the version, writes the routing header (replacing whatever the
-/// client sent), re-routes and counts. Returns the work left for the response,
+/// client sent) and counts. Returns the work left for the response,
 /// if any.
 pub fn on_request_headers(
     rollout: &Rollout,
@@ -61,7 +61,6 @@ pub fn on_request_headers(
         .get(d.version)
         .map_or(&b""[..], |v| v.name.as_bytes());
     host.set_request_header(&rollout.routing_header, name);
-    host.clear_route_cache();
     host.count(d.version, d.reason);
     let respond = rollout.response_header.is_some()
         || rollout.response_reason_header.is_some()

@@ -3,17 +3,16 @@
 //! routing header a VirtualService matches.
 //!
 //! Pure modules (no host calls, tested natively):
-//! - [`config`]: the plugin config, parsed and validated into a [`config::Rollout`];
-//! - [`json`]: the JSON reader that drives the config's serde deserializers;
-//! - [`regex`]: the linear-time, whole-value regex engine for rule conditions;
+//! - [`config`]: the plugin config, parsed (serde_json) and validated into a
+//!   [`config::Rollout`];
 //! - [`hash`]: MurmurHash3 x86_32, the documented bucketing hash;
 //! - [`matcher`]: Istio-style string matches and cookie lookup;
 //! - [`decision`]: the per-request decision;
 //! - [`filter`]: what the filter does to a stream, against a narrow host trait;
-//! - [`guard`]: the sliding window and judgement behind automatic rollback;
-//! - [`time`]: RFC 3339 parsing for scheduled ramps.
+//! - [`guard`]: the sliding window and judgement behind automatic rollback.
 //!
-//! `abi` (wasm32 only) is the thin proxy-wasm glue.
+//! `glue` (wasm32 only) is the thin layer on the proxy-wasm SDK: none of the
+//! modules above imports `proxy_wasm`.
 #![cfg_attr(
     test,
     allow(
@@ -29,14 +28,10 @@ pub mod decision;
 pub mod filter;
 pub mod guard;
 pub mod hash;
-pub mod json;
 pub mod matcher;
-pub mod pairs;
-pub mod regex;
-pub mod time;
 
 #[cfg(target_arch = "wasm32")]
-mod abi;
+mod glue;
 
 /// User ids are hashed over at most this many bytes; longer ids are
 /// truncated (deterministically) before hashing. Real ids (UUIDs, emails,

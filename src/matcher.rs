@@ -2,7 +2,7 @@
 //! cookie lookup in a `Cookie` header. Everything works on raw bytes: header
 //! values are not guaranteed to be UTF-8 and must never cause a panic.
 
-use crate::regex::Regex;
+use regex_lite::Regex;
 
 /// Cookie headers longer than this are only searched in their first bytes;
 /// cookies past the bound are treated as absent. Envoy's own header limit
@@ -18,8 +18,9 @@ pub const MAX_REGEX_INPUT: usize = 4096;
 pub enum StringMatch {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
-    /// Anchored at both ends, as Istio's (RE2) regex match is a full match.
-    /// Only UTF-8 values can match a regex.
+    /// Anchored at both ends, as Istio's (RE2) regex match is a full match
+    /// (see [`crate::config::whole_value_regex`]). Only UTF-8 values can
+    /// match a regex.
     Regex(Regex),
 }
 
@@ -95,7 +96,7 @@ mod tests {
     use super::*;
 
     fn re(p: &str) -> StringMatch {
-        StringMatch::Regex(Regex::new(&format!("^(?:{p})$")).unwrap())
+        StringMatch::Regex(crate::config::whole_value_regex(p).unwrap())
     }
 
     #[test]

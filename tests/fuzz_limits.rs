@@ -195,6 +195,39 @@ fn every_config_bound_is_enforced_at_its_limit() {
         regex(n + 1),
         "rules[0].match.headers.x-t.regex",
     );
+    // regex-lite's size limit: `a{n}` compiles to about 32 bytes per `a`.
+    let counted = |n: usize| {
+        with(
+            "rules",
+            json!([rule(
+                "r",
+                json!({ "x-t": { "regex": format!("a{{{n}}}") } })
+            )]),
+        )
+    };
+    bound(
+        "regex size",
+        counted(config::MAX_REGEX_SIZE / 64),
+        counted(config::MAX_REGEX_SIZE / 16),
+        "rules[0].match.headers.x-t.regex",
+    );
+    let regexes = |n: usize| {
+        let rules: Vec<Value> = (0..n)
+            .map(|i| {
+                rule(
+                    &format!("r{i}"),
+                    json!({ format!("x-{i}"): { "regex": "a+" } }),
+                )
+            })
+            .collect();
+        with("rules", json!(rules))
+    };
+    bound(
+        "regexes",
+        regexes(config::MAX_REGEXES),
+        regexes(config::MAX_REGEXES + 1),
+        "rules[16].match.headers.x-16.regex",
+    );
 
     let n = config::MAX_SALT_LEN;
     let salt = |n: usize| with("stickiness", json!({ "salt": "s".repeat(n) }));

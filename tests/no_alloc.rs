@@ -73,7 +73,6 @@ impl Host for Fake {
     fn set_request_header(&mut self, _name: &str, _value: &[u8]) {
         self.routed = true;
     }
-    fn clear_route_cache(&mut self) {}
     fn count(&mut self, _version: usize, reason: Reason) {
         self.counted = Some(reason);
     }

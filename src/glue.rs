@@ -1,0 +1,447 @@
+//! The proxy-wasm glue, on the proxy-wasm Rust SDK. Only built for `wasm32`.
+//!
+//! A [`Plugin`] (the SDK's root context, one per filter config in the VM)
+//! parses and owns the [`Rollout`]; a [`Stream`] (an HTTP context, one per
+//! request) implements the core's [`Host`] and [`ResponseHost`] with SDK
+//! calls and does nothing else. The decision itself is `filter`'s.
+//!
+//! Envoy calls every callback a module exports on every request, so `make
+//! build` prunes the SDK's exports down to the ones implemented here (see
+//! the Makefile's `WASM_EXPORTS`; a test checks the two agree).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, Bytes, ContextType, LogLevel, MetricType};
+
+use crate::config::{decimal, Rollout};
+use crate::decision::{Entropy, Live, Reason, Request, WyRand};
+use crate::filter::{self, Host, Pending, ResponseHost};
+use crate::guard::{judge, Window};
+use crate::hash::murmur3_32;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Plugin::default()));
+}}
+
+/// Reading this many headers or more, one call for the whole header map is
+/// cheaper than one call per header (see BENCHMARKS.md).
+const READ_ALL_HEADERS_FROM: usize = 4;
+
+fn now_ms(ctx: &dyn Context) -> i64 {
+    ctx.get_current_time()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+// ---------------------------------------------------------------------------
+// The root context: one per plugin config.
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Plugin {
+    /// The last config this root accepted; streams share it, so a stream
+    /// keeps the config it started with across a push.
+    installed: Option<Rc<Installed>>,
+}
+
+/// An accepted config and the VM's state for it.
+struct Installed {
+    rollout: Rollout,
+    /// Metric id per (version, reason): `version * Reason::ALL.len() + reason`.
+    counters: Vec<u32>,
+    /// Decisions counted since the last flush, same layout as `counters`.
+    counts: Vec<Cell<u64>>,
+    guard: Option<GuardState>,
+    /// Unix ms at the last tick: the clock the guard's window uses.
+    now_ms: Cell<i64>,
+    /// wyrand state for anonymous picks, seeded on first use.
+    rng: Cell<Option<u64>>,
+}
+
+/// The guard's per-VM state for one accepted config.
+struct GuardState {
+    /// Responses counted on this VM since the last merge into shared data.
+    local: RefCell<Window>,
+    /// Latched until a new config is pushed.
+    tripped: Cell<bool>,
+    /// Shared-data key of the proxy-wide window: plugin name and config
+    /// hash, so a new config starts a fresh window.
+    key: String,
+    /// Shared-data key marking that this plugin's guard tripped, so the next
+    /// push can log the reset.
+    marker: String,
+    trips_metric: u32,
+    tripped_metric: u32,
+}
+
+impl Installed {
+    /// Adds the decisions counted since the last flush to Envoy's counters:
+    /// a host call per request would cost more than the decision itself.
+    fn flush_counts(&self) {
+        for (&id, count) in self.counters.iter().zip(&self.counts) {
+            let n = count.take();
+            if n > 0 {
+                let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// What the decision needs from the clock and the guard. The clock is
+    /// read per request only when a schedule or a latency bound needs it.
+    fn live(&self, ctx: &dyn Context) -> Live {
+        let needs_clock = self.rollout.schedule.is_some()
+            || self
+                .rollout
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.slow.is_some());
+        Live {
+            now_ms: if needs_clock {
+                now_ms(ctx)
+            } else {
+                self.now_ms.get()
+            },
+            guard_tripped: self.guard.as_ref().is_some_and(|g| g.tripped.get()),
+        }
+    }
+}
+
+impl Drop for Installed {
+    /// The last stream or root holding a config flushes what it counted.
+    fn drop(&mut self) {
+        self.flush_counts();
+    }
+}
+
+fn define_metric(kind: MetricType, name: &str) -> u32 {
+    hostcalls::define_metric(kind, name).unwrap_or(0)
+}
+
+impl Context for Plugin {}
+
+impl RootContext for Plugin {
+    fn on_configure(&mut self, _config_size: usize) -> bool {
+        let config = self.get_plugin_configuration().unwrap_or_default();
+        let rollout = match Rollout::from_json(&config) {
+            Ok(rollout) => rollout,
+            Err(e) => {
+                error!("config rejected: {e}");
+                return false;
+            }
+        };
+        // Shared-data keys carry the plugin's name (`<namespace>.<name>`), so
+        // two plugins in one proxy never share a window or a log-once record.
+        let plugin = self
+            .get_property(vec!["plugin_name"])
+            .map(|name| String::from_utf8_lossy(&name).into_owned())
+            .unwrap_or_default();
+        let first = self.first_to_accept(&plugin, &config);
+        let marker = format!("canary-selector.{plugin}.guard-tripped");
+        if first {
+            info!("config accepted: {}", rollout.summary());
+            // A tripped guard holds until a new config arrives: this is it.
+            let (tripped, cas) = self.get_shared_data(&marker);
+            if tripped.as_deref() == Some(b"1") {
+                let _ = self.set_shared_data(&marker, Some(b"0"), cas);
+                warn!(
+                    "guard reset: a new config was pushed; canary versions get their share again"
+                );
+            }
+        }
+        let guard = rollout.guard.as_ref().map(|g| {
+            let local = Window::new(rollout.versions.len(), g.window_ms);
+            let key = format!(
+                "canary-selector.{plugin}.guard.{:08x}",
+                murmur3_32(&config, 0)
+            );
+            let tripped_metric = define_metric(MetricType::Gauge, filter::GUARD_TRIPPED_METRIC);
+            if first {
+                // A push starts a fresh window, even for a config seen before
+                // (A, B, then A again): its old window, tripped or not, is
+                // gone. Writing it now also gives every later merge a CAS
+                // token.
+                let _ = self.set_shared_data(&key, Some(&local.encode(None)), None);
+                let _ = hostcalls::record_metric(tripped_metric, 0);
+            }
+            GuardState {
+                local: RefCell::new(local),
+                tripped: Cell::new(false),
+                key,
+                marker: marker.clone(),
+                trips_metric: define_metric(MetricType::Counter, filter::GUARD_TRIPS_METRIC),
+                tripped_metric,
+            }
+        });
+        // Ticks flush the decision counters once a second; with a guard they
+        // also merge and judge its window, a few times per slot.
+        let period = guard
+            .as_ref()
+            .map_or(1000, |g| g.local.borrow().slot_ms().clamp(100, 1000));
+        self.set_tick_period(Duration::from_millis(period));
+        let mut counters = Vec::with_capacity(rollout.versions.len() * Reason::ALL.len());
+        for version in &rollout.versions {
+            for reason in Reason::ALL {
+                counters.push(define_metric(
+                    MetricType::Counter,
+                    &filter::metric_name(&version.name, reason),
+                ));
+            }
+        }
+        self.installed = Some(Rc::new(Installed {
+            counts: counters.iter().map(|_| Cell::new(0)).collect(),
+            counters,
+            guard,
+            now_ms: Cell::new(now_ms(self)),
+            rng: Cell::new(None),
+            rollout,
+        }));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream {
+            installed: self.installed.clone(),
+            fetched: Vec::new(),
+            pending: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    /// Flushes the counters, and merges this VM's guard counts into the
+    /// proxy-wide window and judges it.
+    fn on_tick(&mut self) {
+        let Some(installed) = self.installed.clone() else {
+            return;
+        };
+        installed.flush_counts();
+        installed.now_ms.set(now_ms(self));
+        if let (Some(g), Some(config)) = (&installed.guard, &installed.rollout.guard) {
+            if !g.tripped.get() {
+                self.merge_and_judge(&installed, g, config);
+            }
+        }
+    }
+}
+
+impl Plugin {
+    /// Envoy runs one VM per worker thread (plus one on the main thread),
+    /// and each configures itself. So that an accepted config is logged once
+    /// per proxy rather than once per VM, the first VM to accept it records
+    /// its hash in shared data; the others see it there and stay quiet.
+    fn first_to_accept(&self, plugin: &str, config: &[u8]) -> bool {
+        let key = format!("canary-selector.{plugin}.last-config");
+        let digest = murmur3_32(config, 0x5eed).to_le_bytes();
+        let (seen, cas) = self.get_shared_data(&key);
+        if seen.as_deref() == Some(&digest[..]) {
+            return false;
+        }
+        // Lost a race with another VM that just recorded it: that VM logs.
+        self.set_shared_data(&key, Some(&digest), cas).is_ok()
+    }
+
+    fn merge_and_judge(
+        &self,
+        installed: &Installed,
+        g: &GuardState,
+        config: &crate::config::Guard,
+    ) {
+        let Ok(mut local) = g.local.try_borrow_mut() else {
+            return;
+        };
+        let now = u64::try_from(installed.now_ms.get()).unwrap_or(0);
+        let versions = installed.rollout.versions.len();
+        // Compare-and-swap: retry when another VM updated the window between
+        // our read and our write.
+        for _ in 0..8 {
+            let (bytes, cas) = self.get_shared_data(&g.key);
+            let (mut shared, tripped) = bytes
+                .and_then(|b| Window::decode(&b, versions, config.window_ms))
+                .unwrap_or_else(|| (Window::new(versions, config.window_ms), None));
+            if tripped.is_some() {
+                // Another VM tripped it: latch, and say so in the gauge.
+                g.tripped.set(true);
+                local.clear();
+                let _ = hostcalls::record_metric(g.tripped_metric, 1);
+                return;
+            }
+            if local.is_empty() {
+                return;
+            }
+            shared.merge(&local);
+            let trip = judge(config, &shared.totals(now));
+            let encoded = shared.encode(trip.as_ref().map(|t| t.version));
+            if self.set_shared_data(&g.key, Some(&encoded), cas).is_err() {
+                continue;
+            }
+            local.clear();
+            if let Some(t) = trip {
+                g.tripped.set(true);
+                let _ = self.set_shared_data(&g.marker, Some(b"1"), None);
+                let _ = hostcalls::increment_metric(g.trips_metric, 1);
+                let _ = hostcalls::record_metric(g.tripped_metric, 1);
+                let versions = &installed.rollout.versions;
+                let name = |i: usize| versions.get(i).map_or("?", |v| v.name.as_str());
+                warn!(
+                    "guard tripped: {} {} over the last {}s: {} of {} responses failed (rate {}), {} slow; \
+                     stable {}: {} of {} failed (rate {}). Every request no rule pins now goes to {} \
+                     until a new config is pushed",
+                    name(t.version),
+                    t.cause,
+                    config.window_ms / 1000,
+                    t.counts.errors,
+                    t.counts.requests,
+                    decimal(t.counts.error_rate()),
+                    t.counts.slow,
+                    name(0),
+                    t.stable.errors,
+                    t.stable.requests,
+                    decimal(t.stable.error_rate()),
+                    name(0),
+                );
+            }
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The HTTP context: one per stream.
+// ---------------------------------------------------------------------------
+
+struct Stream {
+    installed: Option<Rc<Installed>>,
+    /// The request headers the config reads, by slot: `None` until fetched.
+    /// Emptied when the request headers have passed.
+    fetched: Vec<Option<Option<Bytes>>>,
+    /// What the response phase still has to do.
+    pending: Option<Pending>,
+}
+
+impl Stream {
+    /// Fetches every header the config reads with one call for the whole map.
+    fn fetch_all(&mut self, names: &[String]) {
+        for (name, value) in self.get_http_request_headers_bytes() {
+            let slot = names.iter().position(|n| *n == name);
+            if let Some(entry @ None) = slot.and_then(|i| self.fetched.get_mut(i)) {
+                *entry = Some(Some(value));
+            }
+        }
+        for entry in &mut self.fetched {
+            entry.get_or_insert(None);
+        }
+    }
+}
+
+impl Context for Stream {}
+
+impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let Some(installed) = self.installed.clone() else {
+            return Action::Continue;
+        };
+        let rollout = &installed.rollout;
+        self.fetched = vec![None; rollout.headers.len()];
+        if rollout.headers.len() >= READ_ALL_HEADERS_FROM {
+            self.fetch_all(&rollout.headers);
+        }
+        let live = installed.live(self);
+        let (_, pending) =
+            filter::on_request_headers(rollout, self, &mut CellRng(&installed.rng), live);
+        self.pending = pending;
+        self.fetched = Vec::new();
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let (Some(installed), Some(pending)) = (self.installed.clone(), self.pending.take()) else {
+            return Action::Continue;
+        };
+        let outcome = filter::on_response_headers(&installed.rollout, &pending, self);
+        if let (Some(o), Some(g)) = (outcome, &installed.guard) {
+            if let Ok(mut local) = g.local.try_borrow_mut() {
+                let at = u64::try_from(installed.now_ms.get()).unwrap_or(0);
+                local.record(at, o.version, o.error, o.slow);
+            }
+        }
+        Action::Continue
+    }
+}
+
+impl Request for Stream {
+    fn header(&mut self, slot: usize, name: &str) -> Option<&[u8]> {
+        if matches!(self.fetched.get(slot), Some(None)) {
+            // Header values are bytes: the `String` getters panic on a
+            // value that is not UTF-8 (a latin-1 byte, say).
+            let value = self.get_http_request_header_bytes(name);
+            if let Some(entry) = self.fetched.get_mut(slot) {
+                *entry = Some(value);
+            }
+        }
+        self.fetched.get(slot)?.as_ref()?.as_deref()
+    }
+}
+
+impl Host for Stream {
+    fn set_request_header(&mut self, name: &str, value: &[u8]) {
+        self.set_http_request_header_bytes(name, Some(value));
+    }
+
+    fn count(&mut self, version: usize, reason: Reason) {
+        // Counted in the VM, flushed to Envoy's counters on the tick.
+        if let Some(c) = self
+            .installed
+            .as_ref()
+            .and_then(|i| i.counts.get(version * Reason::ALL.len() + reason.index()))
+        {
+            c.set(c.get() + 1);
+        }
+    }
+}
+
+impl ResponseHost for Stream {
+    fn set_response_header(&mut self, name: &str, value: &[u8]) {
+        self.set_http_response_header_bytes(name, Some(value));
+    }
+
+    fn add_response_header(&mut self, name: &str, value: &[u8]) {
+        self.add_http_response_header_bytes(name, value);
+    }
+
+    fn status(&mut self) -> Option<u16> {
+        let value = self.get_http_response_header_bytes(":status")?;
+        std::str::from_utf8(&value).ok()?.parse().ok()
+    }
+
+    fn now_ms(&mut self) -> i64 {
+        now_ms(self)
+    }
+}
+
+/// The VM's wyrand, its state in a cell; seeded from the host (WASI
+/// `random_get`) on first use.
+struct CellRng<'a>(&'a Cell<Option<u64>>);
+
+impl Entropy for CellRng<'_> {
+    fn next_u64(&mut self) -> u64 {
+        let state = self.0.get().unwrap_or_else(|| {
+            let mut seed = [0u8; 8];
+            // On failure the seed stays zero: anonymous picks are still
+            // spread by the generator, just not unpredictable.
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed)
+        });
+        let mut rng = WyRand(state);
+        let value = rng.next_u64();
+        self.0.set(Some(rng.0));
+        value
+    }
+}
