@@ -21,7 +21,7 @@ WASM := target/canary-selector.wasm
 # callbacks src/glue.rs implements. tests/e2e/test_module.py checks this list
 # against the glue.
 WASM_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
-  proxy_on_context_create proxy_on_delete proxy_on_vm_start \
+  proxy_on_context_create proxy_on_delete \
   proxy_on_configure proxy_on_tick proxy_on_request_headers proxy_on_response_headers
 
 .PHONY: all build wasm-target venv run test lint unit e2e compose-check clean
@@ -139,12 +139,21 @@ $(ENVOY_MATRIX_DIR)/%.installed:
 # ---- end istio ----
 
 # ---- bench (performance) ----
-.PHONY: bench bench-micro bench-envoy bench-tools
+.PHONY: bench bench-micro bench-envoy bench-tools bench-prev
+
+# The module `make bench` compares the current one with: the one the commit
+# PREV_REV ships, built by that commit's own `make build` (empty: none). The
+# default is the last commit before the filter moved onto the proxy-wasm SDK.
+PREV_REV ?= 2829c1f
+PREV_WASM := $(if $(PREV_REV),target/bench/prev-$(PREV_REV).wasm)
+# The module counting its own heap allocations (--features alloc-stats).
+ALLOCS_WASM := target/bench/canary-selector-alloc-stats.wasm
 
 ## bench: ns per decision natively, then Envoy with no filter vs the Lua peer vs
-## canary-selector vs two reference Wasm modules under the same load
-## (BENCHMARKS.md). Env: ROUNDS, DURATION, CONNECTIONS, WARMUP, VARIANTS
-## (tests/bench/bench.py lists them), CANARY_WASM_EXTRA=name=path,... (more builds).
+## canary-selector vs the module at PREV_REV under the same load, and the
+## module's allocations per request (BENCHMARKS.md). Env: ROUNDS, DURATION,
+## CONNECTIONS, WARMUP, VARIANTS (tests/bench/bench.py lists them),
+## PREV_REV (a commit, or empty), CANARY_WASM_EXTRA=name=path,... (more builds).
 bench: bench-micro bench-envoy
 
 ## bench-micro: ns per decision and allocations, natively (tests/bench/decision.rs)
@@ -152,8 +161,24 @@ bench-micro:
 	$(CARGO) bench --bench decision
 
 ## bench-envoy: the Envoy comparison alone (tests/bench/bench.py)
-bench-envoy: build venv bench-tools
-	$(VPY) tests/bench/bench.py
+bench-envoy: build venv bench-tools $(PREV_WASM) $(ALLOCS_WASM)
+	CANARY_WASM_PREV=$(PREV_WASM) CANARY_WASM_ALLOCS=$(ALLOCS_WASM) $(VPY) tests/bench/bench.py
+
+## bench-prev: the module at PREV_REV (target/bench/prev-<rev>.wasm)
+bench-prev: $(PREV_WASM)
+target/bench/prev-%.wasm:
+	rm -rf target/bench/rev-$* && mkdir -p target/bench/rev-$*
+	git archive $* | tar -x -C target/bench/rev-$*
+	@# Commits before the move onto the SDK finished their build with binaryen's wasm-opt.
+	@if grep -q wasm-opt target/bench/rev-$*/Makefile && ! command -v wasm-opt >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && apt-get install -y -qq binaryen >/dev/null; fi
+	$(MAKE) -C target/bench/rev-$* build
+	cp target/bench/rev-$*/target/canary-selector.wasm $@
+
+$(ALLOCS_WASM): build
+	$(CARGO) build --release --target $(TARGET) --features alloc-stats --target-dir target/alloc-stats
+	$(CARGO) run --quiet --features prune --bin prune-exports -- \
+	  target/alloc-stats/$(TARGET)/release/canary_selector.wasm $@ $(WASM_EXPORTS)
 
 ## bench-tools: the load generator (wrk, Debian package)
 bench-tools:

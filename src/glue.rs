@@ -29,9 +29,54 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(Plugin::default()));
 }}
 
-/// Reading this many headers or more, one call for the whole header map is
-/// cheaper than one call per header (see BENCHMARKS.md).
-const READ_ALL_HEADERS_FROM: usize = 4;
+/// `--features alloc-stats`, for `make bench` only: the module's heap
+/// allocations, counted around the system allocator and added on each tick
+/// to the counter `canary_selector.debug.allocations` (each VM adds its own).
+#[cfg(feature = "alloc-stats")]
+mod alloc_stats {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+    struct Counting;
+
+    // SAFETY: forwards every call to the system allocator unchanged.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Relaxed);
+            // SAFETY: the caller's contract is System's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: the caller's contract is System's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Relaxed);
+            // SAFETY: the caller's contract is System's.
+            unsafe { System.realloc(ptr, layout, size) }
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    pub fn report() {
+        let id = super::define_metric(
+            proxy_wasm::types::MetricType::Counter,
+            "canary_selector.debug.allocations",
+        );
+        let n = ALLOCATIONS.swap(0, Relaxed);
+        let _ = proxy_wasm::hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+}
+
+/// A config reading this many distinct request headers or more gets them
+/// with one call for the whole header map instead of one call per header:
+/// measured, one call per header was cheaper up to 8 headers and dearer at
+/// 32 (BENCHMARKS.md, "Reading headers").
+const READ_ALL_HEADERS_FROM: usize = 16;
 
 fn now_ms(ctx: &dyn Context) -> i64 {
     ctx.get_current_time()
@@ -223,6 +268,8 @@ impl RootContext for Plugin {
             return;
         };
         installed.flush_counts();
+        #[cfg(feature = "alloc-stats")]
+        alloc_stats::report();
         installed.now_ms.set(now_ms(self));
         if let (Some(g), Some(config)) = (&installed.guard, &installed.rollout.guard) {
             if !g.tripped.get() {

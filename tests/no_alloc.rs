@@ -1,8 +1,8 @@
-//! The request path allocates nothing for a sticky decision (nor a rule hit):
-//! `decide()` and `filter::on_request_headers`, run natively under a global
-//! allocator that counts the allocations of the current thread. (In the
-//! module, host-returned header values go into a scratch arena; see
-//! `src/abi.rs`.)
+//! The decision core allocates nothing for a sticky decision (nor a rule
+//! hit): `decide()` and `filter::on_request_headers`, run natively under a
+//! global allocator that counts the allocations of the current thread. (In
+//! the module, the SDK allocates what the host returns: `make bench` counts
+//! the module's allocations per request, see BENCHMARKS.md.)
 #![allow(clippy::expect_used)]
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -12,10 +12,12 @@ one (FAIL_CLOSE), which the first tests deliver the same way.
 """
 
 import json
+import re
 
 import pytest
+import yaml
 
-from harness import ECDS_STATS, FILTER_NAME, expected_version
+from harness import ECDS_STATS, FILTER_NAME, ROOT, expected_version
 import ecds  # noqa: E402  (envoy/ecds.py, on the path once harness is imported)
 
 RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -31,6 +33,12 @@ def istio_fallback(fail_open: bool) -> dict:
 
 
 CANARY_USER = "user-27"  # on model-v2 at 90/10 (README)
+# The first seed's testers ask for the canary in the routing header itself.
+SEED_TESTERS = {
+    "name": "seed-testers",
+    "match": {"headers": {"x-canary-version": {"exact": "v2"}}},
+    "version": "model-v2",
+}
 REQUESTS = [
     {"x-user-id": CANARY_USER},
     {"cookie": f"user_id={CANARY_USER}"},
@@ -121,10 +129,53 @@ def test_fail_close_without_the_module_denies_every_request(start_envoy, demo_co
         assert r.served_by is None
 
 
-def test_fail_open_never_lets_a_client_pick_its_version(start_envoy, demo_config):
+def early_strip() -> dict:
+    """The README's `early_header_mutation_extensions` block (Fail strategy),
+    as a user would paste it into envoy/envoy.yaml's connection manager."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```yaml\n(early_header_mutation_extensions:\n.*?)```", readme, re.S)
+    assert block, "README shows no early_header_mutation_extensions block"
+    return yaml.safe_load(block.group(1))
+
+
+def with_early_strip(cfg: dict) -> None:
+    for listener in cfg["static_resources"]["listeners"]:
+        if listener["name"] == "ingress":
+            listener["filter_chains"][0]["filters"][0]["typed_config"].update(early_strip())
+
+
+def test_when_the_filter_fails_open_the_router_follows_a_client_sent_routing_header(start_envoy, demo_config):
+    # As on an Istio sidecar: nothing replaces the header when the filter
+    # does not run.
     envoy = start_envoy(demo_config, initial_resource=istio_fallback(True), extra_type_urls=(RBAC,))
+    assert envoy.request({"x-canary-version": "model-v2"}).served_by == "model-v2"
+    assert envoy.request({}).served_by == "model-v1"
+
+
+def test_the_documented_early_strip_keeps_a_failed_open_filter_from_letting_a_client_pick(
+    start_envoy, demo_config
+):
+    envoy = start_envoy(
+        demo_config, initial_resource=istio_fallback(True), extra_type_urls=(RBAC,), bootstrap_hook=with_early_strip
+    )
     r = envoy.request({"x-canary-version": "model-v2"})
-    assert r.served_by == "model-v1"
+    assert (r.served_by, r.header("x-upstream-saw-version")) == ("model-v1", None)
+    # The filter arrives and runs as usual behind the strip.
+    assert envoy.push(demo_config)
+    assert envoy.request({"x-user-id": CANARY_USER}).served_by == "model-v2"
+    assert envoy.request({"x-canary-tester": "true"}).served_by == "model-v2"
+
+
+def test_the_early_strip_hides_the_routing_header_from_a_rule_on_it(start_envoy, demo_config):
+    """The trade-off: a rule on the routing header (the first seed's testers,
+    `x-canary-version: v2`) never sees what the client sent once the header
+    is removed before the filter runs. Use one or the other."""
+    config = {**demo_config, "rules": [SEED_TESTERS]}
+    plain = start_envoy(config)
+    assert plain.request({"x-canary-version": "v2"}).served_by == "model-v2"
+    stripped = start_envoy(config, bootstrap_hook=with_early_strip)
+    r = stripped.request({"x-canary-version": "v2"})
+    assert (r.served_by, r.header("x-canary-version")) == ("model-v1", "model-v1")
 
 
 # --- The module or its first config cannot load: Envoy rejects the update. --

@@ -109,6 +109,26 @@ def test_a_spoofed_routing_header_is_replaced(start_envoy, demo_config):
     assert (r.served_by, r.header("x-upstream-saw-version")) == ("model-v1", "model-v1")
 
 
+def test_testers_may_ask_for_the_canary_in_the_routing_header_itself(start_envoy, demo_config):
+    """The first seed's convention: testers send `x-canary-version: v2`, the
+    header the VirtualService matches. With a rule on that header the filter
+    reads the client's value, then writes the version's own name; any other
+    value is replaced as usual."""
+    config = with_weights(demo_config, 100, 0)
+    config["rules"] = [
+        {"name": "seed-testers", "match": {"headers": {"x-canary-version": {"exact": "v2"}}}, "version": "model-v2"}
+    ]
+    envoy = start_envoy(config)
+    for user in USERS[:30]:
+        r = envoy.request({"x-user-id": user, "x-canary-version": "v2"})
+        assert (r.served_by, r.header("x-upstream-saw-version")) == ("model-v2", "model-v2"), user
+        for other in ("model-v2", "V2", "v22", "v1"):
+            r = envoy.request([("x-user-id", user), ("x-canary-version", other)])
+            assert (r.served_by, r.header("x-upstream-saw-version")) == ("model-v1", "model-v1"), other
+        assert envoy.request({"x-user-id": user}).served_by == "model-v1"
+    assert envoy.flushed_stats()["wasmcustom.canary_selector.requests.model-v2.rule"] == 30
+
+
 def test_a_bad_config_is_rejected_and_the_last_good_one_keeps_serving(start_envoy, demo_config):
     good = with_weights(demo_config, 50, 50)
     envoy = start_envoy(good)
@@ -283,3 +303,31 @@ def test_two_plugins_sharing_a_vm_each_apply_their_own_config(start_envoy, demo_
     check(pushed)
     counts = envoy.flushed_stats()
     assert counts.get("wasmcustom.canary_selector.requests.b2.anonymous", 0) >= 200, counts
+
+
+def test_a_header_the_filter_sets_reroutes_a_request_whose_route_was_already_picked(start_envoy, demo_config):
+    """Envoy picks a request's route before the HTTP filters run, and a filter
+    in front of ours (here the fault filter, which reads its per-route
+    config) may look it up again. The module makes no clear_route_cache call:
+    Envoy clears the cached route itself when a module of ABI 0.2.1 (the
+    proxy-wasm SDK's) writes a request header. `make test-matrix` runs this
+    on Envoy 1.36 to 1.40; were it not so on one of them, the testers below
+    would land on the default route (model-v1)."""
+
+    def fault_filter_first(cfg: dict) -> None:
+        for listener in cfg["static_resources"]["listeners"]:
+            if listener["name"] == "ingress":
+                hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+                hcm["http_filters"].insert(0, {
+                    "name": "envoy.filters.http.fault",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"},
+                })
+
+    config = with_weights(demo_config, 50, 50)
+    envoy = start_envoy(config, bootstrap_hook=fault_filter_first)
+    conn = envoy.connection()
+    for user in USERS[:100]:
+        r = envoy.request({"x-user-id": user, "x-canary-tester": "true"}, conn=conn)
+        assert (r.served_by, r.header("x-upstream-saw-version")) == ("model-v2", "model-v2"), user
+        r = envoy.request({"x-user-id": user}, conn=conn)
+        assert r.served_by == expected_version(config, user), user

@@ -575,9 +575,6 @@ def _istio_shape(cluster: Cluster, filter_name: str, edit_chain):
         (listener,) = [x for x in cfg["static_resources"]["listeners"] if x["name"] == "ingress"]
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["stat_prefix"] = f"outbound_0.0.0.0_{port}"
-        # Istio's sidecar does not strip the routing header early, as the
-        # local demo's envoy.yaml does.
-        hcm.pop("early_header_mutation_extensions", None)
         hcm["route_config"] = {
             "name": str(port),
             "virtual_hosts": [{"name": f"{host}:{port}", "domains": ["*"], "routes": envoy_routes(cluster)}],
