@@ -1769,14 +1769,21 @@ fn days_since_epoch(year: i64, month: i64, day: i64) -> i64 {
 
 fn gen_time(rng: &mut Rng) -> TimeCase {
     let year = rng.range(1900, 2200) as i64;
-    let month = rng.range(0, 13) as i64;
-    let day = rng.range(0, 32) as i64;
-    let (hour, minute, second) = (
+    let (mut month, mut day) = (rng.range(0, 13) as i64, rng.range(0, 32) as i64);
+    let (mut hour, mut minute, mut second) = (
         rng.range(0, 24) as i64,
         rng.range(0, 60) as i64,
         rng.range(0, 60) as i64,
     );
-    let time_ok = hour <= 23 && minute <= 59 && second <= 59;
+    // Now and then a leap second, 23:59:60, at the end of a month or just
+    // before it.
+    let leap = rng.one_in(8);
+    if leap {
+        month = rng.range(1, 12) as i64;
+        day = days_in_month(year, month) - rng.below(2) as i64;
+        (hour, minute, second) = (23, 59, 60);
+    }
+    let time_ok = hour <= 23 && minute <= 59 && second <= 60;
     let frac_digits = if rng.one_in(2) {
         None
     } else {
@@ -1787,26 +1794,49 @@ fn gen_time(rng: &mut Rng) -> TimeCase {
         .collect();
     let (oh, om) = (rng.range(0, 24) as i64, rng.range(0, 60) as i64);
     let offset_ok = oh <= 23 && om <= 59;
-    let (offset, offset_minutes) = match rng.below(4) {
-        0 => ("Z".to_string(), 0),
+    let (offset, offset_minutes) = match rng.below(if leap { 8 } else { 4 }) {
         1 => ("z".to_string(), 0),
         2 => (format!("+{oh:02}:{om:02}"), oh * 60 + om),
-        _ => (format!("-{oh:02}:{om:02}"), -(oh * 60 + om)),
+        3 => (format!("-{oh:02}:{om:02}"), -(oh * 60 + om)),
+        _ => ("Z".to_string(), 0),
     };
     let sep = rng.pick(&['T', 't', ' ']);
     let dot = frac_digits.map_or(String::new(), |_| format!(".{frac}"));
     let mut text =
         format!("{year:04}-{month:02}-{day:02}{sep}{hour:02}:{minute:02}:{second:02}{dot}{offset}");
     let valid_date = (1..=12).contains(&month) && day >= 1 && day <= days_in_month(year, month);
-    let valid = valid_date && time_ok && frac_digits != Some(0);
-    let mut want = Some((valid && (offset_minutes == 0 || offset_ok)).then(|| {
+    let valid =
+        valid_date && time_ok && frac_digits != Some(0) && (offset_minutes == 0 || offset_ok);
+    // The instant in UTC, a leap second counted as second 59.
+    let utc =
+        days_since_epoch(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second.min(59)
+            - offset_minutes * 60;
+    // RFC 3339 allows 23:59:60 in UTC on the last day of a month (where a
+    // leap second may be inserted); it reads as the last instant of 23:59:59.
+    // (The UTC date is the written one, the day before or the day after,
+    // so the next UTC day can only start this month or the next.)
+    let month_ends = || {
+        let next_day = utc.div_euclid(86_400) + 1;
+        let next = if month >= 12 {
+            (year + 1, 1)
+        } else {
+            (year, month + 1)
+        };
+        [(year, month), next]
+            .iter()
+            .any(|&(y, m)| days_since_epoch(y, m, 1) == next_day)
+    };
+    let leap_ok = second < 60 || (utc.rem_euclid(86_400) == 86_399 && month_ends());
+    let mut want = Some((valid && leap_ok).then(|| {
+        if second == 60 {
+            return utc * 1000 + 999;
+        }
         let millis: i64 = frac
             .bytes()
             .chain(std::iter::repeat(b'0'))
             .take(3)
             .fold(0, |m, b| m * 10 + i64::from(b - b'0'));
-        let secs = days_since_epoch(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-        (secs - offset_minutes * 60) * 1000 + millis
+        utc * 1000 + millis
     }));
     // Now and then, break it.
     if rng.one_in(4) {
