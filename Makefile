@@ -22,7 +22,8 @@ WASM := target/canary-selector.wasm
 # against the glue.
 WASM_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
   proxy_on_context_create proxy_on_delete \
-  proxy_on_configure proxy_on_tick proxy_on_request_headers proxy_on_response_headers
+  proxy_on_configure proxy_on_tick proxy_on_request_headers proxy_on_response_headers \
+  proxy_on_response_trailers
 
 .PHONY: all build wasm-target venv run test lint unit e2e compose-check clean
 

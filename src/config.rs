@@ -8,6 +8,7 @@ use std::marker::PhantomData;
 use serde::de::{self, value::MapAccessDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use crate::guard::GRPC_CODES;
 use crate::hash::Murmur3;
 use crate::matcher::StringMatch;
 
@@ -100,6 +101,7 @@ struct RawGuard {
     max_error_rate_above_stable: Option<Number>,
     slow_response_ms: Option<WholeNumber>,
     max_slow_rate: Option<Number>,
+    grpc_error_codes: Option<Vec<GrpcCode>>,
 }
 
 #[derive(Deserialize)]
@@ -263,6 +265,54 @@ impl<'de> Deserialize<'de> for WholeNumber {
     }
 }
 
+/// A gRPC status code, by name (`"INTERNAL"`) or number (`13`).
+struct GrpcCode(u8);
+
+impl<'de> Deserialize<'de> for GrpcCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NameOrNumber;
+        impl Visitor<'_> for NameOrNumber {
+            type Value = u8;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a gRPC status code, as a name such as \"INTERNAL\" or a number from 1 to 16",
+                )
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<u8, E> {
+                match GRPC_CODES.iter().position(|&c| c == name) {
+                    Some(code) => Ok(code as u8),
+                    None => Err(E::custom(format!(
+                        "{name:?} is not a gRPC status code ({})",
+                        GRPC_CODES.join(", ")
+                    ))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u8, E> {
+                u8::try_from(v)
+                    .ok()
+                    .filter(|&c| usize::from(c) < GRPC_CODES.len())
+                    .ok_or_else(|| E::custom(format!("{v} is not a gRPC status code (0 to 16)")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u8, E> {
+                Err(E::custom(format!(
+                    "{v} is not a gRPC status code (0 to 16)"
+                )))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<u8, E> {
+                // Istio delivers numbers as doubles.
+                if v.fract() == 0.0 && (0.0..=255.0).contains(&v) {
+                    return self.visit_u64(v as u64);
+                }
+                Err(E::custom(format!(
+                    "{} is not a gRPC status code (0 to 16)",
+                    decimal(v)
+                )))
+            }
+        }
+        d.deserialize_any(NameOrNumber).map(GrpcCode)
+    }
+}
+
 /// A number with up to six decimals and no trailing zeros, for messages.
 pub fn decimal(v: f64) -> String {
     let text = format!("{v:.6}");
@@ -362,7 +412,14 @@ pub struct Guard {
     pub max_error_rate_above_stable: Option<f64>,
     /// (bound in ms, largest allowed share of responses slower than it).
     pub slow: Option<(u32, f64)>,
+    /// The gRPC status codes that count as errors: bit `c` for code `c`.
+    pub grpc_error_codes: u32,
 }
+
+/// The gRPC codes counted as errors by default: the ones Envoy maps to HTTP
+/// 5xx, that is the ones that mean the server failed (UNKNOWN,
+/// DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS).
+pub const DEFAULT_GRPC_ERROR_CODES: u32 = 1 << 2 | 1 << 4 | 1 << 12 | 1 << 13 | 1 << 14 | 1 << 15;
 
 /// A scheduled ramp: from `at_ms` on, a step's weights replace the listed
 /// ones.
@@ -1118,12 +1175,31 @@ fn validate_guard(g: RawGuard, n_versions: usize) -> Result<Guard, ConfigError> 
             "needs a threshold: maxErrorRate, maxErrorRateAboveStable, or slowResponseMs with maxSlowRate",
         );
     }
+    let grpc_error_codes = match g.grpc_error_codes {
+        None => DEFAULT_GRPC_ERROR_CODES,
+        Some(codes) => {
+            let mut bits = 0u32;
+            for (i, GrpcCode(code)) in codes.into_iter().enumerate() {
+                let field = format!("guard.grpcErrorCodes[{i}]");
+                if code == 0 {
+                    return err(field, "OK is a success; it cannot count as an error");
+                }
+                if bits & 1 << code != 0 {
+                    let name = GRPC_CODES.get(usize::from(code)).copied().unwrap_or("?");
+                    return err(field, format!("{name} is listed twice"));
+                }
+                bits |= 1 << code;
+            }
+            bits
+        }
+    };
     Ok(Guard {
         window_ms: u64::from(window) * 1000,
         min_requests,
         max_error_rate,
         max_error_rate_above_stable,
         slow,
+        grpc_error_codes,
     })
 }
 

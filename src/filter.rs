@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use crate::config::Rollout;
 use crate::decision::{decide, AnonymousId, Decision, Entropy, Live, Reason, Request};
+use crate::guard::{grpc_code, Failure};
 
 /// The host operations the filter needs on the request path.
 pub trait Host: Request {
@@ -21,8 +22,9 @@ pub trait Host: Request {
 pub trait ResponseHost {
     fn set_response_header(&mut self, name: &str, value: &[u8]);
     fn add_response_header(&mut self, name: &str, value: &[u8]);
-    /// The response's `:status`, when the guard needs it.
-    fn status(&mut self) -> Option<u16>;
+    /// A response header's value (`:status`, `content-type`, `grpc-status`),
+    /// when the guard judges the response.
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>>;
     /// Unix time in ms, when the guard times responses.
     fn now_ms(&mut self) -> i64;
 }
@@ -42,8 +44,47 @@ pub struct Pending {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     pub version: usize,
-    pub error: bool,
+    /// Why it failed, if it did.
+    pub failure: Option<Failure>,
     pub slow: bool,
+}
+
+/// When the guard can judge a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// At its headers: an HTTP response, or a gRPC reply whose status came
+    /// in the headers (trailers-only, as Envoy's own replies are).
+    Now(Outcome),
+    /// A gRPC response whose status comes in the trailers: judged there by
+    /// [`on_response_trailers`], or failed by [`on_stream_lost`] if the
+    /// stream ends without them.
+    AtTrailers(AwaitingTrailers),
+}
+
+/// A gRPC response waiting for its `grpc-status` trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AwaitingTrailers {
+    pub version: usize,
+    pub slow: bool,
+}
+
+/// gRPC's content type, `application/grpc` with or without a `+suffix`
+/// (`+proto`, `+json`) or parameters. Not gRPC-Web, whose status travels in
+/// the body.
+fn is_grpc(content_type: &[u8]) -> bool {
+    content_type
+        .strip_prefix(b"application/grpc")
+        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
+}
+
+/// The failure a `grpc-status` value means, under the guard's error codes.
+fn grpc_failure(rollout: &Rollout, status: &[u8]) -> Option<Failure> {
+    let code = grpc_code(status);
+    let counted = rollout
+        .guard
+        .as_ref()
+        .is_some_and(|g| g.grpc_error_codes & 1 << code != 0);
+    counted.then_some(Failure::Grpc(code))
 }
 
 /// Decides the version, writes the routing header (replacing whatever the
@@ -76,13 +117,13 @@ pub fn on_request_headers(
     (d, pending)
 }
 
-/// Echoes the decision, sends the anonymous cookie, and returns what the
-/// guard must count, if it is on.
+/// Echoes the decision, sends the anonymous cookie, and says when the guard,
+/// if it is on, can judge the response.
 pub fn on_response_headers(
     rollout: &Rollout,
     pending: &Pending,
     host: &mut impl ResponseHost,
-) -> Option<Outcome> {
+) -> Option<Verdict> {
     if let Some(header) = &rollout.response_reason_header {
         host.set_response_header(header, pending.reason.as_str().as_bytes());
     }
@@ -113,18 +154,63 @@ pub fn on_response_headers(
     if pending.reason == Reason::Rule {
         return None;
     }
-    let error = host.status().is_some_and(|s| (500..600).contains(&s));
     let slow = match (guard.slow, pending.started_ms) {
         (Some((bound_ms, _)), Some(started)) => {
             host.now_ms().saturating_sub(started) > i64::from(bound_ms)
         }
         _ => false,
     };
-    Some(Outcome {
-        version: pending.version,
-        error,
+    let version = pending.version;
+    // A gRPC call fails in its status, not its HTTP status (200 either way).
+    if host
+        .response_header("content-type")
+        .is_some_and(|t| is_grpc(&t))
+    {
+        return Some(match host.response_header("grpc-status") {
+            Some(status) => Verdict::Now(Outcome {
+                version,
+                failure: grpc_failure(rollout, &status),
+                slow,
+            }),
+            None => Verdict::AtTrailers(AwaitingTrailers { version, slow }),
+        });
+    }
+    let status = host.response_header(":status");
+    let error = status
+        .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
+        .is_some_and(|s| (500..600).contains(&s));
+    Some(Verdict::Now(Outcome {
+        version,
+        failure: error.then_some(Failure::Http5xx),
         slow,
-    })
+    }))
+}
+
+/// Judges a gRPC response by the `grpc-status` of its trailers; none there
+/// is a failure too.
+pub fn on_response_trailers(
+    rollout: &Rollout,
+    awaiting: &AwaitingTrailers,
+    grpc_status: Option<&[u8]>,
+) -> Outcome {
+    Outcome {
+        version: awaiting.version,
+        failure: match grpc_status {
+            Some(status) => grpc_failure(rollout, status),
+            None => Some(Failure::NoGrpcStatus),
+        },
+        slow: awaiting.slow,
+    }
+}
+
+/// A gRPC stream that ended with no `grpc-status` at all (reset, cut
+/// short): the call failed.
+pub fn on_stream_lost(awaiting: &AwaitingTrailers) -> Outcome {
+    Outcome {
+        version: awaiting.version,
+        failure: Some(Failure::NoGrpcStatus),
+        slow: awaiting.slow,
+    }
 }
 
 /// The guard's trip counter and state gauge (1 while tripped).
@@ -137,4 +223,13 @@ pub const GUARD_TRIPPED_METRIC: &str = "canary_selector.guard.tripped";
 /// inclusion keeps every name starting with `wasm`, so these are exported.
 pub fn metric_name(version: &str, reason: Reason) -> String {
     format!("canary_selector.requests.{version}.{}", reason.as_str())
+}
+
+/// The counter of the failures the guard saw for a version, by kind (a gRPC
+/// code name, `no_grpc_status` or `http_5xx`): what a trip was made of.
+pub fn failure_metric_name(version: &str, failure: Failure) -> String {
+    format!(
+        "canary_selector.guard.failures.{version}.{}",
+        failure.name()
+    )
 }

@@ -20,8 +20,8 @@ use proxy_wasm::types::{Action, Bytes, ContextType, LogLevel, MetricType};
 
 use crate::config::{decimal, Rollout};
 use crate::decision::{Entropy, Live, Reason, Request, WyRand};
-use crate::filter::{self, Host, Pending, ResponseHost};
-use crate::guard::{judge, Window};
+use crate::filter::{self, AwaitingTrailers, Host, Outcome, Pending, ResponseHost, Verdict};
+use crate::guard::{describe_failures, judge, Failure, Window};
 use crate::hash::murmur3_32;
 
 proxy_wasm::main! {{
@@ -103,6 +103,10 @@ struct Installed {
     /// Decisions counted since the last flush, same layout as `counters`.
     counts: Vec<Cell<u64>>,
     guard: Option<GuardState>,
+    /// Failures the guard counted since the last flush, per (version,
+    /// failure): `version * FAILURES + failure.index()`; with the counter's
+    /// id once defined (on the first flush that has one to add).
+    failures: Vec<(Cell<u64>, Cell<Option<u32>>)>,
     /// Unix ms at the last tick: the clock the guard's window uses.
     now_ms: Cell<i64>,
     /// wyrand state for anonymous picks, seeded on first use.
@@ -125,14 +129,59 @@ struct GuardState {
     tripped_metric: u32,
 }
 
+/// Kinds of failure the guard tells apart (gRPC codes, no status, HTTP 5xx).
+const FAILURES: usize = 19;
+
+fn increment(id: u32, n: u64) {
+    let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+}
+
 impl Installed {
-    /// Adds the decisions counted since the last flush to Envoy's counters:
-    /// a host call per request would cost more than the decision itself.
+    /// Adds the decisions and failures counted since the last flush to
+    /// Envoy's counters: a host call per request would cost more than the
+    /// decision itself.
     fn flush_counts(&self) {
         for (&id, count) in self.counters.iter().zip(&self.counts) {
             let n = count.take();
             if n > 0 {
-                let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+                increment(id, n);
+            }
+        }
+        let kinds = self
+            .rollout
+            .versions
+            .iter()
+            .flat_map(|v| Failure::all().map(move |f| (v, f)));
+        for ((count, id), (version, failure)) in self.failures.iter().zip(kinds) {
+            let n = count.take();
+            if n == 0 {
+                continue;
+            }
+            let id = id.get().unwrap_or_else(|| {
+                let defined = define_metric(
+                    MetricType::Counter,
+                    &filter::failure_metric_name(&version.name, failure),
+                );
+                id.set(Some(defined));
+                defined
+            });
+            increment(id, n);
+        }
+    }
+
+    /// Counts a response the guard judged, in its window and, if it failed,
+    /// in the failure counters.
+    fn record(&self, outcome: Outcome) {
+        let Some(g) = &self.guard else {
+            return;
+        };
+        if let Ok(mut local) = g.local.try_borrow_mut() {
+            let at = u64::try_from(self.now_ms.get()).unwrap_or(0);
+            local.record(at, outcome.version, outcome.failure, outcome.slow);
+        }
+        if let Some(f) = outcome.failure {
+            if let Some((count, _)) = self.failures.get(outcome.version * FAILURES + f.index()) {
+                count.set(count.get() + 1);
             }
         }
     }
@@ -241,6 +290,9 @@ impl RootContext for Plugin {
         self.installed = Some(Rc::new(Installed {
             counts: counters.iter().map(|_| Cell::new(0)).collect(),
             counters,
+            failures: (0..rollout.versions.len() * FAILURES)
+                .map(|_| (Cell::new(0), Cell::new(None)))
+                .collect(),
             guard,
             now_ms: Cell::new(now_ms(self)),
             rng: Cell::new(None),
@@ -254,6 +306,7 @@ impl RootContext for Plugin {
             installed: self.installed.clone(),
             fetched: Vec::new(),
             pending: None,
+            awaiting: None,
         }))
     }
 
@@ -337,8 +390,12 @@ impl Plugin {
                 let _ = hostcalls::record_metric(g.tripped_metric, 1);
                 let versions = &installed.rollout.versions;
                 let name = |i: usize| versions.get(i).map_or("?", |v| v.name.as_str());
+                let failed = match describe_failures(t.counts.failures) {
+                    kinds if kinds.is_empty() => kinds,
+                    kinds => format!(" ({kinds})"),
+                };
                 warn!(
-                    "guard tripped: {} {} over the last {}s: {} of {} responses failed (rate {}), {} slow; \
+                    "guard tripped: {} {} over the last {}s: {} of {} responses failed{} (rate {}), {} slow; \
                      stable {}: {} of {} failed (rate {}). Every request no rule pins now goes to {} \
                      until a new config is pushed",
                     name(t.version),
@@ -346,6 +403,7 @@ impl Plugin {
                     config.window_ms / 1000,
                     t.counts.errors,
                     t.counts.requests,
+                    failed,
                     decimal(t.counts.error_rate()),
                     t.counts.slow,
                     name(0),
@@ -371,6 +429,8 @@ struct Stream {
     fetched: Vec<Option<Option<Bytes>>>,
     /// What the response phase still has to do.
     pending: Option<Pending>,
+    /// A gRPC response the guard judges at its trailers.
+    awaiting: Option<AwaitingTrailers>,
 }
 
 impl Stream {
@@ -408,18 +468,43 @@ impl HttpContext for Stream {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let (Some(installed), Some(pending)) = (self.installed.clone(), self.pending.take()) else {
             return Action::Continue;
         };
-        let outcome = filter::on_response_headers(&installed.rollout, &pending, self);
-        if let (Some(o), Some(g)) = (outcome, &installed.guard) {
-            if let Ok(mut local) = g.local.try_borrow_mut() {
-                let at = u64::try_from(installed.now_ms.get()).unwrap_or(0);
-                local.record(at, o.version, o.error, o.slow);
+        match filter::on_response_headers(&installed.rollout, &pending, self) {
+            Some(Verdict::Now(outcome)) => installed.record(outcome),
+            Some(Verdict::AtTrailers(awaiting)) if end_of_stream => {
+                installed.record(filter::on_stream_lost(&awaiting));
             }
+            Some(Verdict::AtTrailers(awaiting)) => self.awaiting = Some(awaiting),
+            None => {}
         }
         Action::Continue
+    }
+
+    /// Envoy calls it only for responses that have trailers (gRPC's carry
+    /// the status), never for a plain HTTP/1.1 response.
+    fn on_http_response_trailers(&mut self, _trailers: usize) -> Action {
+        if let (Some(installed), Some(awaiting)) = (&self.installed, self.awaiting.take()) {
+            let status = self.get_http_response_trailer_bytes("grpc-status");
+            installed.record(filter::on_response_trailers(
+                &installed.rollout,
+                &awaiting,
+                status.as_deref(),
+            ));
+        }
+        Action::Continue
+    }
+}
+
+impl Drop for Stream {
+    /// Envoy deletes a stream's context when the stream ends, however it
+    /// ends: a gRPC call still waiting for its status never got one.
+    fn drop(&mut self) {
+        if let (Some(installed), Some(awaiting)) = (&self.installed, self.awaiting.take()) {
+            installed.record(filter::on_stream_lost(&awaiting));
+        }
     }
 }
 
@@ -463,9 +548,8 @@ impl ResponseHost for Stream {
         self.add_http_response_header_bytes(name, value);
     }
 
-    fn status(&mut self) -> Option<u16> {
-        let value = self.get_http_response_header_bytes(":status")?;
-        std::str::from_utf8(&value).ok()?.parse().ok()
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.get_http_response_header_bytes(name)
     }
 
     fn now_ms(&mut self) -> i64 {

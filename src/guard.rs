@@ -11,13 +11,100 @@ use crate::config::Guard;
 
 pub const SLOTS: usize = 10;
 const HEADER: usize = 4;
-const FORMAT: u8 = 1;
+/// The shared-data format; 2 added `Counts::failures`.
+const FORMAT: u8 = 2;
+/// Bytes of one `Counts` in the shared-data form.
+const COUNTS_BYTES: usize = 16;
+
+/// gRPC status codes, by number (grpc's `doc/statuscodes.md`).
+pub const GRPC_CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// The gRPC code a client reads from a `grpc-status` value (digits): a code
+/// it does not know, or a value that is not one, is UNKNOWN (2).
+pub fn grpc_code(value: &[u8]) -> u8 {
+    Some(value)
+        .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u8>().ok())
+        .filter(|&c| usize::from(c) < GRPC_CODES.len())
+        .unwrap_or(2)
+}
+
+/// Why a response counts as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// An HTTP response with a 5xx status.
+    Http5xx,
+    /// A gRPC status the guard counts as an error (`guard.grpcErrorCodes`).
+    Grpc(u8),
+    /// A gRPC stream that ended without a `grpc-status` (reset or cut short).
+    NoGrpcStatus,
+}
+
+impl Failure {
+    /// Every failure, in the order [`Failure::index`] numbers them.
+    pub fn all() -> impl Iterator<Item = Failure> {
+        (0..GRPC_CODES.len() as u8)
+            .map(Failure::Grpc)
+            .chain([Failure::NoGrpcStatus, Failure::Http5xx])
+    }
+
+    /// 0 to 16 for gRPC codes, then 17 and 18: the bit in
+    /// [`Counts::failures`], and an index for per-failure counters.
+    pub fn index(self) -> usize {
+        match self {
+            Failure::Grpc(code) => usize::from(code),
+            Failure::NoGrpcStatus => GRPC_CODES.len(),
+            Failure::Http5xx => GRPC_CODES.len() + 1,
+        }
+    }
+
+    /// As logs and metric names say it: `INTERNAL`, `no_grpc_status`, `http_5xx`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::Grpc(code) => GRPC_CODES
+                .get(usize::from(code))
+                .copied()
+                .unwrap_or("UNKNOWN"),
+            Failure::NoGrpcStatus => "no_grpc_status",
+            Failure::Http5xx => "http_5xx",
+        }
+    }
+}
+
+/// The failures a set of [`Counts::failures`] bits names, for a log line.
+pub fn describe_failures(bits: u32) -> String {
+    let names: Vec<&str> = Failure::all()
+        .filter(|f| bits & (1 << f.index()) != 0)
+        .map(Failure::name)
+        .collect();
+    names.join(", ")
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     pub requests: u32,
     pub errors: u32,
     pub slow: u32,
+    /// Which failures the errors were: bit [`Failure::index`] of each.
+    pub failures: u32,
 }
 
 impl Counts {
@@ -25,6 +112,7 @@ impl Counts {
         self.requests = self.requests.saturating_add(other.requests);
         self.errors = self.errors.saturating_add(other.errors);
         self.slow = self.slow.saturating_add(other.slow);
+        self.failures |= other.failures;
     }
 
     fn rate(part: u32, whole: u32) -> f64 {
@@ -94,13 +182,14 @@ impl Window {
     }
 
     /// Counts one response of `version`.
-    pub fn record(&mut self, now_ms: u64, version: usize, error: bool, slow: bool) {
+    pub fn record(&mut self, now_ms: u64, version: usize, failure: Option<Failure>, slow: bool) {
         let epoch = self.epoch(now_ms);
         if let Some(c) = self.slot_mut(epoch).and_then(|s| s.get_mut(version)) {
             c.add(Counts {
                 requests: 1,
-                errors: u32::from(error),
+                errors: u32::from(failure.is_some()),
                 slow: u32::from(slow),
+                failures: failure.map_or(0, |f| 1 << f.index()),
             });
         }
     }
@@ -154,7 +243,7 @@ impl Window {
     /// The shared-data form: a header (format, tripped version + 1 or 0),
     /// then each slot's epoch and counts, little-endian.
     pub fn encode(&self, tripped: Option<usize>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + SLOTS * (8 + 12 * self.versions));
+        let mut out = Vec::with_capacity(HEADER + SLOTS * (8 + COUNTS_BYTES * self.versions));
         let tripped = tripped.map_or(0, |v| u8::try_from(v + 1).unwrap_or(u8::MAX));
         out.extend_from_slice(&[FORMAT, tripped, 0, 0]);
         for (i, epoch) in self.epochs.iter().enumerate() {
@@ -167,6 +256,7 @@ impl Window {
                 out.extend_from_slice(&c.requests.to_le_bytes());
                 out.extend_from_slice(&c.errors.to_le_bytes());
                 out.extend_from_slice(&c.slow.to_le_bytes());
+                out.extend_from_slice(&c.failures.to_le_bytes());
             }
         }
         out
@@ -181,7 +271,9 @@ impl Window {
         window_ms: u64,
     ) -> Option<(Window, Option<usize>)> {
         let mut w = Window::new(versions, window_ms);
-        if bytes.len() != HEADER + SLOTS * (8 + 12 * versions) || bytes.first() != Some(&FORMAT) {
+        if bytes.len() != HEADER + SLOTS * (8 + COUNTS_BYTES * versions)
+            || bytes.first() != Some(&FORMAT)
+        {
             return None;
         }
         let tripped = match *bytes.get(1)? {
@@ -201,6 +293,7 @@ impl Window {
                     requests: words.next()?,
                     errors: words.next()?,
                     slow: words.next()?,
+                    failures: words.next()?,
                 };
             }
         }
@@ -257,7 +350,34 @@ mod tests {
             max_error_rate: max,
             max_error_rate_above_stable: above,
             slow,
+            grpc_error_codes: crate::config::DEFAULT_GRPC_ERROR_CODES,
         }
+    }
+
+    #[test]
+    fn grpc_status_values_read_as_clients_read_them() {
+        for (value, code) in [
+            (&b"0"[..], 0),
+            (b"13", 13),
+            (b"16", 16),
+            (b"17", 2),
+            (b"99999", 2),
+            (b"", 2),
+            (b"-1", 2),
+            (b" 13", 2),
+            (b"+5", 2),
+            (b"013", 13),
+            (b"\xff", 2),
+        ] {
+            assert_eq!(grpc_code(value), code, "{value:?}");
+        }
+        assert_eq!(Failure::all().count(), 19);
+        assert!(Failure::all().enumerate().all(|(i, f)| f.index() == i));
+        assert_eq!(describe_failures(0), "");
+        assert_eq!(
+            describe_failures(1 << 14 | 1 << Failure::Http5xx.index()),
+            "UNAVAILABLE, http_5xx"
+        );
     }
 
     #[test]
@@ -265,7 +385,7 @@ mod tests {
         let mut w = Window::new(2, 10_000); // 1 s slots
         for t in 0..20_000u64 {
             if t % 100 == 0 {
-                w.record(t, 1, t % 200 == 0, false);
+                w.record(t, 1, (t % 200 == 0).then_some(Failure::Http5xx), false);
             }
         }
         // At t = 19.999 s the window holds 10.0 s .. 19.999 s: 100 responses.
@@ -280,8 +400,8 @@ mod tests {
     #[test]
     fn late_records_for_slots_that_left_the_ring_are_dropped() {
         let mut w = Window::new(1, 10_000);
-        w.record(50_000, 0, false, false);
-        w.record(10_000, 0, true, false); // same ring entry, older slot
+        w.record(50_000, 0, None, false);
+        w.record(10_000, 0, Some(Failure::Http5xx), false); // same ring entry, older slot
         assert_eq!(w.totals(50_000)[0].errors, 0);
     }
 
@@ -291,17 +411,19 @@ mod tests {
         let mut a = Window::new(2, 10_000);
         let mut b = Window::new(2, 10_000);
         for t in [1_000u64, 2_000, 3_000] {
-            a.record(t, 1, true, false);
-            b.record(t, 1, false, true);
+            a.record(t, 1, Some(Failure::Grpc(13)), false);
+            b.record(t, 1, None, true);
         }
+        a.record(3_000, 1, Some(Failure::NoGrpcStatus), false);
         shared.merge(&a);
         shared.merge(&b);
         let t = shared.totals(3_000)[1];
-        assert_eq!((t.requests, t.errors, t.slow), (6, 3, 3));
+        assert_eq!((t.requests, t.errors, t.slow), (7, 4, 3));
+        assert_eq!(describe_failures(t.failures), "INTERNAL, no_grpc_status");
         // A newer slot replaces the ring entry it shares with an old one;
         // the other old slots have left the 10 s window by then.
         let mut c = Window::new(2, 10_000);
-        c.record(13_000, 1, false, false);
+        c.record(13_000, 1, None, false);
         shared.merge(&c);
         assert_eq!(shared.totals(13_000)[1].requests, 1);
         assert_eq!(
@@ -314,8 +436,8 @@ mod tests {
     #[test]
     fn encode_decode_round_trip() {
         let mut w = Window::new(3, 30_000);
-        w.record(123_456, 2, true, true);
-        w.record(150_000, 0, false, false);
+        w.record(123_456, 2, Some(Failure::Grpc(14)), true);
+        w.record(150_000, 0, None, false);
         for tripped in [None, Some(2)] {
             let bytes = w.encode(tripped);
             let (back, t) = Window::decode(&bytes, 3, 30_000).unwrap();
@@ -334,6 +456,7 @@ mod tests {
             requests,
             errors,
             slow,
+            failures: 0,
         };
         // Not enough requests to judge.
         assert!(judge(

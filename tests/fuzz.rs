@@ -37,8 +37,8 @@ use std::time::Instant;
 
 use canary_selector::config::{self, Rollout, Source};
 use canary_selector::decision::{decide, Decision, Entropy, Live, Reason, Request, WyRand};
-use canary_selector::filter::{self, Host, Outcome, ResponseHost};
-use canary_selector::guard::{self, Counts, Window};
+use canary_selector::filter::{self, AwaitingTrailers, Host, Outcome, ResponseHost, Verdict};
+use canary_selector::guard::{self, Counts, Failure, Window};
 use canary_selector::hash::murmur3_32;
 use canary_selector::matcher::MAX_COOKIE_HEADER_SCAN;
 use canary_selector::MAX_USER_ID_LEN;
@@ -316,7 +316,8 @@ struct Spec {
     response_header: Option<String>,
     response_reason_header: Option<String>,
     /// The guard's JSON and its slow-response bound in ms, if any.
-    guard: Option<(Value, Option<u32>)>,
+    /// The guard's JSON, its slow bound, and the gRPC codes it counts (bit c).
+    guard: Option<(Value, Option<u32>, u32)>,
     schedule: Option<ScheduleSpec>,
     versions: Vec<(String, f64)>,
     id_headers: Vec<String>,
@@ -464,7 +465,24 @@ fn gen_spec(rng: &mut Rng) -> Spec {
             g["slowResponseMs"] = json!(ms);
             g["maxSlowRate"] = json!(rng.below(101) as f64 / 100.0);
         }
-        (g, slow)
+        // The README's default: UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
+        // INTERNAL, UNAVAILABLE, DATA_LOSS.
+        let mut codes = 1 << 2 | 1 << 4 | 1 << 12 | 1 << 13 | 1 << 14 | 1 << 15;
+        if rng.one_in(2) {
+            let listed: Vec<usize> = (1..GRPC_NAMES.len()).filter(|_| rng.one_in(4)).collect();
+            codes = listed.iter().fold(0, |m, &c| m | 1 << c);
+            g["grpcErrorCodes"] = listed
+                .iter()
+                .map(|&c| {
+                    if rng.one_in(2) {
+                        json!(GRPC_NAMES[c])
+                    } else {
+                        json!(c)
+                    }
+                })
+                .collect();
+        }
+        (g, slow, codes)
     });
 
     let routing_header = rng.one_in(2).then(|| rng.pick(ROUTING_POOL).to_string());
@@ -626,7 +644,7 @@ impl Spec {
         if let Some(h) = &self.response_reason_header {
             root.insert("responseReasonHeader".into(), json!(h));
         }
-        if let Some((g, _)) = &self.guard {
+        if let Some((g, _, _)) = &self.guard {
             root.insert("guard".into(), g.clone());
         }
         if let Some((start, _, steps)) = &self.schedule {
@@ -1101,6 +1119,8 @@ impl Host for FakeHost {
 #[derive(Default)]
 struct FakeResponse {
     status: Option<u16>,
+    content_type: Option<&'static str>,
+    grpc_status: Option<Vec<u8>>,
     now_ms: i64,
     headers: Vec<(String, Vec<u8>)>,
 }
@@ -1113,8 +1133,13 @@ impl ResponseHost for FakeResponse {
     fn add_response_header(&mut self, name: &str, value: &[u8]) {
         self.headers.push((name.to_string(), value.to_vec()));
     }
-    fn status(&mut self) -> Option<u16> {
-        self.status
+    fn response_header(&mut self, name: &str) -> Option<Vec<u8>> {
+        match name {
+            ":status" => self.status.map(|s| s.to_string().into_bytes()),
+            "content-type" => self.content_type.map(|t| t.as_bytes().to_vec()),
+            "grpc-status" => self.grpc_status.clone(),
+            _ => None,
+        }
     }
     fn now_ms(&mut self) -> i64 {
         self.now_ms
@@ -1324,12 +1349,46 @@ fn oracle_choice(spec: &Spec, req: &FakeHost, now_ms: i64) -> (Option<usize>, Re
     (None, Reason::Anonymous)
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Moment {
     live: Live,
     seed: u64,
     status: Option<u16>,
+    content_type: Option<&'static str>,
+    grpc_status: Option<Vec<u8>>,
+    /// The trailers' `grpc-status`; `None`: the stream ended without trailers.
+    trailer_status: Option<Option<Vec<u8>>>,
     response_ms: i64,
+}
+
+/// grpc's status code names, 0 to 16, written out here for the oracle.
+const GRPC_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+fn grpc_status_value(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(6) {
+        0 => rng
+            .pick(&[&b"99"[..], b"17", b"", b"+5", b" 13", b"013", b"\xff"])
+            .to_vec(),
+        _ => rng.below(17).to_string().into_bytes(),
+    }
 }
 
 fn gen_moment(rng: &mut Rng, spec: &Spec) -> Moment {
@@ -1350,11 +1409,23 @@ fn gen_moment(rng: &mut Rng, spec: &Spec) -> Moment {
         status: rng
             .one_in(5)
             .then(|| rng.pick(&[200, 204, 404, 499, 500, 503, 599, 600])),
+        content_type: rng.one_in(2).then(|| {
+            rng.pick(&[
+                "application/grpc",
+                "application/grpc+proto",
+                "application/grpc;x=1",
+                "application/grpc-web",
+                "application/grpcx",
+                "application/json",
+            ])
+        }),
+        grpc_status: rng.one_in(2).then(|| grpc_status_value(rng)),
+        trailer_status: (!rng.one_in(4)).then(|| rng.one_in(4).then(|| grpc_status_value(rng))),
         response_ms: now_ms + rng.range(0, 10_000) as i64 - 100,
     }
 }
 
-fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: Moment) -> Decision {
+fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: &Moment) -> Decision {
     let mut host = request.clone();
     let (d, pending) = filter::on_request_headers(rollout, &mut host, &mut WyRand(m.seed), m.live);
     let n = spec.versions.len();
@@ -1419,6 +1490,8 @@ fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: Moment) 
     assert_eq!(p.started_ms, slow_bound.map(|_| m.live.now_ms));
     let mut resp = FakeResponse {
         status: m.status,
+        content_type: m.content_type,
+        grpc_status: m.grpc_status.clone(),
         now_ms: m.response_ms,
         ..Default::default()
     };
@@ -1440,14 +1513,69 @@ fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: Moment) 
         want_resp.push(("set-cookie".into(), value.into_bytes()));
     }
     assert_eq!(resp.headers, want_resp);
-    // The guard counts what it protects: not the traffic a rule pins.
+    // The guard counts what it protects: not the traffic a rule pins. A
+    // gRPC response (application/grpc, with or without +suffix or
+    // parameters) is judged by grpc-status, in its headers or else in its
+    // trailers; a stream without one failed. Anything else by its 5xx status.
     let counted = spec.guard.as_ref().filter(|_| d.reason != Reason::Rule);
-    let want_outcome = counted.map(|_| Outcome {
-        version: d.version,
-        error: m.status.is_some_and(|s| (500..600).contains(&s)),
-        slow: slow_bound.is_some_and(|b| m.response_ms - m.live.now_ms > i64::from(b)),
+    let version = d.version;
+    let slow = slow_bound.is_some_and(|b| m.response_ms - m.live.now_ms > i64::from(b));
+    let grpc = m.content_type.is_some_and(|t| {
+        t == "application/grpc"
+            || t.starts_with("application/grpc+")
+            || t.starts_with("application/grpc;")
+    });
+    let code_of = |v: &[u8]| -> usize {
+        let digits = !v.is_empty() && v.iter().all(u8::is_ascii_digit);
+        let n = std::str::from_utf8(v)
+            .ok()
+            .filter(|_| digits)
+            .and_then(|t| t.parse::<usize>().ok());
+        n.filter(|&c| c < GRPC_NAMES.len()).unwrap_or(2)
+    };
+    let want_outcome = counted.map(|&(_, _, codes)| {
+        let failed = |code: usize| (codes & 1 << code != 0).then_some(Failure::Grpc(code as u8));
+        match (grpc, &m.grpc_status) {
+            (true, Some(v)) => Verdict::Now(Outcome {
+                version,
+                failure: failed(code_of(v)),
+                slow,
+            }),
+            (true, None) => Verdict::AtTrailers(AwaitingTrailers { version, slow }),
+            (false, _) => Verdict::Now(Outcome {
+                version,
+                failure: m
+                    .status
+                    .is_some_and(|s| (500..600).contains(&s))
+                    .then_some(Failure::Http5xx),
+                slow,
+            }),
+        }
     });
     assert_eq!(outcome, want_outcome);
+    if let (Some(Verdict::AtTrailers(awaiting)), Some(&(_, _, codes))) = (outcome, counted) {
+        let (got, failure) = match &m.trailer_status {
+            Some(status) => (
+                filter::on_response_trailers(rollout, &awaiting, status.as_deref()),
+                status.as_deref().map_or(Some(Failure::NoGrpcStatus), |v| {
+                    let code = code_of(v);
+                    (codes & 1 << code != 0).then_some(Failure::Grpc(code as u8))
+                }),
+            ),
+            None => (
+                filter::on_stream_lost(&awaiting),
+                Some(Failure::NoGrpcStatus),
+            ),
+        };
+        assert_eq!(
+            got,
+            Outcome {
+                version,
+                failure,
+                slow
+            }
+        );
+    }
     d
 }
 
@@ -1489,7 +1617,7 @@ fn decide_requests() {
                 }
             }
             for (request, moment) in &case.requests {
-                let d = check_request(&case.spec, &rollout, request, *moment);
+                let d = check_request(&case.spec, &rollout, request, moment);
                 // Deterministic: the same request and entropy decide the same.
                 let again = decide(
                     &rollout,
@@ -1533,7 +1661,7 @@ enum Op {
         b: bool,
         t: u64,
         version: usize,
-        error: bool,
+        failure: Option<Failure>,
         slow: bool,
     },
     /// A takes in B's counts.
@@ -1580,7 +1708,10 @@ fn gen_window_case(rng: &mut Rng) -> WindowCase {
                     b: rng.one_in(3),
                     t,
                     version,
-                    error: rng.one_in(3),
+                    failure: rng.one_in(3).then(|| {
+                        let all: Vec<Failure> = Failure::all().collect();
+                        *rng.pick_ref(&all)
+                    }),
                     slow: rng.one_in(4),
                 }
             }
@@ -1595,7 +1726,7 @@ fn gen_window_case(rng: &mut Rng) -> WindowCase {
         0 => (0..rng.range(0, 600)).map(|_| rng.u64() as u8).collect(),
         _ => {
             let mut w = Window::new(shape_versions, window_ms);
-            w.record(t, rng.below(shape_versions), true, false);
+            w.record(t, rng.below(shape_versions), Some(Failure::Http5xx), false);
             let mut bytes = w.encode(rng.one_in(2).then(|| rng.below(300)));
             for _ in 0..rng.range(0, 3) {
                 let at = rng.below(bytes.len());
@@ -1614,6 +1745,7 @@ fn gen_window_case(rng: &mut Rng) -> WindowCase {
         max_error_rate: rate(rng),
         max_error_rate_above_stable: rate(rng),
         slow: rng.one_in(2).then(|| (100, rng.below(101) as f64 / 100.0)),
+        grpc_error_codes: config::DEFAULT_GRPC_ERROR_CODES,
     };
     WindowCase {
         versions,
@@ -1627,19 +1759,27 @@ fn gen_window_case(rng: &mut Rng) -> WindowCase {
 /// The window's meaning: the responses of the last `SLOTS` slots, the
 /// current one included.
 fn model_totals(
-    events: &[(u64, usize, bool, bool)],
+    events: &[(u64, usize, Option<Failure>, bool)],
     versions: usize,
     window_ms: u64,
     now: u64,
 ) -> Vec<Counts> {
     let slot = (window_ms / guard::SLOTS as u64).max(1);
     let mut totals = vec![Counts::default(); versions];
-    for &(t, v, error, slow) in events {
+    for &(t, v, failure, slow) in events {
         let age = (now / slot).checked_sub(t / slot);
         if v < versions && age.is_some_and(|a| a < guard::SLOTS as u64) {
             totals[v].requests += 1;
-            totals[v].errors += u32::from(error);
+            totals[v].errors += u32::from(failure.is_some());
             totals[v].slow += u32::from(slow);
+            // Which kinds failed: gRPC codes first, then no status, then HTTP.
+            let bit = match failure {
+                Some(Failure::Grpc(code)) => Some(u32::from(code)),
+                Some(Failure::NoGrpcStatus) => Some(17),
+                Some(Failure::Http5xx) => Some(18),
+                None => None,
+            };
+            totals[v].failures |= bit.map_or(0, |b| 1 << b);
         }
     }
     totals
@@ -1680,7 +1820,7 @@ fn guard_window() {
                     b: to_b,
                     t,
                     version,
-                    error,
+                    failure,
                     slow,
                 } => {
                     now = t;
@@ -1689,8 +1829,8 @@ fn guard_window() {
                     } else {
                         (&mut a, &mut in_a)
                     };
-                    w.record(t, version, error, slow);
-                    events.push((t, version, error, slow));
+                    w.record(t, version, failure, slow);
+                    events.push((t, version, failure, slow));
                 }
                 Op::Merge => {
                     a.merge(&b);
