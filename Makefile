@@ -53,11 +53,13 @@ run: build venv
 	@echo "canary-selector demo on http://localhost:10000 (admin on http://localhost:9901)"
 	@echo "  curl -si localhost:10000/v1/models/model:predict -d '{}' -H 'x-user-id: alice'"
 	@echo "  curl -si localhost:10000/v1/models/model:predict -d '{}' -H 'x-canary-tester: true'"
+	@echo "  $(VPY) envoy/grpc_models.py --infer user-27        # gRPC ModelInfer (KServe V2, Triton)"
 	@echo "  curl -s localhost:9901/stats/prometheus | grep canary_selector"
 	@echo "Edit envoy/plugin-config.json and save: the new config is applied live. Ctrl-C stops."
 	@echo
 	@$(VPY) envoy/ecds.py --watch & watcher=$$!; \
-	  trap 'kill $$watcher 2>/dev/null' EXIT; \
+	  $(VPY) envoy/grpc_models.py >/dev/null & models=$$!; \
+	  trap 'kill $$watcher $$models 2>/dev/null' EXIT; \
 	  $(ENVOY) -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart \
 	    -l warning --component-log-level wasm:info
 
@@ -140,7 +142,8 @@ $(ENVOY_MATRIX_DIR)/%.installed:
 # ---- end istio ----
 
 # ---- bench (performance) ----
-.PHONY: bench bench-micro bench-envoy bench-tools bench-prev
+.PHONY: bench bench-micro bench-envoy bench-grpc bench-tools bench-prev
+comma := ,
 
 # The module `make bench` compares the current one with: the one the commit
 # PREV_REV ships, built by that commit's own `make build` (empty: none). The
@@ -165,6 +168,12 @@ bench-micro:
 bench-envoy: build venv bench-tools $(PREV_WASM) $(ALLOCS_WASM)
 	CANARY_WASM_PREV=$(PREV_WASM) CANARY_WASM_ALLOCS=$(ALLOCS_WASM) $(VPY) tests/bench/bench.py
 
+## bench-grpc: the Envoy comparison with gRPC calls (h2load, KServe V2 ModelInfer to
+## envoy/grpc_models.py) and a guard judging every call; PREV_REV as for bench
+bench-grpc: build venv bench-tools $(PREV_WASM)
+	BENCH_PROTOCOL=grpc BENCH_GUARD=1 CANARY_WASM_PREV=$(PREV_WASM) \
+	  VARIANTS=none,canary-selector$(if $(PREV_WASM),$(comma)canary-selector-prev) $(VPY) tests/bench/bench.py
+
 ## bench-prev: the module at PREV_REV (target/bench/prev-<rev>.wasm)
 bench-prev: $(PREV_WASM)
 target/bench/prev-%.wasm:
@@ -181,11 +190,11 @@ $(ALLOCS_WASM): build
 	$(CARGO) run --quiet --features prune --bin prune-exports -- \
 	  target/alloc-stats/$(TARGET)/release/canary_selector.wasm $@ $(WASM_EXPORTS)
 
-## bench-tools: the load generator (wrk, Debian package)
+## bench-tools: the load generators (wrk; h2load from nghttp2-client; Debian packages)
 bench-tools:
-	@command -v wrk >/dev/null || { \
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	  apt-get update -qq && apt-get install -y -qq wrk nghttp2-client >/dev/null; }
 # ---- end bench ----
 
 # ---- reliability (fuzz, soak) ----

@@ -392,10 +392,10 @@ impl Plugin {
                 let name = |i: usize| versions.get(i).map_or("?", |v| v.name.as_str());
                 let failed = match describe_failures(t.counts.failures) {
                     kinds if kinds.is_empty() => kinds,
-                    kinds => format!(" ({kinds})"),
+                    kinds => format!("; {kinds}"),
                 };
                 warn!(
-                    "guard tripped: {} {} over the last {}s: {} of {} responses failed{} (rate {}), {} slow; \
+                    "guard tripped: {} {} over the last {}s: {} of {} responses failed (rate {}{}), {} slow; \
                      stable {}: {} of {} failed (rate {}). Every request no rule pins now goes to {} \
                      until a new config is pushed",
                     name(t.version),
@@ -403,8 +403,8 @@ impl Plugin {
                     config.window_ms / 1000,
                     t.counts.errors,
                     t.counts.requests,
-                    failed,
                     decimal(t.counts.error_rate()),
+                    failed,
                     t.counts.slow,
                     name(0),
                     t.stable.errors,

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import resource
 import socket
 import statistics
@@ -85,6 +86,15 @@ PLUGIN_CONFIG = {
         }
     ],
 }
+# BENCH_GUARD=1 adds a guard, so every response is judged (for gRPC, by its
+# grpc-status in the trailers).
+if os.environ.get("BENCH_GUARD") == "1":
+    PLUGIN_CONFIG["guard"] = {"windowSeconds": 60, "minRequests": 1000, "maxErrorRate": 0.5}
+# BENCH_PROTOCOL=grpc: the load is KServe V2 / Triton ModelInfer calls
+# (h2load, HTTP/2, one user id), to envoy/grpc_models.py's servers behind
+# Envoy, instead of wrk's HTTP/1.1 requests to direct responses.
+PROTOCOL = os.environ.get("BENCH_PROTOCOL", "http")
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
 # BENCH_EXTRA_RULES=K puts K more rules first, each on a header of its own
 # that no request carries: every request then reads K + 2 headers (how the
 # cost of reading headers grows with a config's rules).
@@ -265,6 +275,8 @@ class Envoy:
         router = hcm["http_filters"][-1]
         extra = self.variant.http_filter(self.workdir)
         hcm["http_filters"] = ([extra] if extra else []) + [router]
+        if PROTOCOL == "grpc":
+            grpc_routes(cfg, hcm)
         if "config_discovery" in (extra or {}):
             cfg["node"] = {"id": "bench", "cluster": "bench"}  # xDS needs a node identity
         (self.workdir / "envoy.yaml").write_text(yaml.safe_dump(cfg))
@@ -279,7 +291,10 @@ class Envoy:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.variant.name}: Envoy exited:\n{self.log.read_text()[-3000:]}")
             try:
-                if self.admin_get("/ready") == "LIVE\n" and self.request({"x-user-id": "warm"})[0] == 200:
+                # (gRPC mode: check_grpc_routing makes the first calls.)
+                if self.admin_get("/ready") == "LIVE\n" and (
+                    PROTOCOL == "grpc" or self.request({"x-user-id": "warm"})[0] == 200
+                ):
                     return self
             except OSError:
                 pass
@@ -342,6 +357,90 @@ def check_routing(envoy: Envoy) -> None:
                              f"expected {envoy.variant.expect(headers)}")
 
 
+# --- gRPC -------------------------------------------------------------------
+
+GRPC_PORTS = {"model-v1": 0, "model-v2": 0}  # set when the servers start
+
+
+def grpc_routes(cfg: dict, hcm: dict) -> None:
+    """Routes on x-canary-version to the gRPC model servers, as in
+    envoy/envoy.yaml, over HTTP/2 upstream."""
+    routes = [
+        {"match": {"prefix": "/", "headers": [{"name": "x-canary-version", "string_match": {"exact": v}}]},
+         "route": {"cluster": f"{v}-grpc"}}
+        for v in GRPC_PORTS
+    ] + [{"match": {"prefix": "/"}, "route": {"cluster": "model-v1-grpc"}}]
+    hcm["route_config"] = {"name": "model", "virtual_hosts": [{"name": "model", "domains": ["*"], "routes": routes}]}
+    http2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}
+    cfg["static_resources"]["clusters"] = [
+        {"name": f"{v}-grpc", "connect_timeout": "1s", "typed_extension_protocol_options": http2,
+         "load_assignment": {"cluster_name": f"{v}-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {
+             "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+        for v, port in GRPC_PORTS.items()
+    ]
+
+
+def start_grpc_models(cpu: int | None) -> subprocess.Popen:
+    """envoy/grpc_models.py's two servers, in a process on the load's CPU."""
+    for v in GRPC_PORTS:
+        GRPC_PORTS[v] = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "envoy/grpc_models.py"),
+         "--port-v1", str(GRPC_PORTS["model-v1"]), "--port-v2", str(GRPC_PORTS["model-v2"])],
+        stdout=subprocess.PIPE, text=True, preexec_fn=pin(cpu))
+    proc.stdout.readline()  # "grpc models: ..." once both listen
+    return proc
+
+
+def grpc_body() -> Path:
+    """One ModelInfer request as a gRPC message on the wire (uncompressed
+    flag, big-endian length, the protobuf), for h2load to send."""
+    sys.path.insert(0, str(ROOT / "envoy"))
+    import grpc_models
+
+    message = grpc_models.infer_request().SerializeToString()
+    path = OUT / "model-infer.bin"
+    path.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
+    return path
+
+
+def h2load(envoy: "Envoy", seconds: int, connections: int, cpu: int | None) -> dict:
+    """gRPC calls with h2load: `connections` HTTP/2 connections, one stream
+    at a time on each, as user-1 (model-v1 at 90/10)."""
+    out = subprocess.run(
+        ["h2load", "-c", str(connections), "-m", "1", "-D", str(seconds), "-d", str(grpc_body()),
+         "-H", "content-type: application/grpc", "-H", "te: trailers",
+         "-H", "x-user-id: user-1", "-H", "x-canary-version: model-v1",
+         f"http://127.0.0.1:{envoy.port}{GRPC_PATH}"],
+        capture_output=True, text=True, preexec_fn=pin(cpu), check=True,
+    )
+    text = out.stdout
+    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", text).group(1))
+    failed = re.search(r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text).group(1)
+    mean_us = float(mean[:-2]) * 1000 if mean.endswith("ms") else float(mean[:-2])
+    errors = sum(int(x) for x in failed.groups())
+    return {"requests": done, "duration_us": seconds * 1_000_000, "p50_us": mean_us, "p99_us": float("nan"),
+            "errors": {"h2load": errors, "status": 0}}
+
+
+def check_grpc_routing(envoy: "Envoy") -> None:
+    import grpc
+    sys.path.insert(0, str(ROOT / "envoy"))
+    import grpc_models
+    from tritonclient.grpc import service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for n in range(1, 101):
+            headers = {"x-user-id": f"user-{n}", "x-canary-version": "model-v1" if n % 2 else "model-v2"}
+            response = stub.ModelInfer(grpc_models.infer_request(), metadata=list(headers.items()), timeout=5)
+            if response.model_version != envoy.variant.expect(headers):
+                raise SystemExit(f"{envoy.variant.name}: gRPC {headers} -> {response.model_version}")
+
+
 # --- load -------------------------------------------------------------------
 
 
@@ -392,32 +491,47 @@ def uncounted(envoy: Envoy, completed: int, slack: int) -> int:
         time.sleep(0.2)
 
 
+GRPC_MODELS: subprocess.Popen | None = None  # the gRPC model servers, in grpc mode
+
+
+def process_cpu(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def load(envoy: Envoy, seconds: int, connections: int, cpu: int | None) -> dict:
+    return (h2load if PROTOCOL == "grpc" else wrk)(envoy, seconds, connections, cpu)
+
+
 def measure(envoy: Envoy, seconds: int, connections: int, cpu: int | None) -> dict:
     rq = r"^http\.ingress\.downstream_rq_(completed|2xx)$"
     before = envoy.counters(rq)
     wrk0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    models0 = process_cpu(GRPC_MODELS.pid) if GRPC_MODELS else 0.0
     busy0, cpu0, t0 = busy_ticks(), envoy.cpu_seconds(), time.monotonic()
-    load = wrk(envoy, seconds, connections, cpu)
-    time.sleep(0.1)  # let Envoy finish the streams wrk left behind
+    load_ = load(envoy, seconds, connections, cpu)
+    time.sleep(0.1)  # let Envoy finish the streams the load left behind
     busy1, cpu1, t1 = busy_ticks(), envoy.cpu_seconds(), time.monotonic()
+    models1 = process_cpu(GRPC_MODELS.pid) if GRPC_MODELS else 0.0
     wrk1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = envoy.counters(rq)
     completed = after["http.ingress.downstream_rq_completed"] - before["http.ingress.downstream_rq_completed"]
     ok = after["http.ingress.downstream_rq_2xx"] - before["http.ingress.downstream_rq_2xx"]
-    wrk_cpu = (wrk1.ru_utime + wrk1.ru_stime) - (wrk0.ru_utime + wrk0.ru_stime)
+    wrk_cpu = (wrk1.ru_utime + wrk1.ru_stime) - (wrk0.ru_utime + wrk0.ru_stime) + (models1 - models0)
     # CPU used by anything but this Envoy and wrk (other work on the machine).
     other = (busy1 - busy0) / os.sysconf("SC_CLK_TCK") - (cpu1 - cpu0) - wrk_cpu
     return {
         "cpu_us_per_req": (cpu1 - cpu0) * 1e6 / max(completed, 1),
-        "rps": load["requests"] / (load["duration_us"] / 1e6),
-        "p50_us": load["p50_us"],
-        "p99_us": load["p99_us"],
+        "rps": load_["requests"] / (load_["duration_us"] / 1e6),
+        "p50_us": load_["p50_us"],
+        "p99_us": load_["p99_us"],
         "rss_mib": envoy.rss_mib(),
         "envoy_cores": (cpu1 - cpu0) / (t1 - t0),
         "other_cores": max(other, 0.0) / (t1 - t0),
         "completed": completed,
         "non_2xx": completed - ok,
-        "socket_errors": sum(v for k, v in load["errors"].items() if k != "status"),
+        "socket_errors": sum(v for k, v in load_["errors"].items() if k != "status"),
     }
 
 
@@ -496,12 +610,16 @@ def main() -> int:
     envoys: dict[str, Envoy] = {}
     disturbed = 0
     runs: dict[str, list[dict]] = {n: [] for n in names}
+    global GRPC_MODELS
+    if PROTOCOL == "grpc":
+        GRPC_MODELS = start_grpc_models(load_cpu)
+        print(f"gRPC: h2load to envoy/grpc_models.py's servers on {GRPC_PORTS}", flush=True)
     try:
         for n in names:
             envoys[n] = Envoy(VARIANTS[n], envoy_cpu).start()
-            check_routing(envoys[n])
+            (check_grpc_routing if PROTOCOL == "grpc" else check_routing)(envoys[n])
             print(f"  {n:28} {VARIANTS[n].what}", flush=True)
-            wrk(envoys[n], 3, connections, load_cpu)  # JIT tiers (V8, LuaJIT) warm up
+            load(envoys[n], 3, connections, load_cpu)  # JIT tiers (V8, LuaJIT) warm up
         print("routing checked: every variant sends each request where it should", flush=True)
         for r in range(rounds):
             for n in names:
@@ -512,7 +630,7 @@ def main() -> int:
                     if QUIET_WAIT > 0 and wait_quiet(list(envoys.values()), QUIET_WAIT) > 1.5:
                         print("  (waited for other processes to leave the CPUs)", flush=True)
                     if warmup > 0:
-                        wrk(envoys[n], warmup, connections, load_cpu)
+                        load(envoys[n], warmup, connections, load_cpu)
                     m = measure(envoys[n], seconds, connections, load_cpu)
                     busy = m["other_cores"] > QUIET
                     print(f"  round {r + 1}/{rounds} {n:28} {m['cpu_us_per_req']:6.1f} µs/req "
@@ -530,11 +648,16 @@ def main() -> int:
     finally:
         for e in envoys.values():
             e.stop()
+        if GRPC_MODELS:
+            GRPC_MODELS.terminate()
+            GRPC_MODELS.wait()
 
     summary = {n: {k: statistics.median(run[k] for run in runs[n]) for k in runs[n][0]} for n in names}
     sizes = {n: p.stat().st_size for n in names if (p := VARIANTS[n].module()) is not None and p.exists()}
     result = {"machine": machine(), "settings": {"rounds": rounds, "duration_s": seconds,
-              "connections": connections, "warmup_s": warmup}, "runs": runs, "summary": summary,
+              "connections": connections, "warmup_s": warmup, "protocol": PROTOCOL,
+              "guard": "guard" in PLUGIN_CONFIG, "extra_rules": len(PLUGIN_CONFIG["rules"]) - 1},
+              "runs": runs, "summary": summary,
               "module_bytes": sizes}
 
     print()
@@ -604,8 +727,12 @@ def main() -> int:
             f"{k} {v:.2f}" for k, v in result["allocations_per_request"].items()))
     failures = [f"{n} round {i + 1}: {m['non_2xx']} non-2xx, {m['socket_errors']} socket errors"
                 for n in names for i, m in enumerate(runs[n]) if m["non_2xx"] or m["socket_errors"]]
+    # h2load stops at its duration with streams in flight: Envoy counts them
+    # as reset, not completed, after the filter counted them; up to one per
+    # connection for each load run (the warm-up and every round).
+    slack = connections * (rounds + 2) if PROTOCOL == "grpc" else connections
     failures += [f"{n}: {k} requests served that the filter's counters do not show"
-                 for n, k in missed.items() if abs(k) > connections]
+                 for n, k in missed.items() if abs(k) > slack]
     result["uncounted"] = missed
     total = sum(m["completed"] for n in names for m in runs[n])
     print(f"responses: {total:,}, non-2xx or errors: {'none' if not failures else len(failures)} "

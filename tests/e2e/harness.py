@@ -139,7 +139,10 @@ class Envoy:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ecds_dir = self.workdir / "ecds"
         self.ecds_path = self.ecds_dir / "canary-selector.json"
-        self.ports = {name: free_port() for name in ("admin", "ingress", "model-v1", "model-v2")}
+        self.ports = {
+            name: free_port()
+            for name in ("admin", "ingress", "model-v1", "model-v2", "model-v1-grpc", "model-v2-grpc")
+        }
         config_path = self.workdir / "envoy.yaml"
         config_path.write_text(yaml.safe_dump(self._bootstrap()))
         if self.initial_resource is None:
