@@ -142,7 +142,7 @@ $(ENVOY_MATRIX_DIR)/%.installed:
 # ---- end istio ----
 
 # ---- bench (performance) ----
-.PHONY: bench bench-micro bench-envoy bench-grpc bench-tools bench-prev
+.PHONY: bench bench-micro bench-envoy bench-grpc bench-memory bench-tools bench-prev
 comma := ,
 
 # The module `make bench` compares the current one with: the one the commit
@@ -158,7 +158,7 @@ ALLOCS_WASM := target/bench/canary-selector-alloc-stats.wasm
 ## module's allocations per request (BENCHMARKS.md). Env: ROUNDS, DURATION,
 ## CONNECTIONS, WARMUP, VARIANTS (tests/bench/bench.py lists them),
 ## PREV_REV (a commit, or empty), CANARY_WASM_EXTRA=name=path,... (more builds).
-bench: bench-micro bench-envoy
+bench: bench-micro bench-envoy bench-memory
 
 ## bench-micro: ns per decision and allocations, natively (tests/bench/decision.rs)
 bench-micro:
@@ -173,6 +173,21 @@ bench-envoy: build venv bench-tools $(PREV_WASM) $(ALLOCS_WASM)
 bench-grpc: build venv bench-tools $(PREV_WASM)
 	BENCH_PROTOCOL=grpc BENCH_GUARD=1 CANARY_WASM_PREV=$(PREV_WASM) \
 	  VARIANTS=none,canary-selector$(if $(PREV_WASM),$(comma)canary-selector-prev) $(VPY) tests/bench/bench.py
+
+## bench-memory: Envoy's RSS at 1, 2 and 8 workers with no filter, Lua, a minimal SDK filter
+## and canary-selector (demo config, and a config at the limits), warm and after 1M requests
+bench-memory: build venv bench-tools $(SDK_FLOOR_WASM)
+	$(VPY) tests/bench/memory.py
+
+# The floor reference of the memory figures (tests/bench/sdk_floor/main.rs).
+SDK_FLOOR_WASM := target/bench/sdk-floor.wasm
+SDK_FLOOR_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
+  proxy_on_context_create proxy_on_delete proxy_on_request_headers
+$(SDK_FLOOR_WASM): tests/bench/sdk_floor/main.rs Cargo.toml
+	@mkdir -p target/bench
+	$(CARGO) build --release --target $(TARGET) --example sdk-floor
+	$(CARGO) run --quiet --features prune --bin prune-exports -- \
+	  target/$(TARGET)/release/examples/sdk_floor.wasm $@ $(SDK_FLOOR_EXPORTS)
 
 ## bench-prev: the module at PREV_REV (target/bench/prev-<rev>.wasm)
 bench-prev: $(PREV_WASM)

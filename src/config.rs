@@ -563,6 +563,12 @@ impl Rollout {
 
 // ---------------------------------------------------------------------------
 // Validation: one validator per section of the contract.
+//
+// Each validator stays a function of its own (`#[inline(never)]`): Envoy's
+// V8 compiles every function of the module with TurboFan when it loads it,
+// and the memory that takes grows faster than the function, so one 14 KB
+// function inlining them all cost about 3 MiB more of every proxy's memory
+// than these (BENCHMARKS.md, "Memory").
 // ---------------------------------------------------------------------------
 
 fn validate(raw: RawConfig) -> Result<Rollout, ConfigError> {
@@ -729,6 +735,7 @@ struct WrittenHeaders {
     reason: Option<String>,
 }
 
+#[inline(never)]
 fn validate_written_headers(
     routing: Option<&str>,
     response: Option<String>,
@@ -759,6 +766,7 @@ fn validate_written_headers(
 // --- versions ----------------------------------------------------------------
 
 /// The versions and their slice thresholds.
+#[inline(never)]
 fn validate_versions(
     raw: Option<Vec<Object<RawVersion>>>,
 ) -> Result<(Vec<Version>, Vec<u64>), ConfigError> {
@@ -887,6 +895,7 @@ struct Stickiness {
     anonymous_cookie: Option<AnonymousCookie>,
 }
 
+#[inline(never)]
 fn validate_stickiness(
     st: RawStickiness,
     versions: &[Version],
@@ -975,6 +984,7 @@ fn validate_stickiness(
 
 // --- rules -------------------------------------------------------------------
 
+#[inline(never)]
 fn validate_rules(
     raw: Vec<Object<RawRule>>,
     versions: &[Version],
@@ -1064,6 +1074,7 @@ fn validate_rules(
 }
 
 /// One condition's match; `regexes` counts the config's regex conditions.
+#[inline(never)]
 fn string_match(
     field: &str,
     raw: &RawStringMatch,
@@ -1136,6 +1147,7 @@ fn rate(field: &str, v: Option<Number>) -> Result<Option<f64>, ConfigError> {
     }
 }
 
+#[inline(never)]
 fn validate_guard(g: RawGuard, n_versions: usize) -> Result<Guard, ConfigError> {
     if n_versions < 2 {
         return err(
@@ -1217,6 +1229,7 @@ pub fn rfc3339_ms(text: &str) -> Option<i64> {
     i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000)).ok()
 }
 
+#[inline(never)]
 fn validate_schedule(
     s: RawSchedule,
     versions: &[Version],

@@ -260,6 +260,8 @@ def pin(cpu: int | None) -> Callable[[], None] | None:
 class Envoy:
     variant: Variant
     cpu: int | None
+    # Worker threads (each with its own Wasm VM); the CPU comparison runs one.
+    concurrency: int = 1
     workdir: Path = field(init=False)
     proc: subprocess.Popen | None = None
 
@@ -282,7 +284,7 @@ class Envoy:
         (self.workdir / "envoy.yaml").write_text(yaml.safe_dump(cfg))
         self.log = self.workdir / "envoy.log"
         self.proc = subprocess.Popen(
-            [str(ENVOY), "-c", str(self.workdir / "envoy.yaml"), "--concurrency", "1",
+            [str(ENVOY), "-c", str(self.workdir / "envoy.yaml"), "--concurrency", str(self.concurrency),
              "--disable-hot-restart", "-l", "warning", "--log-path", str(self.log)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=pin(self.cpu),
         )
