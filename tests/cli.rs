@@ -558,14 +558,14 @@ fn diff_says_a_new_salt_reshuffles_and_lists_rule_changes() {
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert_eq!(
         r.stdout,
-        "salt changed (\"model-v1\" -> \"rollout-2\"): every user is drawn again; the shares below are those of independent draws\n\
+        "every user is drawn again (salt \"model-v1\" -> \"rollout-2\"): the shares below are those of independent draws\n\
          model-v1 -> model-v2: 9% of users\n\
          model-v2 -> model-v1: 9% of users\n\
          stay: model-v1 81%, model-v2 1%\n\
          rule added: qa-accounts -> model-v2 (its share of traffic is not knowable)\n\
          rule removed: old-qa (its share of traffic is not knowable)\n\
          rule changed: testers (version model-v2 -> model-v1, match, position 0 -> 1) (its share of traffic is not knowable)\n\
-         salt changed: users are drawn again, so the ramp guarantee does not carry across this change\n"
+         salt changed: the ramp guarantee does not carry across this change\n"
     );
     // A config the filter rejects is a finding, named with its file.
     let bad = file("bad.json", weights(90.0, 20.0));

@@ -176,7 +176,7 @@ fn listed(moves: &[Move]) -> String {
 
 fn verdict(r: &DiffReport, old: &Rollout) -> String {
     if r.salt_changed {
-        return "salt changed: users are drawn again, so the ramp guarantee does not carry across this change".into();
+        return "salt changed: the ramp guarantee does not carry across this change".into();
     }
     match (r.backward.is_empty(), r.allow_backward) {
         (true, _) => format!(
@@ -287,7 +287,7 @@ impl Report for DiffReport {
         let mut out = String::new();
         if self.salt_changed {
             out.push_str(&format!(
-                "salt changed ({:?} -> {:?}): every user is drawn again; the shares below are those of independent draws\n",
+                "every user is drawn again (salt {:?} -> {:?}): the shares below are those of independent draws\n",
                 self.old.salt.as_deref().unwrap_or_default(),
                 self.new.salt.as_deref().unwrap_or_default()
             ));

@@ -209,10 +209,12 @@ fn io_reason(e: &std::io::Error) -> String {
 }
 
 fn parse(file: &str, text: &str, inputs: &mut Inputs) -> Result<(), Fatal> {
+    let mut json_error = None;
     if text.trim_start().starts_with('{') {
         match serde_json::from_str::<Value>(text) {
+            Ok(doc) if is_object(&doc) => return collect(file, doc, inputs),
             // A plugin config goes to the filter as written, byte for byte.
-            Ok(doc) if !is_object(&doc) => {
+            Ok(_) => {
                 inputs.plugins.push(PluginConfig {
                     file: file.into(),
                     resource: None,
@@ -220,22 +222,19 @@ fn parse(file: &str, text: &str, inputs: &mut Inputs) -> Result<(), Fatal> {
                 });
                 return Ok(());
             }
-            Ok(doc) => return collect(file, doc, inputs),
             // Not JSON; it may still be YAML in flow style.
-            Err(json_error) => {
-                if serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options()).is_err()
-                {
-                    return Err(Fatal(format!("{file}: not JSON: {json_error}")));
-                }
-            }
+            Err(e) => json_error = Some(e),
         }
     }
     let docs =
         serde_saphyr::from_multiple_with_options::<Value>(text, yaml_options()).map_err(|e| {
-            Fatal(format!(
-                "{file}: cannot be read as YAML: {}",
-                one_line(&e.to_string())
-            ))
+            Fatal(match &json_error {
+                Some(json_error) => format!("{file}: not JSON: {json_error}"),
+                None => format!(
+                    "{file}: cannot be read as YAML: {}",
+                    one_line(&e.to_string())
+                ),
+            })
         })?;
     for doc in docs {
         collect(file, doc, inputs)?;
