@@ -232,12 +232,19 @@ fn wire(
         .as_ref()
         .and_then(|r| r.namespace.as_deref())
         .unwrap_or("default");
-    let on_header: Vec<(&Manifest, Vec<Route>)> = services
+    let defined = subsets_defined(rules, plugin_ns);
+    let wirings: Vec<Wiring> = services
         .iter()
         .map(|vs| (*vs, routes(vs, header)))
         .filter(|(_, routes)| routes.iter().any(|r| r.on_header))
+        .map(|(vs, routes)| {
+            let mut wiring = wire_service(rollout, &routes, namespace_of(vs, plugin_ns), &defined);
+            wiring.virtual_service = Some(format!("{}: {}", vs.file, vs.resource));
+            wiring.plugin = plugin.origin();
+            wiring
+        })
         .collect();
-    if on_header.is_empty() {
+    if wirings.is_empty() {
         return vec![Wiring {
             plugin: plugin.origin(),
             virtual_service: None,
@@ -248,102 +255,136 @@ fn wire(
             )],
         }];
     }
-    on_header
-        .into_iter()
-        .map(|(vs, routes)| {
-            let ns = namespace_of(vs, plugin_ns);
-            // (fqdn host, subset) pairs the DestinationRules define.
-            let defined: Vec<(String, String)> = rules
-                .iter()
-                .flat_map(|dr| {
-                    let host = fqdn(
-                        dr.doc.pointer("/spec/host").and_then(Value::as_str).unwrap_or_default(),
-                        namespace_of(dr, plugin_ns),
-                    );
-                    dr.doc
-                        .pointer("/spec/subsets")
-                        .and_then(Value::as_array)
-                        .map_or(&[][..], Vec::as_slice)
-                        .iter()
-                        .filter_map(|s| s.get("name").and_then(Value::as_str))
-                        .map(move |name| (host.clone(), name.to_string()))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            let mut problems = Vec::new();
-            // The one subset a route sends to, checked against the rules.
-            let subset_of = |problems: &mut Vec<String>, what: &str, route: &Route| -> Option<String> {
-                let [(host, subset)] = route.destinations.as_slice() else {
-                    problems.push(format!(
-                        "{what} (route {}) has {} destinations; it needs exactly one",
-                        route.name,
-                        route.destinations.len()
-                    ));
-                    return None;
-                };
-                let Some(subset) = subset else {
-                    problems.push(format!("{what} (route {}) names no subset", route.name));
-                    return None;
-                };
-                let host = fqdn(host, ns);
-                if !defined.iter().any(|(h, s)| *h == host && s == subset) {
-                    problems.push(format!(
-                        "{what} (route {}) goes to subset {subset}, which no DestinationRule for {host} defines",
-                        route.name
-                    ));
+    wirings
+}
+
+/// (fully qualified host, subset name) for every subset of the
+/// DestinationRules.
+fn subsets_defined(rules: &[&Manifest], fallback_ns: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for dr in rules {
+        let host = dr.doc.pointer("/spec/host").and_then(Value::as_str);
+        let host = fqdn(host.unwrap_or_default(), namespace_of(dr, fallback_ns));
+        let subsets = dr.doc.pointer("/spec/subsets").and_then(Value::as_array);
+        for subset in subsets.map_or(&[][..], Vec::as_slice) {
+            if let Some(name) = subset.get("name").and_then(Value::as_str) {
+                out.push((host.clone(), name.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// The one subset `route` sends to; what is wrong with it goes to `problems`.
+fn route_subset(
+    what: &str,
+    route: &Route,
+    namespace: &str,
+    defined: &[(String, String)],
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    let [(host, subset)] = route.destinations.as_slice() else {
+        problems.push(format!(
+            "{what} (route {}) has {} destinations; it needs exactly one",
+            route.name,
+            route.destinations.len()
+        ));
+        return None;
+    };
+    let Some(subset) = subset else {
+        problems.push(format!("{what} (route {}) names no subset", route.name));
+        return None;
+    };
+    let host = fqdn(host, namespace);
+    if !defined.iter().any(|(h, s)| *h == host && s == subset) {
+        problems.push(format!(
+            "{what} (route {}) goes to subset {subset}, which no DestinationRule for {host} defines",
+            route.name
+        ));
+    }
+    Some(subset.clone())
+}
+
+/// The wiring of one VirtualService that routes on the plugin's header (the
+/// caller names the two).
+fn wire_service(
+    rollout: &Rollout,
+    routes: &[Route],
+    namespace: &str,
+    defined: &[(String, String)],
+) -> Wiring {
+    let header = rollout.routing_header.as_str();
+    let mut problems = Vec::new();
+    let mut routed: Vec<(String, String)> = Vec::new();
+    for version in &rollout.versions {
+        let name = version.name.as_str();
+        let found: Vec<&Route> = routes
+            .iter()
+            .filter(|r| r.header_values.iter().any(|v| v == name))
+            .collect();
+        match found.as_slice() {
+            [] => problems.push(format!(
+                "version {name} has no route matching {header}: {name}"
+            )),
+            [route] => {
+                let what = format!("version {name}");
+                if let Some(subset) = route_subset(&what, route, namespace, defined, &mut problems)
+                {
+                    routed.push((name.to_string(), subset));
                 }
-                Some(subset.clone())
-            };
-            let mut routed: Vec<(String, String)> = Vec::new();
-            for version in &rollout.versions {
-                let name = version.name.as_str();
-                let found: Vec<&Route> = routes
-                    .iter()
-                    .filter(|r| r.header_values.iter().any(|v| v == name))
-                    .collect();
-                match found.as_slice() {
-                    [] => problems.push(format!(
-                        "version {name} has no route matching {header}: {name}"
-                    )),
-                    [route] => {
-                        if let Some(subset) = subset_of(&mut problems, &format!("version {name}"), route) {
-                            routed.push((name.to_string(), subset));
-                        }
-                    }
-                    more => problems.push(format!(
-                        "version {name} has {} routes matching {header}: {name} ({})",
-                        more.len(),
-                        more.iter().map(|r| r.name.as_str()).collect::<Vec<_>>().join(", ")
-                    )),
-                }
             }
-            for (i, (version, subset)) in routed.iter().enumerate() {
-                if let Some((other, _)) = routed.iter().take(i).find(|(_, s)| s == subset) {
-                    problems.push(format!(
-                        "versions {other} and {version} both route to subset {subset}"
-                    ));
-                }
+            more => {
+                let names: Vec<&str> = more.iter().map(|r| r.name.as_str()).collect();
+                problems.push(format!(
+                    "version {name} has {} routes matching {header}: {name} ({})",
+                    more.len(),
+                    names.join(", ")
+                ));
             }
-            let default = routes.iter().find(|r| !r.has_match);
-            let default_subset = default.and_then(|r| subset_of(&mut problems, "the default route", r));
-            let stable = rollout.versions.first().map(|v| v.name.as_str()).unwrap_or_default();
-            let stable_subset = routed.iter().find(|(v, _)| v == stable).map(|(_, s)| s);
-            match (&default_subset, stable_subset) {
-                _ if default.is_none() => problems.push(
-                    "no default route (one without a match): a request the filter never touched matches no route".into(),
-                ),
-                (Some(d), Some(s)) if d != s => problems.push(format!(
-                    "the default route goes to subset {d}, not to the stable version {stable}'s subset {s}"
-                )),
-                _ => {}
-            }
-            Wiring {
-                plugin: plugin.origin(),
-                virtual_service: Some(format!("{}: {}", vs.file, vs.resource)),
-                routes: routed,
-                default_subset,
-                problems,
-            }
-        })
-        .collect()
+        }
+    }
+    for (i, (version, subset)) in routed.iter().enumerate() {
+        if let Some((other, _)) = routed.iter().take(i).find(|(_, s)| s == subset) {
+            problems.push(format!(
+                "versions {other} and {version} both route to subset {subset}"
+            ));
+        }
+    }
+    // The first route without a match catches everything after the others.
+    let default_subset = match routes.iter().find(|r| !r.has_match) {
+        Some(route) => route_subset(
+            "the default route",
+            route,
+            namespace,
+            defined,
+            &mut problems,
+        ),
+        None => {
+            problems.push(
+                "no default route (one without a match): a request the filter never touched matches no route"
+                    .into(),
+            );
+            None
+        }
+    };
+    let stable = rollout
+        .versions
+        .first()
+        .map(|v| v.name.as_str())
+        .unwrap_or_default();
+    let stable_subset = routed.iter().find(|(v, _)| v == stable).map(|(_, s)| s);
+    if let (Some(d), Some(s)) = (&default_subset, stable_subset) {
+        if d != s {
+            problems.push(format!(
+                "the default route goes to subset {d}, not to the stable version {stable}'s subset {s}"
+            ));
+        }
+    }
+    Wiring {
+        plugin: String::new(),
+        virtual_service: None,
+        routes: routed,
+        default_subset,
+        problems,
+    }
 }
