@@ -126,7 +126,7 @@ pub fn source_name(rollout: &Rollout, source: &Source) -> String {
 }
 
 /// The weights the slices give at a moment, as percentages.
-pub fn shares(rollout: &Rollout, thresholds: &[u64]) -> Vec<(String, u64)> {
+fn shares(rollout: &Rollout, thresholds: &[u64]) -> Vec<(String, u64)> {
     rollout
         .versions
         .iter()
@@ -138,7 +138,7 @@ pub fn shares(rollout: &Rollout, thresholds: &[u64]) -> Vec<(String, u64)> {
         .collect()
 }
 
-pub fn live_step(rollout: &Rollout, at: &At) -> Option<usize> {
+fn live_step(rollout: &Rollout, at: &At) -> Option<usize> {
     rollout
         .schedule
         .as_ref()?

@@ -15,7 +15,7 @@ use crate::Fatal;
 
 /// Bigger files are refused before parsing. Kubernetes stores an object in at
 /// most 1.5 MiB (etcd's request limit), so no real manifest comes close.
-pub const MAX_FILE_BYTES: u64 = 4 << 20;
+const MAX_FILE_BYTES: u64 = 4 << 20;
 
 /// Bounds for the YAML reader, well above any manifest and far below what
 /// would make it slow or big: an alias bomb or a deeply nested document is
