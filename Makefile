@@ -25,7 +25,10 @@ WASM_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_alloc
   proxy_on_configure proxy_on_tick proxy_on_request_headers proxy_on_response_headers \
   proxy_on_response_trailers
 
-.PHONY: all build wasm-target venv run test lint unit e2e compose-check clean
+# The operator's CLI (src/bin/canary-selector/), native.
+CLI := target/release/canary-selector
+
+.PHONY: all build cli wasm-target venv run test lint unit e2e compose-check clean
 
 all: build
 
@@ -34,6 +37,11 @@ build: wasm-target
 	$(CARGO) build --release --target $(TARGET)
 	$(CARGO) run --quiet --features prune --bin prune-exports -- $(CARGO_WASM) $(WASM) $(WASM_EXPORTS)
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+
+## cli: the canary-selector CLI (check, explain, diff), target/release/canary-selector
+cli:
+	$(CARGO) build --release --features cli --bin canary-selector
+	@echo "built $(CLI)"
 
 ## wasm-target: the Rust target the module is built for (rustup)
 wasm-target:
@@ -69,15 +77,15 @@ test: lint unit e2e compose-check istio-test
 ## lint: rustfmt, clippy (natively and for wasm32), panics on the request path denied
 lint: wasm-target
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets --features prune -- -D warnings
+	$(CARGO) clippy --all-targets --features prune,cli -- -D warnings
 	$(CARGO) clippy --release --target $(TARGET) -- -D warnings
 
-## unit: native tests of the pure core
+## unit: native tests of the pure core and of the CLI
 unit:
-	$(CARGO) test
+	$(CARGO) test --features cli
 
 ## e2e: the built module in the real Envoy, real HTTP, configs pushed over ECDS
-e2e: build venv
+e2e: build cli venv
 	$(VPY) -m pytest -q tests/e2e
 
 ## compose-check: envoy/docker-compose.yaml is valid (no Docker engine needed)
@@ -121,11 +129,11 @@ push:
 
 ## istio-test: istio/ against Istio's and Kubernetes' schemas, its consistency, the Dockerfile, and the
 ##             real Envoy shaped like Istio's client sidecar running the README's rollout commands
-istio-test: build venv
+istio-test: build cli venv
 	$(VPY) -m pytest -q tests/istio
 
 ## test-matrix: the end-to-end suites (tests/e2e, the Envoy part of tests/istio) on every Envoy in ENVOY_MATRIX
-test-matrix: build venv $(foreach v,$(ENVOY_MATRIX),$(ENVOY_MATRIX_DIR)/$(v).installed)
+test-matrix: build cli venv $(foreach v,$(ENVOY_MATRIX),$(ENVOY_MATRIX_DIR)/$(v).installed)
 	@failed=""; for v in $(ENVOY_MATRIX); do \
 	  echo "== Envoy $$v"; \
 	  ENVOY_BIN=$(CURDIR)/$(ENVOY_MATRIX_DIR)/$${v%.*}/bin/envoy EXPECT_ENVOY_VERSION=$$v \

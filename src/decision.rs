@@ -78,11 +78,27 @@ impl AnonymousId {
     }
 }
 
+/// What a decision rested on, before the guard: the rule that matched, or
+/// the bucket and where its id came from. The filter only needs the version
+/// and the reason; `canary-selector explain` prints this, so that it shows
+/// the very path the filter took (a few words in a value returned by copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// `Rollout::rules[index]` matched.
+    Rule { index: usize },
+    /// The id read from `Rollout::user_ids[source]` is in `bucket`.
+    UserId { source: usize, bucket: u32 },
+    /// No user id: `bucket` is the bucket of the id generated for the
+    /// anonymous cookie ([`Decision::new_id`]), or else a random draw.
+    Anonymous { bucket: u32 },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     /// Index into [`Rollout::versions`].
     pub version: usize,
     pub reason: Reason,
+    pub basis: Basis,
     /// Set when the filter generated an id that must be sent back in the
     /// anonymous cookie.
     pub new_id: Option<AnonymousId>,
@@ -130,7 +146,7 @@ fn choose(
     rng: &mut impl Entropy,
     now_ms: i64,
 ) -> Decision {
-    for rule in &rollout.rules {
+    for (index, rule) in rollout.rules.iter().enumerate() {
         let holds = rule
             .conditions
             .iter()
@@ -139,22 +155,25 @@ fn choose(
             return Decision {
                 version: rule.version,
                 reason: Reason::Rule,
+                basis: Basis::Rule { index },
                 new_id: None,
             };
         }
     }
 
     let thresholds = rollout.thresholds_at(now_ms);
-    for source in &rollout.user_ids {
-        let Some(id) = read(rollout, req, source).map(trim) else {
+    for (source, from) in rollout.user_ids.iter().enumerate() {
+        let Some(id) = read(rollout, req, from).map(trim) else {
             continue;
         };
         if id.is_empty() {
             continue;
         }
+        let bucket = rollout.bucket_of(id);
         return Decision {
-            version: rollout.version_of_bucket_in(thresholds, rollout.bucket_of(id)),
+            version: rollout.version_of_bucket_in(thresholds, bucket),
             reason: Reason::Sticky,
+            basis: Basis::UserId { source, bucket },
             new_id: None,
         };
     }
@@ -164,15 +183,19 @@ fn choose(
         // any other id, so the split stays exact and later weight changes
         // move anonymous users exactly as they move known ones.
         let id = AnonymousId::generate(rng);
+        let bucket = rollout.bucket_of(id.as_bytes());
         return Decision {
-            version: rollout.version_of_bucket_in(thresholds, rollout.bucket_of(id.as_bytes())),
+            version: rollout.version_of_bucket_in(thresholds, bucket),
             reason: Reason::Anonymous,
+            basis: Basis::Anonymous { bucket },
             new_id: Some(id),
         };
     }
+    let bucket = (rng.next_u64() >> 32) as u32;
     Decision {
-        version: rollout.version_of_bucket_in(thresholds, (rng.next_u64() >> 32) as u32),
+        version: rollout.version_of_bucket_in(thresholds, bucket),
         reason: Reason::Anonymous,
+        basis: Basis::Anonymous { bucket },
         new_id: None,
     }
 }

@@ -35,6 +35,7 @@ import ecds  # noqa: E402  (envoy/ecds.py, shared with `make run`)
 ENVOY_YAML = ROOT / "envoy" / "envoy.yaml"
 WASM = Path(os.environ.get("CANARY_WASM", ROOT / "target/canary-selector.wasm"))
 ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv/bin/envoy"))
+CLI = Path(os.environ.get("CANARY_SELECTOR_CLI", ROOT / "target/release/canary-selector"))
 FILTER_NAME = ecds.DEFAULT_NAME
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}"
 
@@ -63,6 +64,15 @@ def expected_version(config: dict, user_id: str | bytes) -> str:
         acc += v["weight"]
         if b < math.floor(acc * 2**32 / 100) or i == last:
             return v["name"]
+
+
+def canary_selector(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run the canary-selector CLI (`make cli`) from the repository root."""
+    if not CLI.exists():
+        raise RuntimeError(f"CLI not found at {CLI}: run `make cli`")
+    return subprocess.run(
+        [str(CLI), *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
 
 
 # --- HTTP -------------------------------------------------------------------

@@ -330,15 +330,18 @@ class Cluster:
         except KeyError:
             raise LookupError(f'{kind.lower()}s "{name}" not found in namespace {namespace!r}') from None
 
-    def patch(self, kind: str, namespace: str, name: str, patch_type: str, patch: str) -> dict:
+    def patched(self, kind: str, namespace: str, name: str, patch_type: str, patch: str) -> dict:
+        """The object as the patch would leave it (`kubectl patch --dry-run=server -o yaml`)."""
         current = self.get(kind, namespace, name)
         body = json.loads(patch)
         if patch_type == "merge":
-            patched = merge_patch(current, body)
-        elif patch_type == "json":
-            patched = json_patch(current, body)
-        else:
-            raise ValueError(f"--type {patch_type}: a custom resource takes merge or json patches")
+            return merge_patch(current, body)
+        if patch_type == "json":
+            return json_patch(current, body)
+        raise ValueError(f"--type {patch_type}: a custom resource takes merge or json patches")
+
+    def patch(self, kind: str, namespace: str, name: str, patch_type: str, patch: str) -> dict:
+        patched = self.patched(kind, namespace, name, patch_type, patch)
         self.objects[(kind, namespace, name)] = patched
         return patched
 
@@ -652,7 +655,10 @@ class Step:
         return shlex.split(self.line)
 
 
-COMMANDS = ("kubectl", "make", "sha256sum", "docker", "curl")
+COMMANDS = ("kubectl", "make", "sha256sum", "docker", "curl", "canary-selector")
+# Commands that preview the next one (`canary-selector diff` before a patch):
+# the label above them belongs to the command they preview.
+PREVIEWS = ("canary-selector",)
 
 
 def readme_steps() -> list[Step]:
@@ -670,6 +676,8 @@ def readme_steps() -> list[Step]:
                 continue
             if line.startswith("#"):
                 label = line.lstrip("# ").strip()
+            elif line.split()[0] in PREVIEWS:
+                steps.append(Step(section, "", line))
             elif line.split()[0] in COMMANDS:
                 steps.append(Step(section, label, line))
                 label = ""

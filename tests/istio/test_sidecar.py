@@ -11,9 +11,10 @@ import shlex
 import subprocess
 
 import pytest
+import yaml
 
 import mesh
-from harness import ENVOY_BIN, expected_version
+from harness import ENVOY_BIN, canary_selector, expected_version
 
 USERS = [f"user-{i}" for i in range(400)]
 
@@ -239,8 +240,13 @@ class Readme:
     """Runs README commands against the simulated cluster and a real sidecar
     kept in step with it, checking everything they claim."""
 
-    def __init__(self, start_sidecar):
+    def __init__(self, start_sidecar, workdir):
         self.start_sidecar = start_sidecar
+        self.workdir = workdir
+        # The pluginConfig the last `canary-selector diff` line previewed,
+        # until the patch it previews pushes it.
+        self.previewed = None
+        self.previews = 0
         self.cluster = mesh.Cluster()
         self.envoy = None
         self.shape = None
@@ -249,8 +255,12 @@ class Readme:
         self.labels: list[str] = []
 
     def run(self, step: mesh.Step) -> None:
+        if step.argv[0] == "canary-selector":
+            return self.preview(step)
         if step.argv[0] != "kubectl":
             return  # make push: tests/istio/test_image.py
+        if "patch wasmplugin" in step.line:
+            assert self.previewed is not None, f"no `canary-selector diff` line previews {step.line}"
         changed = False
         for part in step.line.split(" && "):
             command, *pipes = part.split(" | ")
@@ -262,6 +272,38 @@ class Readme:
             if self.cluster.all("VirtualService"):  # past `kubectl apply -f istio/namespace.yaml`
                 assert mesh.inconsistencies(self.cluster) == [], step.line
                 self.sync(step)
+
+    def preview(self, step: mesh.Step) -> None:
+        """`canary-selector diff <(kubectl get ... -o yaml) <(kubectl patch ...
+        --dry-run=server -o yaml)`: the CLI on the plugin as it is and as the
+        patch would leave it. Its output must be the README's, its exit status
+        1 exactly when it reports a backward move, and the patch that follows
+        must push the config it previewed."""
+        docs = []
+
+        def kubectl_output(m: re.Match) -> str:
+            ns, args, _ = split_kubectl(shlex.split(m.group(1)))
+            assert flag(args, "-o") == "yaml", step.line
+            kind, name = mesh.kind_of(args[1]), args[2]
+            if args[0] == "patch":
+                assert "--dry-run=server" in args, step.line
+                doc = self.cluster.patched(kind, ns, name, flag(args, "--type"), flag(args, "-p"))
+            else:
+                assert args[0] == "get", step.line
+                doc = self.cluster.get(kind, ns, name)
+            docs.append(doc)
+            path = self.workdir / f"preview{self.previews}-{len(docs)}.yaml"
+            path.write_text(yaml.safe_dump(doc))
+            return str(path)
+
+        self.previews += 1
+        argv = shlex.split(re.sub(r"<\((kubectl [^)]*)\)", kubectl_output, step.line))
+        assert argv[1] == "diff" and len(docs) == 2, step.line
+        out = canary_selector(*argv[1:])
+        assert out.stdout.splitlines() == step.output, f"{step.line}\n{out.stdout}{out.stderr}"
+        backward = any(line.startswith("BACKWARD:") for line in step.output)
+        assert out.returncode == (1 if backward else 0), f"{step.line}\n{out.stderr}"
+        self.previewed = mesh.wasm_fields(docs[1])["pluginConfig"]
 
     def kubectl(self, argv: list[str], pipes: list[str], step: mesh.Step) -> bool:
         ns, args, rest = split_kubectl(argv)
@@ -295,6 +337,9 @@ class Readme:
             [sorted(k for k in self.cluster.objects), mesh.envoy_routes(self.cluster), plugin["kind"]], sort_keys=True
         )
         config = mesh.wasm_fields(plugin)["pluginConfig"]
+        if self.previewed is not None:
+            assert config == self.previewed, f"{step.line} pushes another config than its diff line previewed"
+            self.previewed = None
         # Every other push writes numbers as doubles (90.0), the rest as istiod does (90).
         numbers = ("jsonpb", "double")[self.pushes % 2]
         self.pushes += 1
@@ -348,11 +393,14 @@ class Readme:
             raise AssertionError(f"the test does not know this README command: {step.line}")
 
 
-def test_the_readme_rollout_runs_as_documented(start_sidecar):
+def test_the_readme_rollout_runs_as_documented(start_sidecar, tmp_path):
     steps = [s for s in mesh.readme_steps() if "TrafficExtension" not in s.section]
-    readme = Readme(start_sidecar)
+    readme = Readme(start_sidecar, tmp_path)
     for step in steps:
         readme.run(step)
+    # Every pluginConfig patch was previewed by the diff line above it.
+    patches = [s for s in steps if s.argv[0] == "kubectl" and "patch wasmplugin" in s.line]
+    assert readme.previews == len(patches) and readme.previewed is None
     # The issue's steps are all there, in this order.
     assert [label for label in readme.labels if label] == [
         "pin testers", "1%", "10%", "50%", "100%", "roll back", "promote"
@@ -361,11 +409,11 @@ def test_the_readme_rollout_runs_as_documented(start_sidecar):
     assert readme.cluster.one("VirtualService")["spec"]["http"][-1]["route"][0]["destination"]["subset"] == "v2"
 
 
-def test_the_readme_switch_to_trafficextension_runs_as_documented(start_sidecar):
+def test_the_readme_switch_to_trafficextension_runs_as_documented(start_sidecar, tmp_path):
     steps = mesh.readme_steps()
     switch = [s for s in steps if "TrafficExtension" in s.section]
     assert switch, "the README documents the TrafficExtension"
-    readme = Readme(start_sidecar)
+    readme = Readme(start_sidecar, tmp_path)
     for step in [s for s in steps if s.section == "Apply"] + switch:
         readme.run(step)
     assert readme.cluster.plugin()["kind"] == "TrafficExtension"

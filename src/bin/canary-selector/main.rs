@@ -1,0 +1,200 @@
+//! `canary-selector`: check, explain and diff a rollout before it reaches a
+//! sidecar, with the filter's own code: configs go through
+//! `Rollout::from_json` as Istio delivers them, requests through
+//! `decision::decide`, weight changes through the rollout's slice
+//! thresholds. Nothing here re-implements the filter.
+//!
+//! Exit status: 0 when everything is fine, 1 for a finding (a config the
+//! filter rejects, broken wiring, a user moving backwards), 2 for input that
+//! cannot be read (one line on stderr, never a panic).
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod check;
+mod diff;
+mod explain;
+mod input;
+
+#[derive(Parser)]
+#[command(
+    name = "canary-selector",
+    version,
+    about = "Check, explain and diff canary-selector rollouts with the filter's own code",
+    after_help = "Files may be plugin-config JSON or Kubernetes YAML (WasmPlugin, TrafficExtension); `-` reads stdin.\n\
+                  Exit status: 0 fine, 1 a finding (rejected config, broken wiring, a backward move), 2 unreadable input."
+)]
+struct Cli {
+    /// How to print the result
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Text, global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check every plugin config as the filter's on_configure would, and the
+    /// routes and subsets of any VirtualService and DestinationRule given
+    Check {
+        /// Plugin-config JSON, Kubernetes YAML, directories (read recursively), or `-`
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
+    /// The version a request gets, and why
+    Explain {
+        /// Plugin-config JSON or a YAML file with one WasmPlugin or TrafficExtension, or `-`
+        file: String,
+        /// A request header, `name: value` (repeatable)
+        #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// A cookie, `name=value` (repeatable)
+        #[arg(long = "cookie", value_name = "NAME=VALUE")]
+        cookies: Vec<String>,
+        /// Evaluate a schedule at this RFC 3339 time instead of now
+        #[arg(long, value_name = "RFC3339", value_parser = At::parse)]
+        at: Option<At>,
+    },
+    /// Who moves between versions when NEW replaces OLD
+    Diff {
+        /// The config in force (JSON or YAML, or `-`)
+        old: String,
+        /// The config to apply (JSON or YAML, or `-`)
+        new: String,
+        /// Evaluate schedules at this RFC 3339 time instead of now
+        #[arg(long, value_name = "RFC3339", value_parser = At::parse)]
+        at: Option<At>,
+        /// Exit 0 even if users move back to an earlier-listed version (a rollback)
+        #[arg(long)]
+        allow_backward: bool,
+    },
+}
+
+/// Input that cannot be used: one line for stderr, exit status 2.
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+/// A command's result.
+pub trait Report: serde::Serialize {
+    /// What a person reads.
+    fn text(&self) -> String;
+    /// Whether the command found a problem (exit status 1).
+    fn failed(&self) -> bool;
+}
+
+/// The moment a schedule is evaluated at.
+#[derive(Debug, Clone)]
+pub struct At {
+    /// As given; `None` for now.
+    pub text: Option<String>,
+    /// Unix ms, read the way the filter reads `schedule.start`.
+    pub ms: i64,
+}
+
+impl At {
+    fn parse(text: &str) -> Result<At, String> {
+        match canary_selector::config::rfc3339_ms(text) {
+            Some(ms) => Ok(At {
+                text: Some(text.into()),
+                ms,
+            }),
+            None => Err("not an RFC 3339 time such as 2026-12-01T09:00:00Z".into()),
+        }
+    }
+
+    fn now() -> At {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        At { text: None, ms }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let output = cli.output;
+    let result = match cli.command {
+        Command::Check { files } => check::run(&files).map(|r| emit(&r, output)),
+        Command::Explain {
+            file,
+            headers,
+            cookies,
+            at,
+        } => explain::run(&file, &headers, &cookies, at.unwrap_or_else(At::now))
+            .map(|r| emit(&r, output)),
+        Command::Diff {
+            old,
+            new,
+            at,
+            allow_backward,
+        } => diff::run(&old, &new, at.unwrap_or_else(At::now), allow_backward)
+            .map(|r| emit(&r, output)),
+    };
+    match result {
+        Ok(code) => code,
+        Err(Fatal(message)) => {
+            let _ = writeln!(std::io::stderr(), "canary-selector: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn emit(report: &impl Report, output: Output) -> ExitCode {
+    let text = match output {
+        Output::Text => report.text(),
+        Output::Json => serde_json::to_string_pretty(report).unwrap_or_default() + "\n",
+    };
+    // A closed pipe (`| head`) is not an error worth a panic.
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A share of the 2^32 buckets as a percentage, as the README writes them.
+pub fn percent(buckets: u64) -> String {
+    share_percent(buckets as f64 / BUCKETS)
+}
+
+/// A share (0 to 1) as a percentage with up to six decimals; a share too
+/// small to show is not written as 0.
+pub fn share_percent(share: f64) -> String {
+    let text = canary_selector::config::decimal(share * 100.0);
+    if text == "0" && share > 0.0 {
+        "<0.000001%".into()
+    } else {
+        text + "%"
+    }
+}
+
+pub const BUCKETS: f64 = 4_294_967_296.0;
+
+/// Version `i`'s slice of the buckets under `thresholds`: `[from, to)`.
+pub fn slice(thresholds: &[u64], i: usize) -> (u64, u64) {
+    let from = i
+        .checked_sub(1)
+        .and_then(|p| thresholds.get(p))
+        .copied()
+        .unwrap_or(0);
+    let to = thresholds.get(i).copied().unwrap_or(1 << 32);
+    (from, to.max(from))
+}

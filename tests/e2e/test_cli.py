@@ -1,0 +1,150 @@
+"""The canary-selector CLI against the filter in the real Envoy: `explain`
+names the version the Wasm filter picks for every user of random configs,
+and `diff`'s predicted shares are the shares measured by sending 10,000 users
+through Envoy before and after a push."""
+
+import json
+import math
+import os
+import random
+from collections import Counter
+
+from harness import canary_selector
+
+SEED = int(os.environ.get("CLI_PROPERTY_SEED", "20261201"))
+
+
+def random_config(rng: random.Random) -> dict:
+    """2 to 4 versions at random weights (zeros and fractions included), a
+    salt or the default, ids from a header then a cookie, maybe a rule."""
+    n = rng.randint(2, 4)
+    cuts = sorted(round(rng.uniform(0, 100), rng.choice([0, 1, 3])) for _ in range(n - 1))
+    bounds = [0.0, *cuts, 100.0]
+    weights = [round(b - a, 6) for a, b in zip(bounds, bounds[1:])]
+    weights[-1] = round(100 - sum(weights[:-1]), 6)
+    versions = [{"name": f"model-v{i + 1}", "weight": w} for i, w in enumerate(weights)]
+    config = {
+        "versions": versions,
+        "stickiness": {"userIdHeaders": ["x-user-id"], "userIdCookies": ["uid"]},
+    }
+    if rng.random() < 0.5:
+        config["stickiness"]["salt"] = f"salt-{rng.randrange(10**6)}"
+    if rng.random() < 0.5:
+        config["rules"] = [
+            {"name": "team", "match": {"headers": {"x-team": {"prefix": "qa-"}}}, "version": versions[-1]["name"]}
+        ]
+    return config
+
+
+def request_of(rng: random.Random, i: int) -> list[tuple[str, str]]:
+    user = f"{rng.choice(['user', 'u', 'acct'])}-{rng.randrange(10**9)}-{i}"
+    shape = rng.random()
+    if shape < 0.6:
+        headers = [("x-user-id", user)]
+    elif shape < 0.85:
+        headers = [("cookie", f"theme=dark; uid={user}")]
+    else:
+        headers = [("x-user-id", user), ("x-team", rng.choice(["qa-1", "ops"]))]
+    return headers
+
+
+def explain_args(headers: list[tuple[str, str]]) -> list[str]:
+    args = []
+    for name, value in headers:
+        if name == "cookie":
+            args += [a for part in value.split("; ") for a in ("--cookie", part)]
+        else:
+            args += ["-H", f"{name}: {value}"]
+    return args
+
+
+def test_explain_and_the_filter_in_envoy_agree_on_every_user_of_random_configs(start_envoy, tmp_path):
+    rng = random.Random(SEED)
+    envoy = None
+    for k in range(5):
+        config = random_config(rng)
+        path = tmp_path / f"config{k}.json"
+        path.write_text(json.dumps(config))
+        if envoy is None:
+            envoy = start_envoy(config)
+        else:
+            assert envoy.push(config), envoy.logs()[-1500:]
+        conn = envoy.connection()
+        for i in range(60):
+            headers = request_of(rng, i)
+            # What the filter wrote in the routing header, as the backend saw it.
+            served = envoy.request(headers, conn=conn).header("x-upstream-saw-version")
+            out = canary_selector("explain", str(path), *explain_args(headers), "--output", "json")
+            assert out.returncode == 0, out.stderr
+            explained = json.loads(out.stdout)
+            assert explained["version"] == served, (SEED, config, headers, explained)
+            assert explained["reason"] in ("rule", "sticky")
+
+
+def send_users(envoy, users: list[str]) -> dict[str, str]:
+    conn = envoy.connection()
+    return {u: envoy.request({"x-user-id": u}, conn=conn).header("x-upstream-saw-version") for u in users}
+
+
+def predicted(diff: dict) -> dict[tuple[str, str], float]:
+    return {(m["from"], m["to"]): m["share"] for m in diff["moves"] + diff["stays"]}
+
+
+def assert_measured_shares_match(before: dict, after: dict, shares: dict, names: list[str]):
+    n = len(before)
+    seen = Counter((before[u], after[u]) for u in before)
+    assert set(seen) <= set(shares), f"moves diff did not predict: {set(seen) - set(shares)}"
+    for a in names:
+        for b in names:
+            p = shares.get((a, b), 0.0)
+            sigma = math.sqrt(n * p * (1 - p))
+            assert abs(seen[(a, b)] - n * p) <= 5 * sigma + 1, f"{a} -> {b}: {seen[(a, b)]} of {n}, predicted {p:.4%}"
+
+
+def three(weights: list[float], salt: str | None = None) -> dict:
+    config = {
+        "versions": [{"name": f"model-v{i + 1}", "weight": w} for i, w in enumerate(weights)],
+        "stickiness": {"userIdHeaders": ["x-user-id"]},
+    }
+    if salt:
+        config["stickiness"]["salt"] = salt
+    return config
+
+
+def test_diff_predicts_the_shares_measured_through_envoy(start_envoy, tmp_path):
+    users = [f"diff-user-{i}" for i in range(10_000)]
+    names = ["model-v1", "model-v2", "model-v3"]
+    steps = [three([60, 25, 15]), three([30, 30, 40]), three([30, 30, 40], salt="next-rollout")]
+    paths = []
+    for k, config in enumerate(steps):
+        paths.append(tmp_path / f"step{k}.json")
+        paths[-1].write_text(json.dumps(config))
+    envoy = start_envoy(steps[0])
+    served = [send_users(envoy, users)]
+    for config in steps[1:]:
+        assert envoy.push(config)
+        served.append(send_users(envoy, users))
+
+    # Same salt: exact slice overlaps, all forward.
+    out = canary_selector("diff", str(paths[0]), str(paths[1]), "--output", "json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    diff = json.loads(out.stdout)
+    assert not diff["saltChanged"] and diff["backward"] == []
+    # Slices [0, 60) [60, 85) [85, 100) become [0, 30) [30, 60) [60, 100).
+    assert {(m["from"], m["to"]): m["percent"] for m in diff["moves"]} == {
+        ("model-v1", "model-v2"): "30%", ("model-v2", "model-v3"): "25%"
+    }
+    assert_measured_shares_match(served[0], served[1], predicted(diff), names)
+    # Nobody measured moved back, as the verdict says.
+    assert not [u for u in users if names.index(served[1][u]) < names.index(served[0][u])]
+
+    # The reverse is a rollback: refused without --allow-backward.
+    out = canary_selector("diff", str(paths[1]), str(paths[0]))
+    assert out.returncode == 1 and "BACKWARD" in out.stdout, out.stdout
+
+    # A new salt: every user drawn again, independent of before.
+    out = canary_selector("diff", str(paths[1]), str(paths[2]), "--output", "json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    diff = json.loads(out.stdout)
+    assert diff["saltChanged"]
+    assert_measured_shares_match(served[1], served[2], predicted(diff), names)
