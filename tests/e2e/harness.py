@@ -216,6 +216,11 @@ class Envoy:
             addr = listener["address"]["socket_address"]
             addr["address"] = "127.0.0.1"
             addr["port_value"] = self.ports[by_name[listener["name"]]]
+            # Envoy binds with SO_REUSEPORT by default: a port another test's
+            # Envoy took meanwhile would then be shared, the kernel spreading
+            # connections over both. Without it the bind fails, and start()
+            # tries again on fresh ports.
+            listener["enable_reuse_port"] = False
             for chain in listener["filter_chains"]:
                 for f in chain["filters"]:
                     for hf in f["typed_config"].get("http_filters", []):

@@ -175,7 +175,8 @@ def test_the_early_strip_hides_the_routing_header_from_a_rule_on_it(start_envoy,
     assert plain.request({"x-canary-version": "v2"}).served_by == "model-v2"
     stripped = start_envoy(config, bootstrap_hook=with_early_strip)
     r = stripped.request({"x-canary-version": "v2"})
-    assert (r.served_by, r.header("x-canary-version")) == ("model-v1", "model-v1")
+    assert (r.served_by, r.header("x-canary-version")) == ("model-v1", "model-v1"), (
+        r.headers, stripped.ports, plain.ports, stripped.logs()[-2000:])
 
 
 # --- The module or its first config cannot load: Envoy rejects the update. --
