@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 import re
 import shlex
 import sys
@@ -40,6 +41,7 @@ CRD_DIRS = [ROOT.parent / "shared" / d for d in ("istio-crds", "gateway-crds", "
 README = ROOT / "README.md"
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+import harness  # noqa: E402
 from harness import Envoy  # noqa: E402
 
 # Kubernetes releases whose schemas the Kubernetes kinds must pass: every
@@ -490,6 +492,35 @@ def plugin_config_json(plugin_config: dict, numbers: str = "jsonpb") -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+# --- What the filter decides (README, How a request is decided) -------------
+
+
+def expected(config: dict, headers: dict) -> str | None:
+    """The README's decision: the first matching rule, else the user's bucket
+    (None for a request with no user id: a random pick)."""
+    values = {k.lower(): v for k, v in headers.items()}
+    for rule in config.get("rules", []):
+        if set(rule["match"]) - {"headers"}:
+            raise NotImplementedError(f"rule {rule['name']}: only header conditions are modelled here")
+        if all(_holds(cond, values.get(h.lower())) for h, cond in rule["match"]["headers"].items()):
+            return rule["version"]
+    for header in config.get("stickiness", {}).get("userIdHeaders", []):
+        user = values.get(header.lower(), "").strip(" \t")
+        if user:
+            return harness.expected_version(config, user)
+    return None
+
+
+def _holds(cond: dict, value: str | None) -> bool:
+    if value is None:
+        return False
+    if "exact" in cond:
+        return value == cond["exact"]
+    if "prefix" in cond:
+        return value.startswith(cond["prefix"])
+    return re.fullmatch(cond["regex"], value) is not None
+
+
 # --- Do the pieces agree? ----------------------------------------------------
 
 
@@ -628,6 +659,16 @@ def _typed(name: str, type_url: str) -> dict:
     return {"name": name, "typed_config": {"@type": type_url}}
 
 
+def add_upstreams(cfg: dict, upstreams: dict[str, str]) -> None:
+    """Bootstrap: a cluster per `upstreams` entry (cluster name -> model-v1
+    or model-v2), each a copy of that demo server's cluster."""
+    by_name = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    for name, server in upstreams.items():
+        c = copy.deepcopy(by_name[server])
+        c["name"] = c["load_assignment"]["cluster_name"] = name
+        cfg["static_resources"]["clusters"].append(c)
+
+
 def _istio_shape(plugin_filter: str, stat_prefix: str, route_config: dict, upstreams: dict[str, str], edit_chain):
     """Bootstrap hook: turn the harness' envoy/envoy.yaml into an Istio proxy
     with `route_config`, each of its clusters played by a demo model server
@@ -635,11 +676,7 @@ def _istio_shape(plugin_filter: str, stat_prefix: str, route_config: dict, upstr
     order after the plugin."""
 
     def hook(cfg: dict) -> None:
-        by_name = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
-        for name, server in upstreams.items():
-            c = copy.deepcopy(by_name[server])
-            c["name"] = c["load_assignment"]["cluster_name"] = name
-            cfg["static_resources"]["clusters"].append(c)
+        add_upstreams(cfg, upstreams)
         (listener,) = [x for x in cfg["static_resources"]["listeners"] if x["name"] == "ingress"]
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["stat_prefix"] = stat_prefix
@@ -716,6 +753,33 @@ def istio_allow_all(name: str) -> dict:
 
 
 # --- The README section -------------------------------------------------------
+
+
+def assert_share(n_hits: int, n: int, percent: float):
+    """n_hits of n requests is `percent`% of them, within 5 sigma."""
+    p = percent / 100
+    sigma = math.sqrt(n * p * (1 - p))
+    assert abs(n_hits - n * p) <= 5 * sigma + 1e-9, f"{n_hits}/{n}, expected {percent}%"
+
+
+def split_kubectl(argv: list[str]) -> tuple[str, list[str], list[str]]:
+    """kubectl argv -> (namespace, arguments, the command after `--`)."""
+    namespace, args, rest = "", [], []
+    i = 1
+    while i < len(argv):
+        if argv[i] in ("-n", "--namespace"):
+            namespace, i = argv[i + 1], i + 2
+        elif argv[i] == "--":
+            rest = argv[i + 1 :]
+            break
+        else:
+            args, i = args + [argv[i]], i + 1
+    return namespace, args, rest
+
+
+def flag(args: list[str], name: str) -> str:
+    """The value after a kubectl flag."""
+    return args[args.index(name) + 1]
 
 
 def readme_section(name: str = "istio") -> str:
