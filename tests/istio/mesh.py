@@ -68,15 +68,18 @@ def demo_bootstrap() -> dict:
     return yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
 
 
-def manifest_files(directory: Path = ISTIO_DIR, exclude: tuple[Path, ...] = ()) -> list[Path]:
-    """Every manifest under `directory`, subdirectories included, except
-    those under `exclude`. By default the Istio scenario's: istio/ without
-    istio/kserve/ (tests/kserve checks those)."""
-    exclude = exclude or ((ISTIO_DIR / "kserve",) if directory == ISTIO_DIR else ())
+# Scenarios of their own inside istio/, which other tests check.
+OTHER_SCENARIOS = (ISTIO_DIR / "kserve",)
+
+
+def manifest_files(directory: Path = ISTIO_DIR) -> list[Path]:
+    """Every manifest under `directory`, subdirectories included, but those
+    of another scenario inside it (istio/kserve/ is tests/kserve's)."""
+    others = [d for d in OTHER_SCENARIOS if d != directory and d.is_relative_to(directory)]
     return sorted(
         p
         for p in directory.rglob("*")
-        if p.suffix in (".yaml", ".yml", ".json") and not any(p.is_relative_to(e) for e in exclude)
+        if p.suffix in (".yaml", ".yml", ".json") and not any(p.is_relative_to(d) for d in others)
     )
 
 
@@ -241,10 +244,10 @@ def _cel_errors(schema: dict, value, path: str) -> list[str]:
         rule = check["rule"]
         try:
             holds = _cel_program(rule).evaluate({"self": celpy.json_to_cel(_cel_value(schema, value))})
+            reason = ""
         except celpy.CELEvalError as e:
-            holds = e
-        if holds is not True and holds != celtypes.BoolType(True):
-            reason = f" (evaluation error: {holds.args[0]})" if isinstance(holds, Exception) else ""
+            holds, reason = False, f" (evaluation error: {e.args[0]})"
+        if not (isinstance(holds, celtypes.BoolType) and holds):
             errors.append(f"{path}: {check.get('message', rule)}{reason}")
     if isinstance(value, dict):
         for name, sub in value.items():
@@ -302,6 +305,7 @@ def validate(doc: dict) -> list[str]:
     if str(doc.get("apiVersion", "")).split("/")[0] in CRD_GROUPS:
         return validate_custom_resource(doc)
     return validate_kubernetes(doc)
+
 
 # --- The cluster the README's commands act on -------------------------------
 
@@ -519,6 +523,13 @@ def _holds(cond: dict, value: str | None) -> bool:
     if "prefix" in cond:
         return value.startswith(cond["prefix"])
     return re.fullmatch(cond["regex"], value) is not None
+
+
+def assert_share(n_hits: int, n: int, percent: float):
+    """n_hits of n requests is `percent`% of them, within 5 sigma."""
+    p = percent / 100
+    sigma = math.sqrt(n * p * (1 - p))
+    assert abs(n_hits - n * p) <= 5 * sigma + 1e-9, f"{n_hits}/{n}, expected {percent}%"
 
 
 # --- Do the pieces agree? ----------------------------------------------------
@@ -753,13 +764,6 @@ def istio_allow_all(name: str) -> dict:
 
 
 # --- The README section -------------------------------------------------------
-
-
-def assert_share(n_hits: int, n: int, percent: float):
-    """n_hits of n requests is `percent`% of them, within 5 sigma."""
-    p = percent / 100
-    sigma = math.sqrt(n * p * (1 - p))
-    assert abs(n_hits - n * p) <= 5 * sigma + 1e-9, f"{n_hits}/{n}, expected {percent}%"
 
 
 def split_kubectl(argv: list[str]) -> tuple[str, list[str], list[str]]:
