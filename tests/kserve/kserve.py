@@ -606,8 +606,8 @@ class EnvoyGatewayProxy(Envoy):
     """The harness' Envoy shaped like the proxy Envoy Gateway runs for the
     Gateway: the gateway's listener comes over LDS (from a file replaced
     atomically, as the harness does for ECDS), with the Wasm filter inline
-    in it, disabled by default and enabled on every route of the Gateway's
-    listener (a policy that targets the Gateway); the module fetched over
+    in it, disabled by default and enabled on the routes of what the policy
+    targets (every route, for the Gateway); the module fetched over
     HTTP with its sha256; a VM of its own; `fail_open` from failOpen; the
     config a StringValue of the raw JSON. A push is a listener update.
     `plugin_config` None: the listener Envoy Gateway writes when it cannot
@@ -675,6 +675,16 @@ class EnvoyGatewayProxy(Envoy):
         }
         return cfg
 
+    def targets(self, route_name: str) -> bool:
+        """Whether the policy's filter is enabled on a route: every route of
+        the listener for a Gateway target, the routes of an HTTPRoute target
+        (Envoy Gateway matches them by route name prefix)."""
+        ns = self.policy["metadata"]["namespace"]
+        for ref in target_refs(self.policy):
+            if ref["kind"] == "Gateway" or route_name.startswith(f"httproute/{ns}/{ref['name']}/"):
+                return True
+        return False
+
     def wasm_filter(self, config_text: str) -> dict:
         (wasm,) = self.policy["spec"]["wasm"]
         names = self.names
@@ -718,7 +728,10 @@ class EnvoyGatewayProxy(Envoy):
         if plugin_config is not None:
             for vh in hcm["route_config"]["virtual_hosts"]:
                 for route in vh["routes"]:
-                    route["typed_per_filter_config"] = {self.names["filter"]: {"@type": FILTER_CONFIG, "config": {}}}
+                    if self.targets(route["name"]):
+                        route["typed_per_filter_config"] = {
+                            self.names["filter"]: {"@type": FILTER_CONFIG, "config": {}}
+                        }
         hcm["http_filters"] = filters + [hcm["http_filters"][-1]]  # ..., router
         return listener
 

@@ -166,6 +166,23 @@ def test_with_a_path_prefix_our_rules_lose_on_envoy_gateway_in_the_real_envoy(st
     assert r.served_by == ("model-v2" if gateway_class == kserve.ISTIO else "model-v1")
 
 
+def test_on_envoy_gateway_a_policy_on_our_httproute_never_sees_an_untouched_request(start_gateway):
+    """Why the EnvoyExtensionPolicy targets the Gateway: targeting our
+    HTTPRoute instead enables the filter on our rules only, and a request
+    without the routing header matches KServe's rule, where the filter is
+    off. Testers and canary users all land on model-v1, untouched."""
+    cluster = kserve.shipped(kserve.ENVOY_GATEWAY)
+    config = with_weights(kserve.plugin_config(kserve.plugin(cluster)), 0, 100)
+    policy = kserve.plugin(configured(cluster, config))
+    policy["metadata"]["namespace"] = "kserve-test"  # a policy's target is in its own namespace
+    policy["spec"]["targetRefs"] = [
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "sklearn-iris-canary-selector"}
+    ]
+    assert mesh.validate(policy) == []
+    envoy = start_gateway(cluster)
+    assert_untouched_on_stable(envoy)
+
+
 # --- Envoy Gateway: a config change is a listener update ----------------------
 
 
