@@ -120,9 +120,7 @@ def test_the_plugin_as_the_gateway_delivers_it_splits_users_and_pins_testers(sta
     assert envoy.request({"host": "other-kserve-test.example.com", "x-user-id": "user-27"}).status == 404
 
 
-@pytest.mark.parametrize("gateway_class", [kserve.ISTIO, kserve.ENVOY_GATEWAY], ids=["istio", "envoy-gateway"])
-def test_a_request_the_filter_never_touched_lands_on_stable(start_gateway, gateway_class):
-    cluster = kserve.shipped(gateway_class)
+def test_a_request_the_filter_never_touched_lands_on_stable(start_gateway, gateway_class, cluster):
     config = with_weights(kserve.plugin_config(kserve.plugin(cluster)), 90, 10)
     envoy = start_gateway(configured(cluster, config))
     assert "model-v2" in route_users(envoy, config).values()
@@ -136,12 +134,10 @@ def test_a_request_the_filter_never_touched_lands_on_stable(start_gateway, gatew
     route_users(envoy, config, USERS[:100])
 
 
-@pytest.mark.parametrize("gateway_class", [kserve.ISTIO, kserve.ENVOY_GATEWAY], ids=["istio", "envoy-gateway"])
-def test_with_kserves_weights_set_too_only_untouched_requests_follow_them(start_gateway, gateway_class):
+def test_with_kserves_weights_set_too_only_untouched_requests_follow_them(start_gateway, gateway_class, cluster):
     """Both set (don't): every request the filter decides still follows the
     filter (our rules win), and the requests it never touched are split by
     KServe at random instead of landing on stable."""
-    cluster = kserve.shipped(gateway_class)
     cluster.get("InferenceService", "kserve-test", "sklearn-iris")["spec"]["canary"][0]["trafficPercent"] = 50
     kserve.reconcile(cluster)
     config = with_weights(kserve.plugin_config(kserve.plugin(cluster)), 90, 10)
@@ -152,12 +148,10 @@ def test_with_kserves_weights_set_too_only_untouched_requests_follow_them(start_
     mesh.assert_share(served.count("model-v2"), len(served), 50)
 
 
-@pytest.mark.parametrize("gateway_class", [kserve.ISTIO, kserve.ENVOY_GATEWAY], ids=["istio", "envoy-gateway"])
-def test_with_a_path_prefix_our_rules_lose_on_envoy_gateway_in_the_real_envoy(start_gateway, gateway_class):
+def test_with_a_path_prefix_our_rules_lose_on_envoy_gateway_in_the_real_envoy(start_gateway, gateway_class, cluster):
     """The precedence the README explains, in Envoy: our rules with
     PathPrefix / instead of KServe's RegularExpression path still win on
     Istio and are never reached on Envoy Gateway (testers land on model-v1)."""
-    cluster = kserve.shipped(gateway_class)
     for rule in cluster.get("HTTPRoute", "kserve-test", "sklearn-iris-canary-selector")["spec"]["rules"]:
         rule["matches"][0]["path"] = {"type": "PathPrefix", "value": "/"}
     envoy = start_gateway(cluster)
@@ -186,12 +180,8 @@ def test_on_envoy_gateway_a_policy_on_our_httproute_never_sees_an_untouched_requ
 # --- Envoy Gateway: a config change is a listener update ----------------------
 
 
-def eg_cluster():
-    return kserve.shipped(kserve.ENVOY_GATEWAY)
-
-
 def test_a_listener_update_moves_users_forward_only_and_new_connections_at_once(start_gateway):
-    cluster = eg_cluster()
+    cluster = kserve.shipped(kserve.ENVOY_GATEWAY)
     at_10 = with_weights(kserve.plugin_config(kserve.plugin(cluster)), 90, 10)
     envoy = start_gateway(configured(cluster, at_10))
     before = route_users(envoy, at_10)
@@ -211,7 +201,7 @@ def test_a_connection_open_across_a_listener_update_keeps_the_old_config_until_e
     """Envoy applies a listener update to new connections; a connection it
     accepted before keeps the old filter config until the drain closes it
     (`connection: close`). The README states the figure."""
-    cluster = eg_cluster()
+    cluster = kserve.shipped(kserve.ENVOY_GATEWAY)
     old = with_weights(kserve.plugin_config(kserve.plugin(cluster)), 100, 0)
     envoy = start_gateway(configured(cluster, old))
     conn = envoy.connection()
@@ -256,7 +246,7 @@ def test_a_tripped_guard_holds_across_a_listener_update_that_keeps_the_config(st
     src/glue.rs, a new root context sent canary users to the failing canary
     until its first tick: 1,088 requests in 0.8 s here); a changed config
     starts a fresh guard, as any push does."""
-    cluster = eg_cluster()
+    cluster = kserve.shipped(kserve.ENVOY_GATEWAY)
     config = with_weights(kserve.plugin_config(kserve.plugin(cluster)), 50, 50)
     config["responseReasonHeader"] = "x-canary-reason"
     config["guard"] = {"windowSeconds": 10, "minRequests": 20, "maxErrorRate": 0.1}

@@ -8,8 +8,6 @@ README says."""
 import json
 import shlex
 
-import pytest
-
 import kserve
 import mesh
 from kserve import HOSTS, USERS, assert_untouched_on_stable, fail_open, push, route_users
@@ -124,7 +122,6 @@ class Readme:
         assert [r.header("x-canary-version")] == step.output, step.line
 
 
-@pytest.mark.parametrize("gateway_class", [kserve.ISTIO, kserve.ENVOY_GATEWAY], ids=["istio", "envoy-gateway"])
 def test_the_readme_kserve_rollout_runs_as_documented(start_gateway, gateway_class):
     readme = Readme(start_gateway, gateway_class)
     for step in steps_for(gateway_class):
