@@ -72,7 +72,7 @@ run: build venv
 	    -l warning --component-log-level wasm:info
 
 ## test: everything CI runs
-test: lint unit e2e compose-check istio-test
+test: lint unit e2e compose-check istio-test kserve-test
 
 ## lint: rustfmt, clippy (natively and for wasm32), panics on the request path denied
 lint: wasm-target
@@ -112,7 +112,7 @@ DOCKER_BUILD_FLAGS ?= --provenance=false
 ENVOY_MATRIX := 1.36.4 1.37.0 1.38.2 1.39.3 1.40.0
 ENVOY_MATRIX_DIR := .venv-envoy
 
-.PHONY: image push istio-test test-matrix
+.PHONY: image push istio-test kserve-test test-matrix
 
 ## image: the plugin as an OCI image (FROM scratch, /plugin.wasm): make image IMAGE=registry/name:tag
 image: build
@@ -131,6 +131,12 @@ push:
 ##             real Envoy shaped like Istio's client sidecar running the README's rollout commands
 istio-test: build cli venv
 	$(VPY) -m pytest -q tests/istio
+
+## kserve-test: istio/kserve/ and envoy/gateway/ against KServe's, Gateway API's, Envoy Gateway's and Istio's
+##              schemas and what KServe writes, and the real Envoy shaped like each gateway running the README's
+##              KServe commands
+kserve-test: build venv
+	$(VPY) -m pytest -q tests/kserve
 
 ## test-matrix: the end-to-end suites (tests/e2e, the Envoy part of tests/istio) on every Envoy in ENVOY_MATRIX
 test-matrix: build cli venv $(foreach v,$(ENVOY_MATRIX),$(ENVOY_MATRIX_DIR)/$(v).installed)

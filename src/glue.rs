@@ -255,17 +255,28 @@ impl RootContext for Plugin {
                 murmur3_32(&config, 0)
             );
             let tripped_metric = define_metric(MetricType::Gauge, filter::GUARD_TRIPPED_METRIC);
-            if first {
+            let tripped = if first {
                 // A push starts a fresh window, even for a config seen before
                 // (A, B, then A again): its old window, tripped or not, is
                 // gone. Writing it now also gives every later merge a CAS
                 // token.
                 let _ = self.set_shared_data(&key, Some(&local.encode(None)), None);
                 let _ = hostcalls::record_metric(tripped_metric, 0);
-            }
+                false
+            } else {
+                // The config this proxy already runs, in a new root: another
+                // worker's VM, or a listener update that kept the config
+                // (Envoy Gateway rebuilds the filter with every listener
+                // change). If its window has tripped, start latched, not on
+                // the canary until the first tick.
+                self.get_shared_data(&key)
+                    .0
+                    .and_then(|b| Window::decode(&b, rollout.versions.len(), g.window_ms))
+                    .is_some_and(|(_, tripped)| tripped.is_some())
+            };
             GuardState {
                 local: RefCell::new(local),
-                tripped: Cell::new(false),
+                tripped: Cell::new(tripped),
                 key,
                 marker: marker.clone(),
                 trips_metric: define_metric(MetricType::Counter, filter::GUARD_TRIPS_METRIC),

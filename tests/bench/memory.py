@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import bench
-from bench import ROOT, Envoy, Variant, client_expect, last_digit_expect, lua_filter, wasm_filter
+from bench import ROOT, Envoy, Variant, client_expect, last_digit_expect, wasm_filter
 
 SDK_FLOOR_WASM = Path(os.environ.get("SDK_FLOOR_WASM", ROOT / "target/bench/sdk-floor.wasm"))
 DEMO_CONFIG = (ROOT / "envoy/plugin-config.json").read_text()

@@ -75,6 +75,35 @@ def canary_selector(*args: str, stdin: str | None = None) -> subprocess.Complete
     )
 
 
+# --- Bootstrap hooks ---------------------------------------------------------
+
+
+def failing(listener: str, percent: int):
+    """A bootstrap hook: the model server `listener` answers 503 to `percent`%
+    of requests (Envoy's fault filter in front of it)."""
+
+    def hook(cfg: dict) -> None:
+        for l in cfg["static_resources"]["listeners"]:
+            if l["name"] != listener:
+                continue
+            hcm = l["filter_chains"][0]["filters"][0]["typed_config"]
+            hcm["http_filters"].insert(
+                0,
+                {
+                    "name": "envoy.filters.http.fault",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                        "abort": {
+                            "http_status": 503,
+                            "percentage": {"numerator": percent, "denominator": "HUNDRED"},
+                        },
+                    },
+                },
+            )
+
+    return hook
+
+
 # --- HTTP -------------------------------------------------------------------
 
 
@@ -337,12 +366,13 @@ class Envoy:
         conn: http.client.HTTPConnection | None = None,
     ) -> Response:
         """One HTTP/1.1 request to the ingress listener. Header values may be
-        bytes (sent as they are, for odd-byte tests); a list may repeat names."""
+        bytes (sent as they are, for odd-byte tests); a list may repeat names.
+        A `host` header replaces the one http.client would send."""
         items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
         own = conn is None
         c = conn or http.client.HTTPConnection("127.0.0.1", self.ports["ingress"], timeout=10)
         try:
-            c.putrequest(method, path)
+            c.putrequest(method, path, skip_host=any(k.lower() == "host" for k, _ in items))
             for k, v in items:
                 c.putheader(k, v)
             c.putheader("content-length", str(len(body)))

@@ -7,36 +7,10 @@ import re
 import time
 from datetime import datetime, timedelta, timezone
 
-from harness import expected_version
+from harness import expected_version, failing
 
 USERS = [f"user-{i}" for i in range(300)]
 GUARD_TRIPS = "wasmcustom.canary_selector.guard.trips"
-
-
-def failing(listener: str, percent: int):
-    """A bootstrap hook: the model server `listener` answers 503 to `percent`%
-    of requests (Envoy's fault filter in front of it)."""
-
-    def hook(cfg: dict) -> None:
-        for l in cfg["static_resources"]["listeners"]:
-            if l["name"] != listener:
-                continue
-            hcm = l["filter_chains"][0]["filters"][0]["typed_config"]
-            hcm["http_filters"].insert(
-                0,
-                {
-                    "name": "envoy.filters.http.fault",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-                        "abort": {
-                            "http_status": 503,
-                            "percentage": {"numerator": percent, "denominator": "HUNDRED"},
-                        },
-                    },
-                },
-            )
-
-    return hook
 
 
 def guarded(demo_config: dict, **guard) -> dict:

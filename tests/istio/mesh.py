@@ -2,10 +2,12 @@
 with Istio 1.32 reads them, and a real Envoy shaped like the client sidecar
 Istio would build from them.
 
-- `validate()`: a manifest against the schema `kubectl apply` would apply: an
-  Istio kind against its CRD in ../shared/istio-crds (unknown fields are errors,
-  as with kubectl's strict field validation; the CRD's CEL rules evaluated),
-  a Kubernetes kind against Kubernetes' own schemas (kubernetes-validate).
+- `validate()`: a manifest against the schema `kubectl apply` would apply: a
+  custom resource (Istio, Gateway API, Envoy Gateway, KServe) against its CRD
+  in ../shared (the CRD's defaults applied, unknown fields are errors as with
+  kubectl's strict field validation, the CRD's CEL rules evaluated by
+  cel-python), a Kubernetes kind against Kubernetes' own schemas
+  (kubernetes-validate).
 - `Cluster`: the objects `kubectl apply -f` creates, changed by the README's
   `kubectl patch` and `delete` commands exactly as the API server would.
 - `plugin_config_json()`: a WasmPlugin's pluginConfig as Istio delivers it.
@@ -16,24 +18,30 @@ Istio would build from them.
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import math
 import re
 import shlex
 import sys
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import celpy
 import jsonschema
 import kubernetes_validate
 import yaml
+from celpy import celtypes
 
 ROOT = Path(__file__).resolve().parents[2]
 ISTIO_DIR = ROOT / "istio"
-CRD_DIR = ROOT.parent / "shared" / "istio-crds"
+# The CRD schemas manifests are checked against (../shared/*/README.md):
+# Istio 1.32, Gateway API v1.6.1 and Envoy Gateway v1.9.0, KServe at aaac4e2.
+CRD_DIRS = [ROOT.parent / "shared" / d for d in ("istio-crds", "gateway-crds", "kserve-crds")]
 README = ROOT / "README.md"
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+import harness  # noqa: E402
 from harness import Envoy  # noqa: E402
 
 # Kubernetes releases whose schemas the Kubernetes kinds must pass: every
@@ -60,9 +68,19 @@ def demo_bootstrap() -> dict:
     return yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
 
 
-def manifest_files() -> list[Path]:
-    """Every manifest under istio/, subdirectories included."""
-    return sorted(p for p in ISTIO_DIR.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
+# Scenarios of their own inside istio/, which other tests check.
+OTHER_SCENARIOS = (ISTIO_DIR / "kserve",)
+
+
+def manifest_files(directory: Path = ISTIO_DIR) -> list[Path]:
+    """Every manifest under `directory`, subdirectories included, but those
+    of another scenario inside it (istio/kserve/ is tests/kserve's)."""
+    others = [d for d in OTHER_SCENARIOS if d != directory and d.is_relative_to(directory)]
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.suffix in (".yaml", ".yml", ".json") and not any(p.is_relative_to(d) for d in others)
+    )
 
 
 def kubectl_files(path: Path) -> list[Path]:
@@ -117,83 +135,120 @@ def _strict(schema: dict) -> dict:
 
 
 def _crds() -> dict[tuple[str, str], dict]:
-    """(apiVersion, kind) -> the served version's openAPIV3Schema."""
-    if not CRD_DIR.is_dir():
-        raise RuntimeError(f"Istio CRD schemas not found at {CRD_DIR} (../shared/istio-crds from the repo root)")
+    """(apiVersion, kind) -> the served version's openAPIV3Schema, for every
+    CRD in CRD_DIRS."""
     out = {}
-    for path in sorted(CRD_DIR.glob("*.yaml")):
-        for crd in load(path):
-            if crd.get("kind") != "CustomResourceDefinition":
-                continue
-            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
-            for version in crd["spec"]["versions"]:
-                if version.get("served"):
-                    out[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    for directory in CRD_DIRS:
+        if not directory.is_dir():
+            raise RuntimeError(f"CRD schemas not found at {directory} (../shared/ from the repo root)")
+        for path in sorted(directory.glob("*.yaml")):
+            # The InferenceService CRD is 2 MB: libyaml's loader when there is one.
+            for crd in yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+                if not crd or crd.get("kind") != "CustomResourceDefinition":
+                    continue
+                group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+                for version in crd["spec"]["versions"]:
+                    if version.get("served"):
+                        out[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
     return out
 
 
 CRDS = _crds()
+CRD_GROUPS = {api.split("/")[0] for api, _ in CRDS}
 
 
-def _duration_ms(text: str) -> float:
-    """A Go/protobuf duration ("1.5s", "100ms", "1h2m") in milliseconds."""
-    units = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1, "us": 1e-3, "µs": 1e-3, "ns": 1e-6}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)", text)
-    if not parts or "".join(a + b for a, b in parts) != text:
-        raise ValueError(f"not a duration: {text!r}")
-    return sum(float(n) * units[u] for n, u in parts)
+def defaulted(schema: dict, value):
+    """`value` with the schema's defaults filled in, as the API server does
+    before it validates (and stores) an object: a missing property with a
+    `default` gets it, recursively."""
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        out = {}
+        for name, sub in value.items():
+            sub_schema = props.get(name) or schema.get("additionalProperties")
+            out[name] = defaulted(sub_schema, sub) if isinstance(sub_schema, dict) else sub
+        for name, sub_schema in props.items():
+            if name not in out and "default" in sub_schema:
+                out[name] = defaulted(sub_schema, copy.deepcopy(sub_schema["default"]))
+        return out
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [defaulted(schema["items"], v) for v in value]
+    return value
 
 
-def _url_scheme_ok(value: str, schemes: tuple[str, ...]) -> bool:
-    text = value if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value) else "http://" + value
-    parts = urllib.parse.urlsplit(text)
-    return bool(parts.netloc or parts.path) and parts.scheme in schemes
+# The CRDs' CEL rules (x-kubernetes-validations) run on cel-python, with the
+# few functions of Kubernetes' CEL libraries that these rules call.
+def _request_uri_scheme(text: str) -> str | None:
+    """The scheme of `text` if Go's url.ParseRequestURI accepts it (an
+    absolute URI or an absolute path), else None."""
+    if re.search(r"[\s\x00-\x1f\x7f]", text):
+        return None
+    if text.startswith("/"):
+        return ""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", text)
+    return scheme.group(1).lower() if scheme else None
 
 
-def _has(obj, name: str) -> bool:
-    return isinstance(obj, dict) and name in obj
+def _cel_url(text):
+    if _request_uri_scheme(str(text)) is None:
+        raise ValueError(f"url: invalid URL {text!r}")
+    return text
 
 
-# The CEL rules (x-kubernetes-validations) of these CRDs, one Python
-# translation each. A rule met on a manifest that has no translation here
-# fails the test, so a new rule in a newer CRD cannot pass unchecked.
-_URL_RULE = (
-    'isURL(self) ? (url(self).getScheme() in ["", "http", "https", "{a}", "{b}"]) : (isURL("http://" + self) &&\n'
-    'url("http://" + self).getScheme() in ["", "http", "https", "{a}", "{b}"])'
-)
-CEL_RULES = {
-    'self.all(key, !key.contains("*"))': lambda s: all("*" not in k for k in s),
-    "self.all(key, key.size() != 0)": lambda s: all(len(k) for k in s),
-    '!self.contains("*")': lambda s: "*" not in s,
-    "self.size() == 0": lambda s: len(s) == 0,
-    "(has(self.selector) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1": lambda s: _has(s, "selector")
-    + _has(s, "targetRefs")
-    <= 1,
-    "(has(self.selector) ? 1 : 0) + (has(self.targetRef) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1": lambda s: (
-        _has(s, "selector") + _has(s, "targetRef") + _has(s, "targetRefs") <= 1
-    ),
-    "has(self.wasm) != has(self.lua)": lambda s: _has(s, "wasm") != _has(s, "lua"),
-    '(has(self.valueFrom) ? self.valueFrom : "") != "HOST" || !has(self.value)': lambda s: s.get("valueFrom", "")
-    != "HOST"
-    or "value" not in s,
-    "duration(self) >= duration('1ms')": lambda s: _duration_ms(s) >= 1,
-    _URL_RULE.replace("{a}", "oci").replace("{b}", "file"): lambda s: _url_scheme_ok(
-        s, ("", "http", "https", "oci", "file")
-    ),
-    _URL_RULE.replace("{a}", "file").replace("{b}", "oci"): lambda s: _url_scheme_ok(
-        s, ("", "http", "https", "file", "oci")
-    ),
+CEL_FUNCTIONS = {
+    "isURL": lambda text: celtypes.BoolType(_request_uri_scheme(str(text)) is not None),
+    "url": _cel_url,
+    "getScheme": lambda url: celtypes.StringType(_request_uri_scheme(str(url)) or ""),
+    "split": lambda text, sep: celtypes.ListType([celtypes.StringType(p) for p in str(text).split(str(sep))]),
+    "upperAscii": lambda text: celtypes.StringType(str(text).upper()),
 }
+_CEL = celpy.Environment()
+_CEL_RESERVED = {
+    "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if",
+    "import", "let", "loop", "package", "namespace", "return", "var", "void", "while",
+}
+
+
+@functools.cache
+def _cel_program(rule: str):
+    return _CEL.program(_CEL.compile(rule), functions=CEL_FUNCTIONS)
+
+
+def _cel_name(name: str) -> str:
+    """A property name as Kubernetes exposes it to CEL (`namespace` is
+    `__namespace__`, `-` is `__dash__`, ...)."""
+    if name in _CEL_RESERVED:
+        return f"__{name}__"
+    for raw, escaped in (("__", "__underscores__"), (".", "__dot__"), ("-", "__dash__"), ("/", "__slash__")):
+        name = name.replace(raw, escaped)
+    return name
+
+
+def _cel_value(schema: dict, value):
+    """`value` as a rule sees it: the properties of a structural object under
+    their CEL names (map keys stay as they are)."""
+    if isinstance(value, dict):
+        props = schema.get("properties")
+        if props is not None:
+            return {_cel_name(k): _cel_value(props.get(k, {}), v) for k, v in value.items()}
+        sub = schema.get("additionalProperties")
+        return {k: _cel_value(sub if isinstance(sub, dict) else {}, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cel_value(schema.get("items", {}), v) for v in value]
+    return value
 
 
 def _cel_errors(schema: dict, value, path: str) -> list[str]:
     errors = []
     for check in schema.get("x-kubernetes-validations", []):
         rule = check["rule"]
-        if rule not in CEL_RULES:
-            errors.append(f"{path}: CEL rule {rule!r} has no translation in tests/istio/mesh.py")
-        elif not CEL_RULES[rule](value):
-            errors.append(f"{path}: {check.get('message', rule)}")
+        try:
+            holds = _cel_program(rule).evaluate({"self": celpy.json_to_cel(_cel_value(schema, value))})
+            reason = ""
+        except celpy.CELEvalError as e:
+            holds, reason = False, f" (evaluation error: {e.args[0]})"
+        if not (isinstance(holds, celtypes.BoolType) and holds):
+            errors.append(f"{path}: {check.get('message', rule)}{reason}")
     if isinstance(value, dict):
         for name, sub in value.items():
             sub_schema = schema.get("properties", {}).get(name) or schema.get("additionalProperties")
@@ -205,11 +260,12 @@ def _cel_errors(schema: dict, value, path: str) -> list[str]:
     return errors
 
 
-def validate_istio(doc: dict) -> list[str]:
-    """Errors of an Istio resource against its CRD (empty when valid)."""
+def validate_custom_resource(doc: dict) -> list[str]:
+    """Errors of a custom resource against its CRD (empty when valid), after
+    the CRD's defaults are applied, as the API server checks it."""
     key = (doc.get("apiVersion"), doc.get("kind"))
     if key not in CRDS:
-        return [f"no Istio 1.32 CRD serves {key[1]} {key[0]}"]
+        return [f"no CRD in ../shared serves {key[1]} {key[0]}"]
     crd = CRDS[key]
     schema = _strict(crd)
     schema["properties"].update(
@@ -218,6 +274,7 @@ def validate_istio(doc: dict) -> list[str]:
         metadata=METADATA,
     )
     schema["required"] = sorted({*schema.get("required", []), "apiVersion", "kind", "metadata"})
+    doc = defaulted(crd, doc)
     validator = jsonschema.Draft202012Validator(schema)
     errors = [
         f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
@@ -242,8 +299,11 @@ def validate_kubernetes(doc: dict) -> list[str]:
 
 
 def validate(doc: dict) -> list[str]:
-    if str(doc.get("apiVersion", "")).split("/")[0].endswith(".istio.io"):
-        return validate_istio(doc)
+    """A manifest against the schema `kubectl apply` would apply: a kind of a
+    group with CRDs in ../shared against its CRD, any other kind against
+    Kubernetes' own schemas."""
+    if str(doc.get("apiVersion", "")).split("/")[0] in CRD_GROUPS:
+        return validate_custom_resource(doc)
     return validate_kubernetes(doc)
 
 
@@ -264,12 +324,22 @@ def merge_patch(target, patch):
     return out
 
 
+def _pointer(path: str) -> list[str]:
+    return [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
+
+
 def json_patch(target, ops: list[dict]):
     """RFC 6902 JSON patch (`kubectl patch --type json`): add, replace,
-    remove and test."""
+    remove, move and test."""
     doc = copy.deepcopy(target)
     for op in ops:
-        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        if op["op"] == "move":
+            value = doc
+            for p in _pointer(op["from"]):
+                value = value[int(p)] if isinstance(value, list) else value[p]
+            doc = json_patch(doc, [{"op": "remove", "path": op["from"]}, {"op": "add", "path": op["path"], "value": value}])
+            continue
+        *parents, last = _pointer(op["path"])
         node = doc
         for p in parents:
             node = node[int(p)] if isinstance(node, list) else node[p]
@@ -300,6 +370,10 @@ KIND_NAMES = {
     "VirtualService": {"virtualservice", "virtualservices", "vs"},
     "WasmPlugin": {"wasmplugin", "wasmplugins"},
     "TrafficExtension": {"trafficextension", "trafficextensions"},
+    "InferenceService": {"inferenceservice", "inferenceservices", "isvc"},
+    "HTTPRoute": {"httproute", "httproutes"},
+    "Gateway": {"gateway", "gateways", "gtw"},
+    "EnvoyExtensionPolicy": {"envoyextensionpolicy", "envoyextensionpolicies", "eep"},
 }
 
 
@@ -423,6 +497,42 @@ def plugin_config_json(plugin_config: dict, numbers: str = "jsonpb") -> str:
         raise ValueError(numbers)
     text = json.dumps(struct, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# --- What the filter decides (README, How a request is decided) -------------
+
+
+def expected(config: dict, headers: dict) -> str | None:
+    """The README's decision: the first matching rule, else the user's bucket
+    (None for a request with no user id: a random pick)."""
+    values = {k.lower(): v for k, v in headers.items()}
+    for rule in config.get("rules", []):
+        if set(rule["match"]) - {"headers"}:
+            raise NotImplementedError(f"rule {rule['name']}: only header conditions are modelled here")
+        if all(_holds(cond, values.get(h.lower())) for h, cond in rule["match"]["headers"].items()):
+            return rule["version"]
+    for header in config.get("stickiness", {}).get("userIdHeaders", []):
+        user = values.get(header.lower(), "").strip(" \t")
+        if user:
+            return harness.expected_version(config, user)
+    return None
+
+
+def _holds(cond: dict, value: str | None) -> bool:
+    if value is None:
+        return False
+    if "exact" in cond:
+        return value == cond["exact"]
+    if "prefix" in cond:
+        return value.startswith(cond["prefix"])
+    return re.fullmatch(cond["regex"], value) is not None
+
+
+def assert_share(n_hits: int, n: int, percent: float):
+    """n_hits of n requests is `percent`% of them, within 5 sigma."""
+    p = percent / 100
+    sigma = math.sqrt(n * p * (1 - p))
+    assert abs(n_hits - n * p) <= 5 * sigma + 1e-9, f"{n_hits}/{n}, expected {percent}%"
 
 
 # --- Do the pieces agree? ----------------------------------------------------
@@ -563,28 +673,31 @@ def _typed(name: str, type_url: str) -> dict:
     return {"name": name, "typed_config": {"@type": type_url}}
 
 
-def _istio_shape(cluster: Cluster, filter_name: str, edit_chain):
-    """Bootstrap hook: turn the harness' envoy/envoy.yaml into Istio's client
-    sidecar for the model Service."""
+def add_upstreams(cfg: dict, upstreams: dict[str, str]) -> None:
+    """Bootstrap: a cluster per `upstreams` entry (cluster name -> model-v1
+    or model-v2), each a copy of that demo server's cluster."""
+    by_name = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
+    for name, server in upstreams.items():
+        c = copy.deepcopy(by_name[server])
+        c["name"] = c["load_assignment"]["cluster_name"] = name
+        cfg["static_resources"]["clusters"].append(c)
+
+
+def _istio_shape(plugin_filter: str, stat_prefix: str, route_config: dict, upstreams: dict[str, str], edit_chain):
+    """Bootstrap hook: turn the harness' envoy/envoy.yaml into an Istio proxy
+    with `route_config`, each of its clusters played by a demo model server
+    (`upstreams`: cluster name -> model-v1 or model-v2) and Istio's filter
+    order after the plugin."""
 
     def hook(cfg: dict) -> None:
-        subsets = subset_deployments(cluster)
-        port, host = service_port(cluster), service_host(cluster)
-        by_name = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
-        for subset, deployment in subsets.items():
-            c = copy.deepcopy(by_name[deployment])  # the demo server of that version
-            c["name"] = c["load_assignment"]["cluster_name"] = f"outbound|{port}|{subset}|{host}"
-            cfg["static_resources"]["clusters"].append(c)
+        add_upstreams(cfg, upstreams)
         (listener,) = [x for x in cfg["static_resources"]["listeners"] if x["name"] == "ingress"]
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["stat_prefix"] = f"outbound_0.0.0.0_{port}"
-        hcm["route_config"] = {
-            "name": str(port),
-            "virtual_hosts": [{"name": f"{host}:{port}", "domains": ["*"], "routes": envoy_routes(cluster)}],
-        }
-        (plugin,) = [f for f in hcm["http_filters"] if f["name"] == filter_name]
+        hcm["stat_prefix"] = stat_prefix
+        hcm["route_config"] = route_config
+        (plugin,) = [f for f in hcm["http_filters"] if f["name"] == plugin_filter]
         fault = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-        # Istio's outbound chain: the Wasm plugins, then fault, CORS, stats, router.
+        # Istio's chain: the Wasm plugins, then fault, CORS, stats, router.
         hcm["http_filters"] = [
             plugin,
             _typed("envoy.filters.http.fault", fault),
@@ -598,14 +711,22 @@ def _istio_shape(cluster: Cluster, filter_name: str, edit_chain):
     return hook
 
 
-def sidecar(cluster: Cluster, workdir: Path, numbers: str = "jsonpb", edit_chain=None, **kwargs) -> Envoy:
-    """A real Envoy shaped like the client sidecar Istio builds for this
-    cluster, with the plugin resource delivered as Istio delivers it: over
+def istio_proxy(
+    plugin: dict,
+    workdir: Path,
+    route_config: dict,
+    upstreams: dict[str, str],
+    stat_prefix: str,
+    numbers: str = "jsonpb",
+    edit_chain=None,
+    **kwargs,
+) -> Envoy:
+    """A real Envoy shaped like a proxy Istio builds (a sidecar or a
+    gateway), with the plugin resource delivered as Istio delivers it: over
     ECDS, named <namespace>.<name>, root_id = pluginName, the pluginConfig
     marshalled to JSON in a StringValue, the failure policy from failStrategy,
     RBAC accepted as the substitute filter. `edit_chain` may change the
     list of HTTP filters (the plugin, fault, CORS, router). Not started."""
-    plugin = cluster.plugin()
     wasm = wasm_fields(plugin)
     policy = {"FAIL_OPEN": "FAIL_OPEN", "FAIL_CLOSE": "FAIL_CLOSED", "FAIL_RELOAD": "FAIL_RELOAD"}
     return Envoy(
@@ -615,8 +736,23 @@ def sidecar(cluster: Cluster, workdir: Path, numbers: str = "jsonpb", edit_chain
         root_id=wasm["pluginName"],
         failure_policy=policy[wasm.get("failStrategy", "FAIL_CLOSE")],
         extra_type_urls=(RBAC_FILTER,),
-        bootstrap_hook=_istio_shape(cluster, filter_name(plugin), edit_chain),
+        bootstrap_hook=_istio_shape(filter_name(plugin), stat_prefix, route_config, upstreams, edit_chain),
         **kwargs,
+    )
+
+
+def sidecar(cluster: Cluster, workdir: Path, numbers: str = "jsonpb", edit_chain=None, **kwargs) -> Envoy:
+    """The client sidecar Istio builds for this cluster: the VirtualService's
+    routes for the model Service's port, each DestinationRule subset a
+    cluster played by the demo server of its Deployment (istio_proxy)."""
+    port, host = service_port(cluster), service_host(cluster)
+    upstreams = {f"outbound|{port}|{subset}|{host}": d for subset, d in subset_deployments(cluster).items()}
+    route_config = {
+        "name": str(port),
+        "virtual_hosts": [{"name": f"{host}:{port}", "domains": ["*"], "routes": envoy_routes(cluster)}],
+    }
+    return istio_proxy(
+        cluster.plugin(), workdir, route_config, upstreams, f"outbound_0.0.0.0_{port}", numbers, edit_chain, **kwargs
     )
 
 
@@ -633,10 +769,30 @@ def istio_allow_all(name: str) -> dict:
 # --- The README section -------------------------------------------------------
 
 
-def readme_section() -> str:
+def split_kubectl(argv: list[str]) -> tuple[str, list[str], list[str]]:
+    """kubectl argv -> (namespace, arguments, the command after `--`)."""
+    namespace, args, rest = "", [], []
+    i = 1
+    while i < len(argv):
+        if argv[i] in ("-n", "--namespace"):
+            namespace, i = argv[i + 1], i + 2
+        elif argv[i] == "--":
+            rest = argv[i + 1 :]
+            break
+        else:
+            args, i = args + [argv[i]], i + 1
+    return namespace, args, rest
+
+
+def flag(args: list[str], name: str) -> str:
+    """The value after a kubectl flag."""
+    return args[args.index(name) + 1]
+
+
+def readme_section(name: str = "istio") -> str:
     text = README.read_text()
-    start, end = "<!-- section: istio -->", "<!-- end section: istio -->"
-    assert start in text and end in text, "README.md lacks the istio section markers"
+    start, end = f"<!-- section: {name} -->", f"<!-- end section: {name} -->"
+    assert start in text and end in text, f"README.md lacks the {name} section markers"
     return text.split(start, 1)[1].split(end, 1)[0]
 
 
@@ -661,11 +817,11 @@ COMMANDS = ("kubectl", "make", "sha256sum", "docker", "curl", "canary-selector")
 PREVIEWS = ("canary-selector",)
 
 
-def readme_steps() -> list[Step]:
+def readme_steps(name: str = "istio") -> list[Step]:
     """Every command in the section's ```sh blocks, in order."""
     steps: list[Step] = []
     section = ""
-    for part in re.split(r"(^```sh\n.*?^```$)", readme_section(), flags=re.S | re.M):
+    for part in re.split(r"(^```sh\n.*?^```$)", readme_section(name), flags=re.S | re.M):
         if not part.startswith("```sh"):
             headings = re.findall(r"^#+ (.+)$", part, re.M)
             section = headings[-1] if headings else section

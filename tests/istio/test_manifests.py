@@ -58,7 +58,7 @@ MISTAKES = [
     ("wasmplugin.yaml", _set("spec.selector.matchLabels", {"app*": "x"}), "wildcard not allowed"),
     ("wasmplugin.yaml", _set("spec.targetRefs", [{"kind": "Service", "name": "model"}]), "only one of"),
     ("wasmplugin.yaml", _set("metadata.name", "Canary_Selector"), "does not match"),
-    ("wasmplugin.yaml", _set("kind", "WasmPlugins"), "no Istio 1.32 CRD serves"),
+    ("wasmplugin.yaml", _set("kind", "WasmPlugins"), "no CRD in ../shared serves"),
     ("trafficextension/canary-selector.yaml", _set("spec.lua", {"inlineCode": "x"}), "exactly one of wasm or lua"),
     ("trafficextension/canary-selector.yaml", _set("spec.wasm.pluginName", ""), "should be non-empty"),
     ("virtualservice.yaml", _set("spec.http.0.route.0.destination.subset", 2), "is not of type 'string'"),

@@ -4,7 +4,6 @@ route, the metrics, and every command of the README's Istio section run in
 order against it. `make test-matrix` runs this file on every Envoy minor."""
 
 import json
-import math
 import os
 import re
 import shlex
@@ -14,45 +13,13 @@ import pytest
 import yaml
 
 import mesh
-from harness import ENVOY_BIN, canary_selector, expected_version
+from harness import ENVOY_BIN, canary_selector
 
 USERS = [f"user-{i}" for i in range(400)]
 
 
-def expected(config: dict, headers: dict) -> str | None:
-    """The README's decision: the first matching rule, else the user's bucket
-    (None for a request with no user id: a random pick)."""
-    values = {k.lower(): v for k, v in headers.items()}
-    for rule in config.get("rules", []):
-        if set(rule["match"]) - {"headers"}:
-            raise NotImplementedError(f"rule {rule['name']}: only header conditions are modelled here")
-        if all(_holds(cond, values.get(h.lower())) for h, cond in rule["match"]["headers"].items()):
-            return rule["version"]
-    for header in config.get("stickiness", {}).get("userIdHeaders", []):
-        user = values.get(header.lower(), "").strip(" \t")
-        if user:
-            return expected_version(config, user)
-    return None
-
-
-def _holds(cond: dict, value: str | None) -> bool:
-    if value is None:
-        return False
-    if "exact" in cond:
-        return value == cond["exact"]
-    if "prefix" in cond:
-        return value.startswith(cond["prefix"])
-    return re.fullmatch(cond["regex"], value) is not None
-
-
 def weight_of(config: dict, version: str) -> float:
     return sum(v["weight"] for v in config["versions"] if v["name"] == version)
-
-
-def assert_share(n_hits: int, n: int, percent: float):
-    p = percent / 100
-    sigma = math.sqrt(n * p * (1 - p))
-    assert abs(n_hits - n * p) <= 5 * sigma + 1e-9, f"{n_hits}/{n}, expected {percent}%"
 
 
 def route_users(envoy, config: dict, users=USERS, extra: dict | None = None) -> dict[str, str]:
@@ -64,7 +31,7 @@ def route_users(envoy, config: dict, users=USERS, extra: dict | None = None) -> 
         headers = {"x-user-id": user, **(extra or {})}
         r = envoy.request(headers, conn=conn)
         assert r.status == 200, r.body
-        want = expected(config, headers)
+        want = mesh.expected(config, headers)
         assert (r.served_by, r.header("x-upstream-saw-version")) == (want, want), (headers, r.headers)
         served[user] = r.served_by
     return served
@@ -126,7 +93,7 @@ def test_the_plugin_as_istio_delivers_it_splits_users_and_pins_testers(
 
     served = route_users(envoy, config)
     on_v2 = sum(v == "model-v2" for v in served.values())
-    assert_share(on_v2, len(USERS), 10)
+    mesh.assert_share(on_v2, len(USERS), 10)
     testers = route_users(envoy, config, USERS[:50], {"x-canary-tester": "true"})
     assert set(testers.values()) == {"model-v2"}
     # The response names the version (responseHeader), as the README's curls show.
@@ -217,25 +184,6 @@ def test_the_route_follows_the_header_even_when_looked_up_before_the_plugin(clus
 # --- The README, run -----------------------------------------------------------
 
 
-def split_kubectl(argv: list[str]) -> tuple[str, list[str], list[str]]:
-    """kubectl argv -> (namespace, arguments, the command after `--`)."""
-    namespace, args, rest = "", [], []
-    i = 1
-    while i < len(argv):
-        if argv[i] in ("-n", "--namespace"):
-            namespace, i = argv[i + 1], i + 2
-        elif argv[i] == "--":
-            rest = argv[i + 1 :]
-            break
-        else:
-            args, i = args + [argv[i]], i + 1
-    return namespace, args, rest
-
-
-def flag(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
-
-
 class Readme:
     """Runs README commands against the simulated cluster and a real sidecar
     kept in step with it, checking everything they claim."""
@@ -282,12 +230,12 @@ class Readme:
         docs = []
 
         def kubectl_output(m: re.Match) -> str:
-            ns, args, _ = split_kubectl(shlex.split(m.group(1)))
-            assert flag(args, "-o") == "yaml", step.line
+            ns, args, _ = mesh.split_kubectl(shlex.split(m.group(1)))
+            assert mesh.flag(args, "-o") == "yaml", step.line
             kind, name = mesh.kind_of(args[1]), args[2]
             if args[0] == "patch":
                 assert "--dry-run=server" in args, step.line
-                doc = self.cluster.patched(kind, ns, name, flag(args, "--type"), flag(args, "-p"))
+                doc = self.cluster.patched(kind, ns, name, mesh.flag(args, "--type"), mesh.flag(args, "-p"))
             else:
                 assert args[0] == "get", step.line
                 doc = self.cluster.get(kind, ns, name)
@@ -306,7 +254,7 @@ class Readme:
         self.previewed = mesh.wasm_fields(docs[1])["pluginConfig"]
 
     def kubectl(self, argv: list[str], pipes: list[str], step: mesh.Step) -> bool:
-        ns, args, rest = split_kubectl(argv)
+        ns, args, rest = mesh.split_kubectl(argv)
         verb = args[0]
         if verb == "apply":
             for i, a in enumerate(args):
@@ -317,7 +265,7 @@ class Readme:
             self.cluster.delete(mesh.kind_of(args[1]), ns, args[2])
             return True
         if verb == "patch":
-            self.cluster.patch(mesh.kind_of(args[1]), ns, args[2], flag(args, "--type"), flag(args, "-p"))
+            self.cluster.patch(mesh.kind_of(args[1]), ns, args[2], mesh.flag(args, "--type"), mesh.flag(args, "-p"))
             return True
         if verb == "wait":
             assert args[1:] == ["--for=condition=Available", "deployment", "--all", "--timeout=5m"]
@@ -362,7 +310,7 @@ class Readme:
         weights = {"1%": 1, "10%": 10, "50%": 50, "100%": 100}
         if step.label in weights:
             assert weight_of(config, "model-v2") == weights[step.label], step.line
-        assert_share(sum(v == "model-v2" for v in served.values()), len(USERS), weight_of(config, "model-v2"))
+        mesh.assert_share(sum(v == "model-v2" for v in served.values()), len(USERS), weight_of(config, "model-v2"))
 
     def exec(self, ns: str, args: list[str], command: list[str], pipes: list[str], step: mesh.Step) -> None:
         deployment = self.cluster.get("Deployment", ns, args[1].removeprefix("deploy/"))
