@@ -27,7 +27,8 @@ pub trait ResponseHost {
     fn now_ms(&mut self) -> i64;
 }
 
-/// What the response phase still has to do for a stream.
+/// What the response phase has to do for a stream: count its response,
+/// and whatever the config asks for (echo headers, the cookie, the guard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     pub version: usize,
@@ -38,23 +39,28 @@ pub struct Pending {
     pub started_ms: Option<i64>,
 }
 
-/// A response the guard counts.
+/// A response, judged: counted per version and reason, and by the guard
+/// when `guarded`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     pub version: usize,
+    pub reason: Reason,
+    /// A 5xx response.
     pub error: bool,
+    /// Slower than the guard's `slowResponseMs` (never without one).
     pub slow: bool,
+    /// The guard is on and protects this traffic (no rule pinned it).
+    pub guarded: bool,
 }
 
 /// Decides the version, writes the routing header (replacing whatever the
-/// client sent) and counts. Returns the work left for the response,
-/// if any.
+/// client sent) and counts. Returns the work left for the response.
 pub fn on_request_headers(
     rollout: &Rollout,
     host: &mut impl Host,
     rng: &mut impl Entropy,
     live: Live,
-) -> (Decision, Option<Pending>) {
+) -> (Decision, Pending) {
     let d = decide(rollout, host, rng, live);
     let name = rollout
         .versions
@@ -62,27 +68,23 @@ pub fn on_request_headers(
         .map_or(&b""[..], |v| v.name.as_bytes());
     host.set_request_header(&rollout.routing_header, name);
     host.count(d.version, d.reason);
-    let respond = rollout.response_header.is_some()
-        || rollout.response_reason_header.is_some()
-        || rollout.guard.is_some()
-        || d.new_id.is_some();
     let timed = rollout.guard.as_ref().is_some_and(|g| g.slow.is_some());
-    let pending = respond.then_some(Pending {
+    let pending = Pending {
         version: d.version,
         reason: d.reason,
         new_id: d.new_id,
         started_ms: timed.then_some(live.now_ms),
-    });
+    };
     (d, pending)
 }
 
-/// Echoes the decision, sends the anonymous cookie, and returns what the
-/// guard must count, if it is on.
+/// Echoes the decision, sends the anonymous cookie, and judges the response
+/// for the counters and the guard.
 pub fn on_response_headers(
     rollout: &Rollout,
     pending: &Pending,
     host: &mut impl ResponseHost,
-) -> Option<Outcome> {
+) -> Outcome {
     if let Some(header) = &rollout.response_reason_header {
         host.set_response_header(header, pending.reason.as_str().as_bytes());
     }
@@ -107,34 +109,171 @@ pub fn on_response_headers(
         }
         host.add_response_header("set-cookie", value.as_bytes());
     }
-    let guard = rollout.guard.as_ref()?;
-    // The guard protects users: traffic a rule pins (testers debugging a
-    // canary, perhaps at weight 0) is not counted.
-    if pending.reason == Reason::Rule {
-        return None;
-    }
     let error = host.status().is_some_and(|s| (500..600).contains(&s));
-    let slow = match (guard.slow, pending.started_ms) {
+    let guard = rollout.guard.as_ref();
+    let slow = match (guard.and_then(|g| g.slow), pending.started_ms) {
         (Some((bound_ms, _)), Some(started)) => {
             host.now_ms().saturating_sub(started) > i64::from(bound_ms)
         }
         _ => false,
     };
-    Some(Outcome {
+    Outcome {
         version: pending.version,
+        reason: pending.reason,
         error,
         slow,
-    })
+        // The guard protects users: traffic a rule pins (testers debugging
+        // a canary, perhaps at weight 0) is not counted.
+        guarded: guard.is_some() && pending.reason != Reason::Rule,
+    }
 }
 
-/// The guard's trip counter and state gauge (1 while tripped).
-pub const GUARD_TRIPS_METRIC: &str = "canary_selector.guard.trips";
-pub const GUARD_TRIPPED_METRIC: &str = "canary_selector.guard.tripped";
+// ---------------------------------------------------------------------------
+// Metrics.
+// ---------------------------------------------------------------------------
 
-/// The proxy-wasm metric name for a (version, reason) pair. Envoy files it
-/// under `wasmcustom.`; its Prometheus output drops that prefix, giving
-/// `canary_selector_requests_<version>_<reason>`. Istio's default stats
-/// inclusion keeps every name starting with `wasm`, so these are exported.
-pub fn metric_name(version: &str, reason: Reason) -> String {
-    format!("canary_selector.requests.{version}.{}", reason.as_str())
+/// The stat tags in the metrics' names, each written `<tag>=.=<value>;.;`:
+/// Istio's encoding, which its `extraStatTags` setting turns into Prometheus
+/// labels with the extractor `(<tag>=\.=(.*?);\.;)` per tag (Istio's
+/// bootstrap template; `envoy/envoy.yaml` has the same three).
+pub const STAT_TAGS: [&str; 3] = ["plugin", "version", "reason"];
+
+/// The proxy-wasm metric names of one plugin. Envoy files them under
+/// `wasmcustom.`; with the tags extracted, its Prometheus output drops that
+/// prefix and the tags, and the name left is the one written last
+/// (`canary_selector_requests_total{plugin="models.canary-selector",
+/// version="model-v2",reason="sticky"}`). Istio's default stats inclusion
+/// keeps every name starting with `wasm`, so they are all exported.
+pub struct MetricNames {
+    /// The plugin's name (Istio: `<namespace>.<name>`) as a tag value.
+    plugin: String,
+}
+
+/// The tag-value framing ([`crate::config::STAT_TAG_FRAMING`]) and anything
+/// but visible ASCII in a plugin name become `_`; Istio's plugin names
+/// (Kubernetes names and a dot) have none.
+fn tag_value(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && !crate::config::STAT_TAG_FRAMING.contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl MetricNames {
+    pub fn new(plugin: &str) -> Self {
+        MetricNames {
+            plugin: tag_value(plugin),
+        }
+    }
+
+    fn name(&self, version: Option<&str>, reason: Option<Reason>, metric: &str) -> String {
+        let mut out = format!("plugin=.={};.;", self.plugin);
+        if let Some(v) = version {
+            // Version names never hold the framing (config validation).
+            let _ = write!(out, "version=.={v};.;");
+        }
+        if let Some(r) = reason {
+            let _ = write!(out, "reason=.={};.;", r.as_str());
+        }
+        out.push_str(metric);
+        out
+    }
+
+    /// Decisions (counter).
+    pub fn requests(&self, version: &str, reason: Reason) -> String {
+        self.name(
+            Some(version),
+            Some(reason),
+            "canary_selector_requests_total",
+        )
+    }
+
+    /// Responses to the requests decided (counter).
+    pub fn responses(&self, version: &str, reason: Reason) -> String {
+        self.name(
+            Some(version),
+            Some(reason),
+            "canary_selector_responses_total",
+        )
+    }
+
+    /// Those of them that failed (counter).
+    pub fn failed_responses(&self, version: &str, reason: Reason) -> String {
+        self.name(
+            Some(version),
+            Some(reason),
+            "canary_selector_failed_responses_total",
+        )
+    }
+
+    /// Those slower than the guard's `slowResponseMs` (counter).
+    pub fn slow_responses(&self, version: &str, reason: Reason) -> String {
+        self.name(
+            Some(version),
+            Some(reason),
+            "canary_selector_slow_responses_total",
+        )
+    }
+
+    /// The version's live weight in millionths of the users (gauge).
+    pub fn weight(&self, version: &str) -> String {
+        self.name(Some(version), None, "canary_selector_weight_ppm")
+    }
+
+    /// 1 for the stable (first) version, 0 for the others (gauge).
+    pub fn stable(&self, version: &str) -> String {
+        self.name(Some(version), None, "canary_selector_stable_version")
+    }
+
+    /// 1 while the guard holds traffic on stable (gauge).
+    pub fn guard_tripped(&self) -> String {
+        self.name(None, None, "canary_selector_guard_tripped")
+    }
+
+    /// Trips, by the canary version that breached (counter).
+    pub fn guard_trips(&self, version: &str) -> String {
+        self.name(Some(version), None, "canary_selector_guard_trips_total")
+    }
+}
+
+/// A weight (a percentage) in millionths, as the weight gauge shows it: the
+/// finest step the README promises (0.001%) is 10.
+pub fn weight_ppm(percent: f64) -> u64 {
+    (percent * 10_000.0).round().clamp(0.0, 1_000_000.0) as u64
+}
+
+/// The most version names [`gauged_versions`] remembers per plugin.
+pub const MAX_GAUGED_VERSIONS: usize = 64;
+
+/// Envoy keeps a gauge at its last value until the process ends, so a push
+/// that drops a version would leave its weight gauge showing the old weight
+/// (and the "weighted version gets no traffic" alert firing). The plugin
+/// keeps, in shared data, the names of the versions whose gauges it set
+/// (space separated; names hold no spaces): given that record and the
+/// versions of the config being installed, returns the names to zero and the
+/// new record (the config's names first, then the older ones, at most
+/// [`MAX_GAUGED_VERSIONS`]).
+pub fn gauged_versions<'a>(
+    record: &'a [u8],
+    versions: &[crate::config::Version],
+) -> (Vec<&'a str>, Vec<u8>) {
+    let listed = |name: &str| versions.iter().any(|v| v.name == name);
+    let dropped: Vec<&str> = std::str::from_utf8(record)
+        .unwrap_or("")
+        .split(' ')
+        .filter(|name| !name.is_empty() && !listed(name))
+        .collect();
+    let names: Vec<&str> = versions
+        .iter()
+        .map(|v| v.name.as_str())
+        .chain(dropped.iter().copied())
+        .take(MAX_GAUGED_VERSIONS)
+        .collect();
+    (dropped, names.join(" ").into_bytes())
 }

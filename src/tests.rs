@@ -976,7 +976,6 @@ fn filter_replaces_a_spoofed_routing_header_and_reroutes() {
         vec![("x-canary-version".to_string(), b"model-v1".to_vec())]
     );
     assert_eq!(host.counted, vec![(0, Reason::Sticky)]);
-    let pending = pending.expect("responseHeader is configured");
     let mut resp = FakeResponse::default();
     filter::on_response_headers(&r, &pending, &mut resp);
     assert_eq!(
@@ -1001,13 +1000,26 @@ fn filter_reads_each_header_at_most_once() {
 }
 
 #[test]
-fn filter_without_response_work_leaves_nothing_pending() {
+fn filter_without_response_headers_only_judges_the_response() {
     let r = split(90.0, 10.0);
     let mut host = FakeRequest::with(&[("x-user-id", b"bob")]);
-    let (_, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1), Live::default());
-    assert!(
-        pending.is_none(),
-        "no response header, no cookie: nothing to do on the response"
+    let (d, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1), Live::default());
+    assert_eq!(pending.started_ms, None, "no latency bound: no clock read");
+    let mut resp = FakeResponse {
+        status: Some(502),
+        ..Default::default()
+    };
+    let o = filter::on_response_headers(&r, &pending, &mut resp);
+    assert!(resp.headers.is_empty(), "no response header, no cookie");
+    assert_eq!(
+        o,
+        filter::Outcome {
+            version: d.version,
+            reason: Reason::Sticky,
+            error: true,
+            slow: false,
+            guarded: false,
+        }
     );
 }
 
@@ -1019,7 +1031,6 @@ fn filter_sets_the_anonymous_cookie_once() {
     );
     let mut host = FakeRequest::default();
     let (d, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(5), Live::default());
-    let pending = pending.expect("a new id must be sent back");
     let mut resp = FakeResponse::default();
     filter::on_response_headers(&r, &pending, &mut resp);
     let id = String::from_utf8(d.new_id.unwrap().0.to_vec()).unwrap();
@@ -1035,15 +1046,106 @@ fn filter_sets_the_anonymous_cookie_once() {
     let mut host = FakeRequest::with(&[("cookie", cookie.as_bytes())]);
     let (d2, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(6), Live::default());
     assert_eq!((d2.version, d2.reason), (d.version, Reason::Sticky));
-    assert!(pending.is_none());
+    let mut resp = FakeResponse::default();
+    filter::on_response_headers(&r, &pending, &mut resp);
+    assert!(resp.headers.is_empty(), "no new cookie");
 }
 
 #[test]
-fn metric_names_are_exported_by_istio_and_readable_in_prometheus() {
+fn metric_names_carry_plugin_version_and_reason_as_istio_stat_tags() {
+    let names = filter::MetricNames::new("models.canary-selector");
     assert_eq!(
-        filter::metric_name("model-v2", Reason::Sticky),
-        "canary_selector.requests.model-v2.sticky"
+        names.requests("model-v2", Reason::Sticky),
+        "plugin=.=models.canary-selector;.;version=.=model-v2;.;reason=.=sticky;.;canary_selector_requests_total"
     );
+    assert_eq!(
+        names.guard_tripped(),
+        "plugin=.=models.canary-selector;.;canary_selector_guard_tripped"
+    );
+    assert_eq!(
+        names.weight("v1.2.0"),
+        "plugin=.=models.canary-selector;.;version=.=v1.2.0;.;canary_selector_weight_ppm"
+    );
+    // Istio's extractor for each tag, `(<tag>=\.=(.*?);\.;)`, finds each
+    // value whole, and what is left is the metric name.
+    let name = names.failed_responses("model-v2", Reason::Guard);
+    let mut rest = name.clone();
+    let mut tags = Vec::new();
+    for tag in filter::STAT_TAGS {
+        let open = format!("{tag}=.=");
+        let start = name.find(&open).unwrap();
+        let len = name[start + open.len()..].find(";.;").unwrap();
+        tags.push(name[start + open.len()..][..len].to_string());
+        rest = rest.replace(&name[start..start + open.len() + len + 3], "");
+    }
+    assert_eq!(tags, ["models.canary-selector", "model-v2", "guard"]);
+    assert_eq!(rest, "canary_selector_failed_responses_total");
+}
+
+#[test]
+fn plugin_names_cannot_break_the_stat_tags() {
+    // A plugin name is Envoy's filter name, not config: the framing and
+    // anything invisible become `_`.
+    let names = filter::MetricNames::new("a;.;version=.=b\nc");
+    assert_eq!(
+        names.guard_tripped(),
+        "plugin=.=a_._version_._b_c;.;canary_selector_guard_tripped"
+    );
+}
+
+#[test]
+fn weights_are_shown_in_millionths() {
+    assert_eq!(filter::weight_ppm(100.0), 1_000_000);
+    assert_eq!(filter::weight_ppm(10.0), 100_000);
+    assert_eq!(filter::weight_ppm(0.001), 10);
+    assert_eq!(filter::weight_ppm(33.333_333_3), 333_333);
+    assert_eq!(filter::weight_ppm(0.0), 0);
+}
+
+#[test]
+fn gauges_of_versions_a_push_drops_are_zeroed() {
+    let first = rollout(
+        r#"{"versions":[{"name":"model-v1","weight":90},{"name":"model-v2","weight":10}]}"#,
+    );
+    let (dropped, record) = filter::gauged_versions(b"", &first.versions);
+    assert!(dropped.is_empty());
+    assert_eq!(record, b"model-v1 model-v2");
+    // Promotion: model-v1 goes, and its gauges with it.
+    let promoted = rollout(r#"{"versions":[{"name":"model-v2","weight":100}]}"#);
+    let (dropped, record) = filter::gauged_versions(&record, &promoted.versions);
+    assert_eq!(dropped, ["model-v1"]);
+    assert_eq!(record, b"model-v2 model-v1");
+    // It stays in the record (another VM may still show it) until it is
+    // listed again or pushed out by newer names.
+    let back = rollout(r#"{"versions":[{"name":"model-v1","weight":100}]}"#);
+    let (dropped, record) = filter::gauged_versions(&record, &back.versions);
+    assert_eq!(dropped, ["model-v2"]);
+    assert_eq!(record, b"model-v1 model-v2");
+    let many: Vec<String> = (0..100).map(|i| format!("old-{i}")).collect();
+    let many = many.join(" ");
+    let (dropped, record) = filter::gauged_versions(many.as_bytes(), &first.versions);
+    assert_eq!(dropped.len(), 100);
+    let kept: Vec<&[u8]> = record.split(|&b| b == b' ').collect();
+    assert_eq!(kept.len(), filter::MAX_GAUGED_VERSIONS);
+    assert_eq!(&kept[..3], [&b"model-v1"[..], b"model-v2", b"old-0"]);
+    // Foreign bytes in shared data are no name.
+    let (dropped, _) = filter::gauged_versions(b"\xff\xfe", &first.versions);
+    assert!(dropped.is_empty());
+}
+
+#[test]
+fn the_weight_at_a_time_follows_the_schedule() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
+            "schedule":{"start":"2026-12-01T09:00:00Z","steps":[
+              {"afterSeconds":0,"weights":{"v1":90,"v2":10}},
+              {"afterSeconds":60,"weights":{"v2":100}}]}}"#,
+    );
+    let start = crate::config::rfc3339_ms("2026-12-01T09:00:00Z").unwrap();
+    let at = |ms: i64| (r.weight_at(ms, 0), r.weight_at(ms, 1), r.weight_at(ms, 2));
+    assert_eq!(at(start - 1), (100.0, 0.0, 0.0));
+    assert_eq!(at(start), (90.0, 10.0, 0.0));
+    assert_eq!(at(start + 60_000), (0.0, 100.0, 0.0));
 }
 
 // ---------------------------------------------------------------------------
@@ -1313,7 +1415,6 @@ fn guarded_streams_report_errors_and_slow_responses() {
         guard_tripped: false,
     };
     let (_, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1), live);
-    let pending = pending.expect("the guard counts every response");
     assert_eq!(pending.started_ms, Some(1_000));
     for (status, now, error, slow) in [
         (Some(200), 1_100, false, false),
@@ -1327,10 +1428,15 @@ fn guarded_streams_report_errors_and_slow_responses() {
             now_ms: now,
             ..Default::default()
         };
-        let outcome = filter::on_response_headers(&r, &pending, &mut resp).unwrap();
+        let outcome = filter::on_response_headers(&r, &pending, &mut resp);
         assert_eq!(
-            (outcome.version, outcome.error, outcome.slow),
-            (1, error, slow),
+            (
+                outcome.version,
+                outcome.error,
+                outcome.slow,
+                outcome.guarded
+            ),
+            (1, error, slow, true),
             "{status:?} at {now}"
         );
         assert_eq!(
@@ -1338,7 +1444,7 @@ fn guarded_streams_report_errors_and_slow_responses() {
             vec![("x-canary-reason".to_string(), "sticky".to_string())]
         );
     }
-    // Without a guard nothing is counted.
+    // Without a guard the response is judged for the counters only.
     let plain = split(50.0, 50.0);
     let pending = filter::Pending {
         version: 1,
@@ -1346,7 +1452,12 @@ fn guarded_streams_report_errors_and_slow_responses() {
         new_id: None,
         started_ms: None,
     };
-    assert!(filter::on_response_headers(&plain, &pending, &mut FakeResponse::default()).is_none());
+    let mut resp = FakeResponse {
+        status: Some(500),
+        ..Default::default()
+    };
+    let o = filter::on_response_headers(&plain, &pending, &mut resp);
+    assert_eq!((o.error, o.guarded), (true, false));
     // Nor what a rule pinned: testers debugging a canary cannot trip it.
     let pinned = filter::Pending {
         reason: Reason::Rule,
@@ -1356,7 +1467,8 @@ fn guarded_streams_report_errors_and_slow_responses() {
         status: Some(503),
         ..Default::default()
     };
-    assert!(filter::on_response_headers(&r, &pinned, &mut resp).is_none());
+    let o = filter::on_response_headers(&r, &pinned, &mut resp);
+    assert_eq!((o.reason, o.error, o.guarded), (Reason::Rule, true, false));
 }
 
 #[test]
@@ -1453,12 +1565,25 @@ fn hostile_configs_found_in_review_are_rejected() {
             "responseReasonHeader",
             "same header",
         ),
-        // Version names that would collide in Prometheus.
+        // Version names that would collide in Prometheus where the stat
+        // tags are not extracted.
         (
             r#"{"versions":[{"name":"model-v2","weight":50},{"name":"model.v2","weight":50}]}"#
                 .to_string(),
             "versions[1].name",
-            "Prometheus",
+            "would share one Prometheus metric name where the stat tags are not extracted",
+        ),
+        // Version names holding the stat tags' framing.
+        (
+            r#"{"versions":[{"name":"v1;.;reason=.=rule","weight":50},{"name":"v2","weight":50}]}"#
+                .to_string(),
+            "versions[0].name",
+            "holds ';', which frames the metrics' stat tags",
+        ),
+        (
+            r#"{"versions":[{"name":"v1","weight":50},{"name":"v=2","weight":50}]}"#.to_string(),
+            "versions[1].name",
+            "holds '=', which frames the metrics' stat tags",
         ),
     ];
     for (json, field, reason) in cases {
