@@ -6,36 +6,9 @@ import json
 import time
 from datetime import datetime, timedelta, timezone
 
-from harness import expected_version
+from harness import expected_version, failing
 
 USERS = [f"user-{i}" for i in range(300)]
-GUARD_TRIPS = "wasmcustom.canary_selector.guard.trips"
-
-
-def failing(listener: str, percent: int):
-    """A bootstrap hook: the model server `listener` answers 503 to `percent`%
-    of requests (Envoy's fault filter in front of it)."""
-
-    def hook(cfg: dict) -> None:
-        for l in cfg["static_resources"]["listeners"]:
-            if l["name"] != listener:
-                continue
-            hcm = l["filter_chains"][0]["filters"][0]["typed_config"]
-            hcm["http_filters"].insert(
-                0,
-                {
-                    "name": "envoy.filters.http.fault",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-                        "abort": {
-                            "http_status": 503,
-                            "percentage": {"numerator": percent, "denominator": "HUNDRED"},
-                        },
-                    },
-                },
-            )
-
-    return hook
 
 
 def guarded(demo_config: dict, **guard) -> dict:
@@ -61,7 +34,7 @@ def test_a_failing_canary_trips_the_guard_and_users_go_back_to_stable(start_envo
     # Before the trip, canary users are on model-v2, and about 30% of them fail.
     started = time.monotonic()
     statuses = []
-    while envoy.stats().get(GUARD_TRIPS, 0) == 0:
+    while envoy.metric("canary_selector_guard_trips_total") == 0:
         assert time.monotonic() - started < 15, "the guard did not trip within the window"
         for u in USERS[:100]:
             r = envoy.request({"x-user-id": u})
@@ -83,9 +56,11 @@ def test_a_failing_canary_trips_the_guard_and_users_go_back_to_stable(start_envo
     assert {decided(r) for r in tester} == {("model-v2", "rule")}
     assert any(r.served_by == "model-v2" for r in tester)
 
-    stats = envoy.flushed_stats()
-    assert stats[GUARD_TRIPS] == 1, "one trip for the whole proxy"
-    assert stats["wasmcustom.canary_selector.requests.model-v1.guard"] >= len(canary_users)
+    envoy.flushed_stats()
+    assert envoy.metric("canary_selector_guard_trips_total") == 1, "one trip for the whole proxy"
+    assert envoy.metric("canary_selector_guard_trips_total", version="model-v2") == 1
+    assert envoy.metric("canary_selector_guard_tripped") == 1
+    assert envoy.metric("canary_selector_requests_total", version="model-v1", reason="guard") >= len(canary_users)
     logs = envoy.wait_for_log("guard tripped")
     trip_lines = [l for l in logs.splitlines() if "guard tripped" in l]
     assert len(trip_lines) == 1 and "[warning]" in trip_lines[0], trip_lines
@@ -97,6 +72,7 @@ def test_a_failing_canary_trips_the_guard_and_users_go_back_to_stable(start_envo
     config["guard"]["maxErrorRate"] = 0.5
     assert envoy.push(config)
     assert "guard reset" in envoy.wait_for_log("guard reset")
+    assert envoy.metric("canary_selector_guard_tripped") == 0
     for u in canary_users[:30]:
         assert decided(envoy.request({"x-user-id": u})) == ("model-v2", "sticky")
     # Pushing the tripped config again (a revert) starts it afresh too: no
@@ -123,7 +99,7 @@ def test_a_healthy_canary_never_trips(start_envoy, demo_config):
             assert decided(r) == (expected_version(config, u), "sticky"), u
             served += 1
     assert served > 1000
-    assert envoy.stats().get(GUARD_TRIPS, 0) == 0
+    assert envoy.metric("canary_selector_guard_trips_total") == 0
     assert "guard tripped" not in envoy.logs()
 
 

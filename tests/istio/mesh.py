@@ -5,7 +5,9 @@ Istio would build from them.
 - `validate()`: a manifest against the schema `kubectl apply` would apply: an
   Istio kind against its CRD in ../shared/istio-crds (unknown fields are errors,
   as with kubectl's strict field validation; the CRD's CEL rules evaluated),
-  a Kubernetes kind against Kubernetes' own schemas (kubernetes-validate).
+  a Kubernetes kind against Kubernetes' own schemas (kubernetes-validate),
+  the PrometheusRule against the schema below (no Prometheus Operator CRD is
+  at hand) and its rule groups against promtool.
 - `Cluster`: the objects `kubectl apply -f` creates, changed by the README's
   `kubectl patch` and `delete` commands exactly as the API server would.
 - `plugin_config_json()`: a WasmPlugin's pluginConfig as Istio delivers it.
@@ -19,7 +21,10 @@ import copy
 import json
 import re
 import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +37,12 @@ ROOT = Path(__file__).resolve().parents[2]
 ISTIO_DIR = ROOT / "istio"
 CRD_DIR = ROOT.parent / "shared" / "istio-crds"
 README = ROOT / "README.md"
+OBSERVABILITY_DIR = ISTIO_DIR / "observability"
+DASHBOARD = OBSERVABILITY_DIR / "canary-selector-dashboard.json"
+RULES = OBSERVABILITY_DIR / "canary-selector-rules.yaml"
+# Files under istio/ that are no Kubernetes object: the Grafana dashboard and
+# the plain Prometheus rule file.
+NOT_MANIFESTS = (DASHBOARD, RULES)
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from harness import Envoy  # noqa: E402
@@ -62,7 +73,9 @@ def demo_bootstrap() -> dict:
 
 def manifest_files() -> list[Path]:
     """Every manifest under istio/, subdirectories included."""
-    return sorted(p for p in ISTIO_DIR.rglob("*") if p.suffix in (".yaml", ".yml", ".json"))
+    return sorted(
+        p for p in ISTIO_DIR.rglob("*") if p.suffix in (".yaml", ".yml", ".json") and p not in NOT_MANIFESTS
+    )
 
 
 def kubectl_files(path: Path) -> list[Path]:
@@ -241,9 +254,91 @@ def validate_kubernetes(doc: dict) -> list[str]:
     return errors
 
 
+# The PrometheusRule (monitoring.coreos.com/v1) as the Prometheus Operator's
+# API reference describes it: groups of rules, nothing else, unknown fields
+# rejected as `kubectl apply` does with the CRD installed. Written here, since
+# ../shared has no Prometheus Operator CRD; promtool checks the rules
+# themselves (the PromQL, the templates, `alert` xor `record`).
+_DURATION = {"type": "string", "pattern": r"^(0|(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?)$"}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+PROMETHEUS_RULE = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": _DURATION,
+                            "query_offset": _DURATION,
+                            "limit": {"type": "integer"},
+                            "labels": _STRINGS,
+                            "partial_response_strategy": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": ["string", "integer"]},
+                                        "for": _DURATION,
+                                        "keep_firing_for": _DURATION,
+                                        "labels": _STRINGS,
+                                        "annotations": _STRINGS,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+
+
+def promtool_check_rules(groups: dict) -> list[str]:
+    """`promtool check rules` on a rule file's content (empty when valid)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise RuntimeError("promtool not found: apt-get install prometheus")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(groups, f)
+        f.flush()
+        run = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+    return [] if run.returncode == 0 else [f"promtool: {(run.stdout + run.stderr).strip()}"]
+
+
+def validate_prometheus_rule(doc: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(PROMETHEUS_RULE)
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    return errors or promtool_check_rules(doc["spec"])
+
+
 def validate(doc: dict) -> list[str]:
-    if str(doc.get("apiVersion", "")).split("/")[0].endswith(".istio.io"):
+    group = str(doc.get("apiVersion", "")).split("/")[0]
+    if group.endswith(".istio.io"):
         return validate_istio(doc)
+    if group == "monitoring.coreos.com":
+        return validate_prometheus_rule(doc)
     return validate_kubernetes(doc)
 
 
@@ -556,6 +651,62 @@ ISTIO_STATS_INCLUSION = [
 ] + [{"prefix": "component"}, {"prefix": "extension_config_discovery"}]
 
 
+# Istio's tag extractors (its bootstrap template,
+# tools/packaging/common/envoy_bootstrap.json: `use_all_default_tags: false`,
+# then these), with one `(<tag>=\.=(.*?);\.;)` per `extraStatTags` entry in
+# place of EXTRA. Kept whole so a test sees what Istio's other extractors do
+# to the filter's names.
+ISTIO_STATS_TAGS = [
+    ("cluster_name", r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"),
+    ("tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
+    ("response_code", r"_rq(_(\d{3}))$"),
+    ("response_code_class", r"_rq(_(\dxx))$"),
+    ("http_conn_manager_listener_prefix",
+     r"^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+    ("http_conn_manager_prefix", r"^http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+    ("listener_address", r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+    ("mongo_prefix", r"^mongo\.(.+?)\.(collection|cmd|cx_|op_|delays_|decoding_)(.*?)$"),
+    "EXTRA",
+    ("cache", r"(cache\.(.+?)\.)"),
+    ("component", r"(component\.(.+?)\.)"),
+    ("tag", r"(tag\.(.+?);\.)"),
+    ("wasm_filter", r"(wasm_filter\.(.+?)\.)"),
+    ("authz_enforce_result", r"rbac(\.(allowed|denied))"),
+    ("authz_dry_run_action", r"(\.istio_dry_run_(allow|deny)_)"),
+    ("authz_dry_run_result", r"(\.shadow_(allowed|denied))"),
+]
+
+EXTRA_STAT_TAGS_ANNOTATION = "sidecar.istio.io/extraStatTags"
+
+
+def extra_stat_tags(cluster: Cluster) -> list[str]:
+    """The extraStatTags of the pods the plugin selects (the annotation on
+    their pod template), as Istio's agent reads them into the bootstrap."""
+    selector = cluster.plugin()["spec"]["selector"]["matchLabels"]
+    for d in cluster.all("Deployment"):
+        template = d["spec"]["template"]["metadata"]
+        if selector.items() <= template.get("labels", {}).items():
+            text = template.get("annotations", {}).get(EXTRA_STAT_TAGS_ANNOTATION, "")
+            return [t.strip() for t in text.split(",") if t.strip()]
+    return []
+
+
+def istio_stats_config(extra_tags: list[str]) -> dict:
+    """The stats_config of Istio's bootstrap for these extraStatTags, with the
+    stats inclusion above."""
+    tags = []
+    for entry in ISTIO_STATS_TAGS:
+        if entry == "EXTRA":
+            tags += [{"tag_name": t, "regex": rf"({t}=\.=(.*?);\.;)"} for t in extra_tags]
+        else:
+            tags.append({"tag_name": entry[0], "regex": entry[1]})
+    return {
+        "use_all_default_tags": False,
+        "stats_tags": tags,
+        "stats_matcher": {"inclusion_list": {"patterns": ISTIO_STATS_INCLUSION}},
+    }
+
+
 def _typed(name: str, type_url: str) -> dict:
     return {"name": name, "typed_config": {"@type": type_url}}
 
@@ -590,7 +741,7 @@ def _istio_shape(cluster: Cluster, filter_name: str, edit_chain):
         ]
         if edit_chain:
             edit_chain(hcm["http_filters"])
-        cfg["stats_config"] = {"stats_matcher": {"inclusion_list": {"patterns": ISTIO_STATS_INCLUSION}}}
+        cfg["stats_config"] = istio_stats_config(extra_stat_tags(cluster))
 
     return hook
 

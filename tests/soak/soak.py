@@ -265,7 +265,7 @@ def soak(duration: float, push_every: float, connections: int, warmup: float, wa
     def delta(name):
         return counters.get(name, 0) - counters_before.get(name, 0)
 
-    decided = sum(v for k, v in counters.items() if k.startswith("wasmcustom.canary_selector.requests."))
+    decided = sum(v for k, v in counters.items() if k.startswith("wasmcustom.") and k.endswith(";canary_selector_requests_total"))
     requests = counters.get("http.ingress.downstream_rq_total", 0)
     traps = [line for line in logs.splitlines() if re.search(r"Function: proxy_on_\w+ failed", line)]
     reloads = {k: v for k, v in vms_after.items() if "vm_reload" in k and v}
