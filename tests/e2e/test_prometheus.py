@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -111,7 +112,7 @@ class Prometheus:
 
 class Traffic(threading.Thread):
     """Requests on one keep-alive connection until stopped: a new user id on
-    each (`user`), or always the same one."""
+    each, or always `same_user`."""
 
     def __init__(self, envoy, same_user: str | None = None):
         super().__init__(daemon=True)
@@ -233,7 +234,7 @@ def test_the_dashboard_and_the_alert_rules_against_a_real_prometheus(start_envoy
         # The rollout: each step served for `window` seconds, then every
         # panel queried over just that step (Grafana's $__rate_interval).
         window = 6
-        client_share = ('canary_selector_requests_total{namespace="models", reason=~"sticky|anonymous|guard"}')
+        client_share = 'canary_selector_requests_total{namespace="models", reason=~"sticky|anonymous|guard"}'
         for weights in [(90, 10), (50, 50)]:
             assert client.push(rollout(weights))
             time.sleep(window + 2 * INTERVAL + 1)  # the tick's flush and a scrape behind
@@ -296,12 +297,6 @@ def test_the_dashboard_and_the_alert_rules_against_a_real_prometheus(start_envoy
         prom.stop()
     assert set(traffic[1].statuses) == {200}
     assert set(traffic[0].statuses) <= {200, 503}
-
-
-def test_the_rule_file_passes_promtool():
-    run = subprocess.run(["promtool", "check", "rules", str(RULES_FILE)], capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 3 rules found" in run.stdout
 
 
 @pytest.mark.parametrize("title,expr,legend", panel_queries(60, 3600), ids=lambda v: str(v)[:40])

@@ -312,15 +312,12 @@ PROMETHEUS_RULE = {
 }
 
 
-def promtool_check_rules(groups: dict) -> list[str]:
-    """`promtool check rules` on a rule file's content (empty when valid)."""
+def promtool_check_rules(path: Path) -> list[str]:
+    """`promtool check rules` on a rule file (empty when valid)."""
     promtool = shutil.which("promtool")
     if promtool is None:
         raise RuntimeError("promtool not found: apt-get install prometheus")
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-        yaml.safe_dump(groups, f)
-        f.flush()
-        run = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+    run = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
     return [] if run.returncode == 0 else [f"promtool: {(run.stdout + run.stderr).strip()}"]
 
 
@@ -330,7 +327,12 @@ def validate_prometheus_rule(doc: dict) -> list[str]:
         f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
         for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
     ]
-    return errors or promtool_check_rules(doc["spec"])
+    if errors:
+        return errors
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(doc["spec"], f)
+        f.flush()
+        return promtool_check_rules(Path(f.name))
 
 
 def validate(doc: dict) -> list[str]:

@@ -145,8 +145,8 @@ def test_the_plugin_as_istio_delivers_it_splits_users_and_pins_testers(
     # Every canary_selector series has exactly the documented labels: none
     # of Istio's other extractors touches the names.
     ours = [series for series in metrics if series.startswith("canary_selector_")]
-    assert ours and all(re.fullmatch(r'canary_selector_[a-z_]+\{plugin="[^"]+"(,version="[^"]+")?(,reason="[a-z]+")?\}', s)
-                        for s in ours), ours
+    labelled = r'canary_selector_[a-z_]+\{plugin="[^"]+"(,version="[^"]+")?(,reason="[a-z]+")?\}'
+    assert ours and all(re.fullmatch(labelled, series) for series in ours), ours
     # The README's PromQL names series this sidecar exposes.
     for query in re.findall(r"```promql\n(.*?)```", mesh.readme_section(), re.S):
         for name in re.findall(r"\b(canary_selector_\w+)\{", query):
