@@ -36,6 +36,9 @@ pub const MAX_REGEXES: usize = 16;
 /// Groups nested deeper than this are refused (regex-lite's nest limit).
 pub const MAX_REGEX_NESTING: u32 = 32;
 pub const MAX_SALT_LEN: usize = 256;
+/// Characters a version name may not hold: they frame the stat tags in the
+/// metrics' names (`version=.=model-v2;.;`, Istio's encoding).
+pub const STAT_TAG_FRAMING: &str = ";=";
 /// How far the weights may sum away from 100 (float rounding in configs
 /// written as `33.3333`).
 const WEIGHT_SUM_TOLERANCE: f64 = 1e-6;
@@ -492,10 +495,23 @@ impl Rollout {
     /// The slice thresholds live at `now_ms` (Unix ms): the latest schedule
     /// step that has begun, else the listed weights.
     pub fn thresholds_at(&self, now_ms: i64) -> &[u64] {
+        self.step_at(now_ms)
+            .map_or(&self.thresholds, |step| &step.thresholds)
+    }
+
+    /// The percentage of users of version `i` at `now_ms` (the latest
+    /// schedule step that has begun, else the listed weight).
+    pub fn weight_at(&self, now_ms: i64, i: usize) -> f64 {
+        match self.step_at(now_ms) {
+            Some(step) => step.weights.get(i).copied().unwrap_or(0.0),
+            None => self.versions.get(i).map_or(0.0, |v| v.weight),
+        }
+    }
+
+    fn step_at(&self, now_ms: i64) -> Option<&Step> {
         self.schedule
             .as_ref()
             .and_then(|s| s.steps.iter().rev().find(|step| now_ms >= step.at_ms))
-            .map_or(&self.thresholds, |step| &step.thresholds)
     }
 
     pub fn version_of_bucket_in(&self, thresholds: &[u64], bucket: u32) -> usize {
@@ -782,8 +798,10 @@ fn validate_versions(
             format!("lists more than {MAX_VERSIONS} versions"),
         );
     }
-    // Prometheus turns every character but letters and digits into `_`:
-    // `model-v2` and `model.v2` would share one series.
+    // Where Envoy does not extract the stat tags (an Istio sidecar without
+    // the extraStatTags line), the version name is part of the Prometheus
+    // metric name, with every character but letters and digits turned into
+    // `_`: `model-v2` and `model.v2` would share one series.
     let metric_name = |name: &str| -> String {
         name.chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -810,6 +828,15 @@ fn validate_versions(
                 format!("{name:?} is not a valid header value (visible ASCII, no spaces)"),
             );
         }
+        // The name is a stat tag value, framed as `version=.=<name>;.;`
+        // (Istio's encoding, see `filter::MetricNames`): `;` or `=` in it
+        // could end the value early or start another tag.
+        if let Some(c) = name.chars().find(|c| STAT_TAG_FRAMING.contains(*c)) {
+            return err(
+                format!("{field}.name"),
+                format!("{name:?} holds {c:?}, which frames the metrics' stat tags"),
+            );
+        }
         if versions.iter().any(|seen| seen.name == name) {
             return err(format!("{field}.name"), format!("{name:?} is listed twice"));
         }
@@ -820,7 +847,7 @@ fn validate_versions(
             return err(
                 format!("{field}.name"),
                 format!(
-                    "{:?} and {name:?} would share one Prometheus metric name",
+                    "{:?} and {name:?} would share one Prometheus metric name where the stat tags are not extracted",
                     seen.name
                 ),
             );

@@ -40,12 +40,15 @@ pub struct Pending {
     pub started_ms: Option<i64>,
 }
 
-/// A response the guard counts.
+/// A response the guard counts (traffic a rule pinned never is), and the
+/// response counters with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
     pub version: usize,
+    pub reason: Reason,
     /// Why it failed, if it did.
     pub failure: Option<Failure>,
+    /// Slower than the guard's `slowResponseMs` (never without one).
     pub slow: bool,
 }
 
@@ -65,7 +68,19 @@ pub enum Verdict {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AwaitingTrailers {
     pub version: usize,
+    pub reason: Reason,
     pub slow: bool,
+}
+
+impl AwaitingTrailers {
+    fn judged(&self, failure: Option<Failure>) -> Outcome {
+        Outcome {
+            version: self.version,
+            reason: self.reason,
+            failure,
+            slow: self.slow,
+        }
+    }
 }
 
 /// gRPC's content type, `application/grpc` with or without a `+suffix`
@@ -88,8 +103,9 @@ fn grpc_failure(rollout: &Rollout, status: &[u8]) -> Option<Failure> {
 }
 
 /// Decides the version, writes the routing header (replacing whatever the
-/// client sent) and counts. Returns the work left for the response,
-/// if any.
+/// client sent) and counts. Returns the work left for the response, if any:
+/// a stream the config gives nothing to do there costs no more than Envoy's
+/// call of the exported callback.
 pub fn on_request_headers(
     rollout: &Rollout,
     host: &mut impl Host,
@@ -160,30 +176,28 @@ pub fn on_response_headers(
         }
         _ => false,
     };
-    let version = pending.version;
+    let awaiting = AwaitingTrailers {
+        version: pending.version,
+        reason: pending.reason,
+        slow,
+    };
     // A gRPC call fails in its status, not its HTTP status (200 either way).
     if host
         .response_header("content-type")
         .is_some_and(|t| is_grpc(&t))
     {
         return Some(match host.response_header("grpc-status") {
-            Some(status) => Verdict::Now(Outcome {
-                version,
-                failure: grpc_failure(rollout, &status),
-                slow,
-            }),
-            None => Verdict::AtTrailers(AwaitingTrailers { version, slow }),
+            Some(status) => Verdict::Now(awaiting.judged(grpc_failure(rollout, &status))),
+            None => Verdict::AtTrailers(awaiting),
         });
     }
     let status = host.response_header(":status");
     let error = status
         .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
         .is_some_and(|s| (500..600).contains(&s));
-    Some(Verdict::Now(Outcome {
-        version,
-        failure: error.then_some(Failure::Http5xx),
-        slow,
-    }))
+    Some(Verdict::Now(
+        awaiting.judged(error.then_some(Failure::Http5xx)),
+    ))
 }
 
 /// Judges a gRPC response by the `grpc-status` of its trailers; none there
@@ -193,43 +207,160 @@ pub fn on_response_trailers(
     awaiting: &AwaitingTrailers,
     grpc_status: Option<&[u8]>,
 ) -> Outcome {
-    Outcome {
-        version: awaiting.version,
-        failure: match grpc_status {
-            Some(status) => grpc_failure(rollout, status),
-            None => Some(Failure::NoGrpcStatus),
-        },
-        slow: awaiting.slow,
-    }
+    awaiting.judged(match grpc_status {
+        Some(status) => grpc_failure(rollout, status),
+        None => Some(Failure::NoGrpcStatus),
+    })
 }
 
 /// A gRPC stream that ended with no `grpc-status` at all (reset, cut
 /// short): the call failed.
 pub fn on_stream_lost(awaiting: &AwaitingTrailers) -> Outcome {
-    Outcome {
-        version: awaiting.version,
-        failure: Some(Failure::NoGrpcStatus),
-        slow: awaiting.slow,
+    awaiting.judged(Some(Failure::NoGrpcStatus))
+}
+
+// ---------------------------------------------------------------------------
+// Metrics.
+// ---------------------------------------------------------------------------
+
+/// The stat tags in the metrics' names, each written `<tag>=.=<value>;.;`:
+/// Istio's encoding, which its `extraStatTags` setting turns into Prometheus
+/// labels with the extractor `(<tag>=\.=(.*?);\.;)` per tag (Istio's
+/// bootstrap template; `envoy/envoy.yaml` has the same four).
+pub const STAT_TAGS: [&str; 4] = ["plugin", "version", "reason", "failure"];
+
+/// The proxy-wasm metric names of one plugin. Envoy files them under
+/// `wasmcustom.`; with the tags extracted, its Prometheus output drops that
+/// prefix and the tags, and the name left is the one written last
+/// (`canary_selector_requests_total{plugin="models.canary-selector",
+/// version="model-v2",reason="sticky"}`). Istio's default stats inclusion
+/// keeps every name starting with `wasm`, so they are all exported.
+pub struct MetricNames {
+    /// The plugin's name (Istio: `<namespace>.<name>`) as a tag value.
+    plugin: String,
+}
+
+/// The tag-value framing ([`crate::config::STAT_TAG_FRAMING`]) and anything
+/// but visible ASCII in a plugin name become `_`; Istio's plugin names
+/// (Kubernetes names and a dot) have none.
+fn tag_value(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && !crate::config::STAT_TAG_FRAMING.contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl MetricNames {
+    pub fn new(plugin: &str) -> Self {
+        MetricNames {
+            plugin: tag_value(plugin),
+        }
+    }
+
+    /// `plugin=.=<p>;.;`, then each `(tag, value)`, then the metric's own
+    /// name. Tag values never hold the framing: version names are validated,
+    /// reasons and failure kinds are our own words.
+    fn name(&self, tags: &[(&str, &str)], metric: &str) -> String {
+        let mut out = format!("plugin=.={};.;", self.plugin);
+        for (tag, value) in tags {
+            let _ = write!(out, "{tag}=.={value};.;");
+        }
+        out.push_str(metric);
+        out
+    }
+
+    fn by_decision(&self, version: &str, reason: Reason, metric: &str) -> String {
+        self.name(&[("version", version), ("reason", reason.as_str())], metric)
+    }
+
+    /// Decisions (counter).
+    pub fn requests(&self, version: &str, reason: Reason) -> String {
+        self.by_decision(version, reason, "canary_selector_requests_total")
+    }
+
+    /// Responses the guard judged (counter).
+    pub fn responses(&self, version: &str, reason: Reason) -> String {
+        self.by_decision(version, reason, "canary_selector_responses_total")
+    }
+
+    /// Those of them that failed (counter).
+    pub fn failed_responses(&self, version: &str, reason: Reason) -> String {
+        self.by_decision(version, reason, "canary_selector_failed_responses_total")
+    }
+
+    /// Those slower than the guard's `slowResponseMs` (counter).
+    pub fn slow_responses(&self, version: &str, reason: Reason) -> String {
+        self.by_decision(version, reason, "canary_selector_slow_responses_total")
+    }
+
+    /// The failed responses by kind, a gRPC code name (`INTERNAL`),
+    /// `no_grpc_status` or `http_5xx`: what a trip was made of (counter).
+    pub fn failures(&self, version: &str, failure: Failure) -> String {
+        self.name(
+            &[("version", version), ("failure", failure.name())],
+            "canary_selector_failures_total",
+        )
+    }
+
+    /// The version's live weight in millionths of the users (gauge).
+    pub fn weight(&self, version: &str) -> String {
+        self.name(&[("version", version)], "canary_selector_weight_ppm")
+    }
+
+    /// 1 for the stable (first) version, 0 for the others (gauge).
+    pub fn stable(&self, version: &str) -> String {
+        self.name(&[("version", version)], "canary_selector_stable_version")
+    }
+
+    /// 1 while the guard holds traffic on stable (gauge).
+    pub fn guard_tripped(&self) -> String {
+        self.name(&[], "canary_selector_guard_tripped")
+    }
+
+    /// Trips, by the canary version that breached (counter).
+    pub fn guard_trips(&self, version: &str) -> String {
+        self.name(&[("version", version)], "canary_selector_guard_trips_total")
     }
 }
 
-/// The guard's trip counter and state gauge (1 while tripped).
-pub const GUARD_TRIPS_METRIC: &str = "canary_selector.guard.trips";
-pub const GUARD_TRIPPED_METRIC: &str = "canary_selector.guard.tripped";
-
-/// The proxy-wasm metric name for a (version, reason) pair. Envoy files it
-/// under `wasmcustom.`; its Prometheus output drops that prefix, giving
-/// `canary_selector_requests_<version>_<reason>`. Istio's default stats
-/// inclusion keeps every name starting with `wasm`, so these are exported.
-pub fn metric_name(version: &str, reason: Reason) -> String {
-    format!("canary_selector.requests.{version}.{}", reason.as_str())
+/// A weight (a percentage) in millionths, as the weight gauge shows it: the
+/// finest step the README promises (0.001%) is 10.
+pub fn weight_ppm(percent: f64) -> u64 {
+    (percent * 10_000.0).round().clamp(0.0, 1_000_000.0) as u64
 }
 
-/// The counter of the failures the guard saw for a version, by kind (a gRPC
-/// code name, `no_grpc_status` or `http_5xx`): what a trip was made of.
-pub fn failure_metric_name(version: &str, failure: Failure) -> String {
-    format!(
-        "canary_selector.guard.failures.{version}.{}",
-        failure.name()
-    )
+/// The most version names [`gauged_versions`] remembers per plugin.
+pub const MAX_GAUGED_VERSIONS: usize = 64;
+
+/// Envoy keeps a gauge at its last value until the process ends, so a push
+/// that drops a version would leave its weight gauge showing the old weight
+/// (and the "weighted version gets no traffic" alert firing). The plugin
+/// keeps, in shared data, the names of the versions whose gauges it set
+/// (space separated; names hold no spaces): given that record and the
+/// versions of the config being installed, returns the names to zero and the
+/// new record (the config's names first, then the older ones, at most
+/// [`MAX_GAUGED_VERSIONS`]).
+pub fn gauged_versions<'a>(
+    record: &'a [u8],
+    versions: &[crate::config::Version],
+) -> (Vec<&'a str>, Vec<u8>) {
+    let listed = |name: &str| versions.iter().any(|v| v.name == name);
+    let dropped: Vec<&str> = std::str::from_utf8(record)
+        .unwrap_or("")
+        .split(' ')
+        .filter(|name| !name.is_empty() && !listed(name))
+        .collect();
+    let names: Vec<&str> = versions
+        .iter()
+        .map(|v| v.name.as_str())
+        .chain(dropped.iter().copied())
+        .take(MAX_GAUGED_VERSIONS)
+        .collect();
+    (dropped, names.join(" ").into_bytes())
 }

@@ -20,7 +20,9 @@ use proxy_wasm::types::{Action, Bytes, ContextType, LogLevel, MetricType};
 
 use crate::config::{decimal, Rollout};
 use crate::decision::{Entropy, Live, Reason, Request, WyRand};
-use crate::filter::{self, AwaitingTrailers, Host, Outcome, Pending, ResponseHost, Verdict};
+use crate::filter::{
+    self, AwaitingTrailers, Host, MetricNames, Outcome, Pending, ResponseHost, Verdict,
+};
 use crate::guard::{describe_failures, judge, Failure, Window};
 use crate::hash::murmur3_32;
 
@@ -95,18 +97,124 @@ struct Plugin {
     installed: Option<Rc<Installed>>,
 }
 
+/// A counter kept in the VM and added to Envoy's on the tick: a host call
+/// per request would cost more than the decision itself.
+struct Counter {
+    id: u32,
+    unflushed: Cell<u64>,
+}
+
+impl Counter {
+    fn define(name: &str) -> Counter {
+        Counter {
+            id: define_metric(MetricType::Counter, name),
+            unflushed: Cell::new(0),
+        }
+    }
+
+    fn add(&self) {
+        self.unflushed.set(self.unflushed.get() + 1);
+    }
+
+    fn flush(&self) {
+        let n = self.unflushed.take();
+        if n > 0 {
+            let _ = hostcalls::increment_metric(self.id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// A gauge that is set only when its value changes.
+struct Gauge {
+    id: u32,
+    shown: Cell<Option<u64>>,
+}
+
+impl Gauge {
+    fn define(name: &str) -> Gauge {
+        Gauge {
+            id: define_metric(MetricType::Gauge, name),
+            shown: Cell::new(None),
+        }
+    }
+
+    fn show(&self, value: u64) {
+        if self.shown.get() != Some(value) {
+            let _ = hostcalls::record_metric(self.id, value);
+            self.shown.set(Some(value));
+        }
+    }
+}
+
+/// A counter defined by its first flush with something to add.
+#[derive(Default)]
+struct LazyCounter {
+    id: Cell<Option<u32>>,
+    unflushed: Cell<u64>,
+}
+
+impl LazyCounter {
+    fn add(&self) {
+        self.unflushed.set(self.unflushed.get() + 1);
+    }
+
+    fn flush(&self, name: impl FnOnce() -> String) {
+        let n = self.unflushed.take();
+        if n > 0 {
+            let id = self.id.get().unwrap_or_else(|| {
+                let id = define_metric(MetricType::Counter, &name());
+                self.id.set(Some(id));
+                id
+            });
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Kinds of failure the guard tells apart (gRPC codes, no status, HTTP 5xx).
+const FAILURES: usize = 19;
+
+/// Counters per (version, reason), at `version * Reason::ALL.len() + reason`.
+struct ByDecision(Vec<Counter>);
+
+impl ByDecision {
+    fn define(rollout: &Rollout, name: impl Fn(&str, Reason) -> String) -> ByDecision {
+        let mut counters = Vec::with_capacity(rollout.versions.len() * Reason::ALL.len());
+        for version in &rollout.versions {
+            for reason in Reason::ALL {
+                counters.push(Counter::define(&name(&version.name, reason)));
+            }
+        }
+        ByDecision(counters)
+    }
+
+    fn add(&self, version: usize, reason: Reason) {
+        if let Some(c) = self.0.get(version * Reason::ALL.len() + reason.index()) {
+            c.add();
+        }
+    }
+
+    fn flush(&self) {
+        self.0.iter().for_each(Counter::flush);
+    }
+}
+
 /// An accepted config and the VM's state for it.
 struct Installed {
     rollout: Rollout,
-    /// Metric id per (version, reason): `version * Reason::ALL.len() + reason`.
-    counters: Vec<u32>,
-    /// Decisions counted since the last flush, same layout as `counters`.
-    counts: Vec<Cell<u64>>,
+    requests: ByDecision,
+    responses: ByDecision,
+    failed_responses: ByDecision,
+    /// Empty unless the guard times responses.
+    slow_responses: ByDecision,
+    /// Per version: the live weight, in ppm.
+    weights: Vec<Gauge>,
+    /// The failed responses by kind, per (version, failure): at
+    /// `version * FAILURES + failure.index()`. Defined on the first flush
+    /// that has one to add: most kinds never happen.
+    failures: Vec<LazyCounter>,
+    names: MetricNames,
     guard: Option<GuardState>,
-    /// Failures the guard counted since the last flush, per (version,
-    /// failure): `version * FAILURES + failure.index()`; with the counter's
-    /// id once defined (on the first flush that has one to add).
-    failures: Vec<(Cell<u64>, Cell<Option<u32>>)>,
     /// Unix ms at the last tick: the clock the guard's window uses.
     now_ms: Cell<i64>,
     /// wyrand state for anonymous picks, seeded on first use.
@@ -125,64 +233,55 @@ struct GuardState {
     /// Shared-data key marking that this plugin's guard tripped, so the next
     /// push can log the reset.
     marker: String,
-    trips_metric: u32,
+    /// Trips per version (the stable one never trips, its counter stays 0).
+    trips_metrics: Vec<u32>,
     tripped_metric: u32,
 }
 
-/// Kinds of failure the guard tells apart (gRPC codes, no status, HTTP 5xx).
-const FAILURES: usize = 19;
-
-fn increment(id: u32, n: u64) {
-    let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
-}
-
 impl Installed {
-    /// Adds the decisions and failures counted since the last flush to
-    /// Envoy's counters: a host call per request would cost more than the
-    /// decision itself.
+    /// Adds what was counted since the last flush to Envoy's counters.
     fn flush_counts(&self) {
-        for (&id, count) in self.counters.iter().zip(&self.counts) {
-            let n = count.take();
-            if n > 0 {
-                increment(id, n);
-            }
-        }
+        self.requests.flush();
+        self.responses.flush();
+        self.failed_responses.flush();
+        self.slow_responses.flush();
         let kinds = self
             .rollout
             .versions
             .iter()
             .flat_map(|v| Failure::all().map(move |f| (v, f)));
-        for ((count, id), (version, failure)) in self.failures.iter().zip(kinds) {
-            let n = count.take();
-            if n == 0 {
-                continue;
-            }
-            let id = id.get().unwrap_or_else(|| {
-                let defined = define_metric(
-                    MetricType::Counter,
-                    &filter::failure_metric_name(&version.name, failure),
-                );
-                id.set(Some(defined));
-                defined
-            });
-            increment(id, n);
+        for (counter, (version, failure)) in self.failures.iter().zip(kinds) {
+            counter.flush(|| self.names.failures(&version.name, failure));
         }
     }
 
-    /// Counts a response the guard judged, in its window and, if it failed,
-    /// in the failure counters.
-    fn record(&self, outcome: Outcome) {
+    /// Sets the weight gauges to the live weights (a schedule moves them).
+    fn show_weights(&self) {
+        let now = self.now_ms.get();
+        for (i, gauge) in self.weights.iter().enumerate() {
+            gauge.show(filter::weight_ppm(self.rollout.weight_at(now, i)));
+        }
+    }
+
+    /// Counts a response the guard judged: in its window, and in the
+    /// response counters.
+    fn record(&self, o: Outcome) {
         let Some(g) = &self.guard else {
             return;
         };
         if let Ok(mut local) = g.local.try_borrow_mut() {
             let at = u64::try_from(self.now_ms.get()).unwrap_or(0);
-            local.record(at, outcome.version, outcome.failure, outcome.slow);
+            local.record(at, o.version, o.failure, o.slow);
         }
-        if let Some(f) = outcome.failure {
-            if let Some((count, _)) = self.failures.get(outcome.version * FAILURES + f.index()) {
-                count.set(count.get() + 1);
+        self.responses.add(o.version, o.reason);
+        if let Some(f) = o.failure {
+            self.failed_responses.add(o.version, o.reason);
+            if let Some(c) = self.failures.get(o.version * FAILURES + f.index()) {
+                c.add();
             }
+        }
+        if o.slow {
+            self.slow_responses.add(o.version, o.reason);
         }
     }
 
@@ -248,13 +347,19 @@ impl RootContext for Plugin {
                 );
             }
         }
+        let names = MetricNames::new(&plugin);
+        self.zero_dropped_versions(&plugin, &names, &rollout);
+        for (i, version) in rollout.versions.iter().enumerate() {
+            let stable = define_metric(MetricType::Gauge, &names.stable(&version.name));
+            let _ = hostcalls::record_metric(stable, u64::from(i == 0));
+        }
         let guard = rollout.guard.as_ref().map(|g| {
             let local = Window::new(rollout.versions.len(), g.window_ms);
             let key = format!(
                 "canary-selector.{plugin}.guard.{:08x}",
                 murmur3_32(&config, 0)
             );
-            let tripped_metric = define_metric(MetricType::Gauge, filter::GUARD_TRIPPED_METRIC);
+            let tripped_metric = define_metric(MetricType::Gauge, &names.guard_tripped());
             let tripped = if first {
                 // A push starts a fresh window, even for a config seen before
                 // (A, B, then A again): its old window, tripped or not, is
@@ -279,36 +384,52 @@ impl RootContext for Plugin {
                 tripped: Cell::new(tripped),
                 key,
                 marker: marker.clone(),
-                trips_metric: define_metric(MetricType::Counter, filter::GUARD_TRIPS_METRIC),
+                trips_metrics: rollout
+                    .versions
+                    .iter()
+                    .map(|v| define_metric(MetricType::Counter, &names.guard_trips(&v.name)))
+                    .collect(),
                 tripped_metric,
             }
         });
-        // Ticks flush the decision counters once a second; with a guard they
-        // also merge and judge its window, a few times per slot.
+        // Ticks flush the counters once a second; with a guard they also
+        // merge and judge its window, a few times per slot.
         let period = guard
             .as_ref()
             .map_or(1000, |g| g.local.borrow().slot_ms().clamp(100, 1000));
         self.set_tick_period(Duration::from_millis(period));
-        let mut counters = Vec::with_capacity(rollout.versions.len() * Reason::ALL.len());
-        for version in &rollout.versions {
-            for reason in Reason::ALL {
-                counters.push(define_metric(
-                    MetricType::Counter,
-                    &filter::metric_name(&version.name, reason),
-                ));
+        // Responses are counted as the guard judges them: only with one,
+        // which reads each response anyway.
+        let judged = rollout.guard.is_some();
+        let timed = rollout.guard.as_ref().is_some_and(|g| g.slow.is_some());
+        let by_decision = |on: bool, name: &dyn Fn(&str, Reason) -> String| {
+            if on {
+                ByDecision::define(&rollout, name)
+            } else {
+                ByDecision(Vec::new())
             }
-        }
-        self.installed = Some(Rc::new(Installed {
-            counts: counters.iter().map(|_| Cell::new(0)).collect(),
-            counters,
-            failures: (0..rollout.versions.len() * FAILURES)
-                .map(|_| (Cell::new(0), Cell::new(None)))
+        };
+        let installed = Installed {
+            requests: ByDecision::define(&rollout, |v, r| names.requests(v, r)),
+            responses: by_decision(judged, &|v, r| names.responses(v, r)),
+            failed_responses: by_decision(judged, &|v, r| names.failed_responses(v, r)),
+            slow_responses: by_decision(timed, &|v, r| names.slow_responses(v, r)),
+            weights: rollout
+                .versions
+                .iter()
+                .map(|v| Gauge::define(&names.weight(&v.name)))
                 .collect(),
+            failures: (0..rollout.versions.len() * FAILURES)
+                .map(|_| LazyCounter::default())
+                .collect(),
+            names,
             guard,
             now_ms: Cell::new(now_ms(self)),
             rng: Cell::new(None),
             rollout,
-        }));
+        };
+        installed.show_weights();
+        self.installed = Some(Rc::new(installed));
         true
     }
 
@@ -335,6 +456,9 @@ impl RootContext for Plugin {
         #[cfg(feature = "alloc-stats")]
         alloc_stats::report();
         installed.now_ms.set(now_ms(self));
+        if installed.rollout.schedule.is_some() {
+            installed.show_weights();
+        }
         if let (Some(g), Some(config)) = (&installed.guard, &installed.rollout.guard) {
             if !g.tripped.get() {
                 self.merge_and_judge(&installed, g, config);
@@ -344,6 +468,30 @@ impl RootContext for Plugin {
 }
 
 impl Plugin {
+    /// Zeroes the weight and stable gauges of the versions an earlier config
+    /// of this plugin listed and this one does not (Envoy keeps a gauge at
+    /// its last value), and records this config's versions for the next
+    /// push. Every VM does it: a VM still on the old config may have set a
+    /// gauge after the first VM on the new one zeroed it.
+    fn zero_dropped_versions(&self, plugin: &str, names: &MetricNames, rollout: &Rollout) {
+        let key = format!("canary-selector.{plugin}.gauged-versions");
+        // Compare-and-swap, as for the guard's window; on a lost race the
+        // other VM's record holds the same names.
+        for _ in 0..4 {
+            let (record, cas) = self.get_shared_data(&key);
+            let record = record.unwrap_or_default();
+            let (dropped, next) = filter::gauged_versions(&record, &rollout.versions);
+            for name in dropped {
+                for metric in [names.weight(name), names.stable(name)] {
+                    let _ = hostcalls::record_metric(define_metric(MetricType::Gauge, &metric), 0);
+                }
+            }
+            if next == record || self.set_shared_data(&key, Some(&next), cas).is_ok() {
+                return;
+            }
+        }
+    }
+
     /// Envoy runs one VM per worker thread (plus one on the main thread),
     /// and each configures itself. So that an accepted config is logged once
     /// per proxy rather than once per VM, the first VM to accept it records
@@ -397,7 +545,9 @@ impl Plugin {
             if let Some(t) = trip {
                 g.tripped.set(true);
                 let _ = self.set_shared_data(&g.marker, Some(b"1"), None);
-                let _ = hostcalls::increment_metric(g.trips_metric, 1);
+                if let Some(&id) = g.trips_metrics.get(t.version) {
+                    let _ = hostcalls::increment_metric(id, 1);
+                }
                 let _ = hostcalls::record_metric(g.tripped_metric, 1);
                 let versions = &installed.rollout.versions;
                 let name = |i: usize| versions.get(i).map_or("?", |v| v.name.as_str());
@@ -540,12 +690,8 @@ impl Host for Stream {
 
     fn count(&mut self, version: usize, reason: Reason) {
         // Counted in the VM, flushed to Envoy's counters on the tick.
-        if let Some(c) = self
-            .installed
-            .as_ref()
-            .and_then(|i| i.counts.get(version * Reason::ALL.len() + reason.index()))
-        {
-            c.set(c.get() + 1);
+        if let Some(i) = &self.installed {
+            i.requests.add(version, reason);
         }
     }
 }

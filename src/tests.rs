@@ -1046,11 +1046,104 @@ fn filter_sets_the_anonymous_cookie_once() {
 }
 
 #[test]
-fn metric_names_are_exported_by_istio_and_readable_in_prometheus() {
+fn metric_names_carry_plugin_version_and_reason_as_istio_stat_tags() {
+    let names = filter::MetricNames::new("models.canary-selector");
     assert_eq!(
-        filter::metric_name("model-v2", Reason::Sticky),
-        "canary_selector.requests.model-v2.sticky"
+        names.requests("model-v2", Reason::Sticky),
+        "plugin=.=models.canary-selector;.;version=.=model-v2;.;reason=.=sticky;.;canary_selector_requests_total"
     );
+    assert_eq!(
+        names.guard_tripped(),
+        "plugin=.=models.canary-selector;.;canary_selector_guard_tripped"
+    );
+    assert_eq!(
+        names.weight("v1.2.0"),
+        "plugin=.=models.canary-selector;.;version=.=v1.2.0;.;canary_selector_weight_ppm"
+    );
+    // Istio's extractor for each tag, `(<tag>=\.=(.*?);\.;)`, finds each
+    // value whole, and what is left is the metric name.
+    let name = names.failed_responses("model-v2", Reason::Guard);
+    let mut rest = name.clone();
+    let mut tags = Vec::new();
+    for tag in &filter::STAT_TAGS[..3] {
+        let open = format!("{tag}=.=");
+        let start = name.find(&open).unwrap();
+        let len = name[start + open.len()..].find(";.;").unwrap();
+        tags.push(name[start + open.len()..][..len].to_string());
+        rest = rest.replace(&name[start..start + open.len() + len + 3], "");
+    }
+    assert_eq!(tags, ["models.canary-selector", "model-v2", "guard"]);
+    assert_eq!(rest, "canary_selector_failed_responses_total");
+    assert_eq!(
+        names.failures("model-v2", crate::guard::Failure::Grpc(13)),
+        "plugin=.=models.canary-selector;.;version=.=model-v2;.;failure=.=INTERNAL;.;canary_selector_failures_total"
+    );
+}
+
+#[test]
+fn plugin_names_cannot_break_the_stat_tags() {
+    // A plugin name is Envoy's filter name, not config: the framing and
+    // anything invisible become `_`.
+    let names = filter::MetricNames::new("a;.;version=.=b\nc");
+    assert_eq!(
+        names.guard_tripped(),
+        "plugin=.=a_._version_._b_c;.;canary_selector_guard_tripped"
+    );
+}
+
+#[test]
+fn weights_are_shown_in_millionths() {
+    assert_eq!(filter::weight_ppm(100.0), 1_000_000);
+    assert_eq!(filter::weight_ppm(10.0), 100_000);
+    assert_eq!(filter::weight_ppm(0.001), 10);
+    assert_eq!(filter::weight_ppm(33.333_333_3), 333_333);
+    assert_eq!(filter::weight_ppm(0.0), 0);
+}
+
+#[test]
+fn gauges_of_versions_a_push_drops_are_zeroed() {
+    let first = rollout(
+        r#"{"versions":[{"name":"model-v1","weight":90},{"name":"model-v2","weight":10}]}"#,
+    );
+    let (dropped, record) = filter::gauged_versions(b"", &first.versions);
+    assert!(dropped.is_empty());
+    assert_eq!(record, b"model-v1 model-v2");
+    // Promotion: model-v1 goes, and its gauges with it.
+    let promoted = rollout(r#"{"versions":[{"name":"model-v2","weight":100}]}"#);
+    let (dropped, record) = filter::gauged_versions(&record, &promoted.versions);
+    assert_eq!(dropped, ["model-v1"]);
+    assert_eq!(record, b"model-v2 model-v1");
+    // It stays in the record (another VM may still show it) until it is
+    // listed again or pushed out by newer names.
+    let back = rollout(r#"{"versions":[{"name":"model-v1","weight":100}]}"#);
+    let (dropped, record) = filter::gauged_versions(&record, &back.versions);
+    assert_eq!(dropped, ["model-v2"]);
+    assert_eq!(record, b"model-v1 model-v2");
+    let many: Vec<String> = (0..100).map(|i| format!("old-{i}")).collect();
+    let many = many.join(" ");
+    let (dropped, record) = filter::gauged_versions(many.as_bytes(), &first.versions);
+    assert_eq!(dropped.len(), 100);
+    let kept: Vec<&[u8]> = record.split(|&b| b == b' ').collect();
+    assert_eq!(kept.len(), filter::MAX_GAUGED_VERSIONS);
+    assert_eq!(&kept[..3], [&b"model-v1"[..], b"model-v2", b"old-0"]);
+    // Foreign bytes in shared data are no name.
+    let (dropped, _) = filter::gauged_versions(b"\xff\xfe", &first.versions);
+    assert!(dropped.is_empty());
+}
+
+#[test]
+fn the_weight_at_a_time_follows_the_schedule() {
+    let r = rollout(
+        r#"{"versions":[{"name":"v1","weight":100},{"name":"v2","weight":0}],
+            "schedule":{"start":"2026-12-01T09:00:00Z","steps":[
+              {"afterSeconds":0,"weights":{"v1":90,"v2":10}},
+              {"afterSeconds":60,"weights":{"v2":100}}]}}"#,
+    );
+    let start = crate::config::rfc3339_ms("2026-12-01T09:00:00Z").unwrap();
+    let at = |ms: i64| (r.weight_at(ms, 0), r.weight_at(ms, 1), r.weight_at(ms, 2));
+    assert_eq!(at(start - 1), (100.0, 0.0, 0.0));
+    assert_eq!(at(start), (90.0, 10.0, 0.0));
+    assert_eq!(at(start + 60_000), (0.0, 100.0, 0.0));
 }
 
 // ---------------------------------------------------------------------------
@@ -1464,12 +1557,25 @@ fn hostile_configs_found_in_review_are_rejected() {
             "responseReasonHeader",
             "same header",
         ),
-        // Version names that would collide in Prometheus.
+        // Version names that would collide in Prometheus where the stat
+        // tags are not extracted.
         (
             r#"{"versions":[{"name":"model-v2","weight":50},{"name":"model.v2","weight":50}]}"#
                 .to_string(),
             "versions[1].name",
-            "Prometheus",
+            "would share one Prometheus metric name where the stat tags are not extracted",
+        ),
+        // Version names holding the stat tags' framing.
+        (
+            r#"{"versions":[{"name":"v1;.;reason=.=rule","weight":50},{"name":"v2","weight":50}]}"#
+                .to_string(),
+            "versions[0].name",
+            "holds ';', which frames the metrics' stat tags",
+        ),
+        (
+            r#"{"versions":[{"name":"v1","weight":50},{"name":"v=2","weight":50}]}"#.to_string(),
+            "versions[1].name",
+            "holds '=', which frames the metrics' stat tags",
         ),
     ];
     for (json, field, reason) in cases {
@@ -1776,6 +1882,7 @@ fn grpc_responses_are_judged_by_grpc_status_in_headers_or_trailers() {
     let now = |failure| {
         Verdict::Now(filter::Outcome {
             version: 1,
+            reason: Reason::Sticky,
             failure,
             slow: false,
         })
@@ -1805,6 +1912,7 @@ fn grpc_responses_are_judged_by_grpc_status_in_headers_or_trailers() {
     // No grpc-status in the headers: the status comes in the trailers.
     let awaiting = AwaitingTrailers {
         version: 1,
+        reason: Reason::Sticky,
         slow: false,
     };
     assert_eq!(
@@ -1847,6 +1955,7 @@ fn grpc_error_codes_decide_what_counts() {
     ));
     let awaiting = filter::AwaitingTrailers {
         version: 1,
+        reason: Reason::Sticky,
         slow: true,
     };
     let failure = |status: &[u8]| filter::on_response_trailers(&r, &awaiting, Some(status)).failure;

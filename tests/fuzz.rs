@@ -413,9 +413,12 @@ fn gen_spec(rng: &mut Rng) -> Spec {
         } else {
             visible(rng, 1, config::MAX_VERSION_NAME_LEN)
         };
-        // Unique, also as Prometheus sees them (non-alphanumerics become `_`).
+        // Unique, also as Prometheus sees them (non-alphanumerics become `_`),
+        // and without the stat tags' framing.
         let metric = |n: &str| n.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-        if !names.iter().any(|seen| metric(seen) == metric(&name)) {
+        if !names.iter().any(|seen| metric(seen) == metric(&name))
+            && !name.contains(|c| config::STAT_TAG_FRAMING.contains(c))
+        {
             names.push(name);
         }
     }
@@ -715,6 +718,12 @@ fn check_rollout(r: &Rollout) {
             (1..=config::MAX_VERSION_NAME_LEN).contains(&v.name.len())
                 && v.name.bytes().all(|b| b.is_ascii_graphic()),
             "version name {:?} is not a safe header value",
+            v.name
+        );
+        // README: `;` and `=` frame the metrics' stat tags.
+        assert!(
+            !v.name.contains([';', '=']),
+            "version name {:?} would break the stat tags",
             v.name
         );
         assert!(
@@ -1518,7 +1527,7 @@ fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: &Moment)
     // parameters) is judged by grpc-status, in its headers or else in its
     // trailers; a stream without one failed. Anything else by its 5xx status.
     let counted = spec.guard.as_ref().filter(|_| d.reason != Reason::Rule);
-    let version = d.version;
+    let (version, reason) = (d.version, d.reason);
     let slow = slow_bound.is_some_and(|b| m.response_ms - m.live.now_ms > i64::from(b));
     let grpc = m.content_type.is_some_and(|t| {
         t == "application/grpc"
@@ -1538,12 +1547,18 @@ fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: &Moment)
         match (grpc, &m.grpc_status) {
             (true, Some(v)) => Verdict::Now(Outcome {
                 version,
+                reason,
                 failure: failed(code_of(v)),
                 slow,
             }),
-            (true, None) => Verdict::AtTrailers(AwaitingTrailers { version, slow }),
+            (true, None) => Verdict::AtTrailers(AwaitingTrailers {
+                version,
+                reason,
+                slow,
+            }),
             (false, _) => Verdict::Now(Outcome {
                 version,
+                reason,
                 failure: m
                     .status
                     .is_some_and(|s| (500..600).contains(&s))
@@ -1571,6 +1586,7 @@ fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: &Moment)
             got,
             Outcome {
                 version,
+                reason,
                 failure,
                 slow
             }

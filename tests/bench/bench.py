@@ -487,7 +487,9 @@ def uncounted(envoy: Envoy, completed: int, slack: int) -> int:
         return 0
     deadline = time.monotonic() + 3
     while True:
-        counted = sum(envoy.counters(r"^wasmcustom\.canary_selector\.requests\.").values())
+        # The decision counters, as modules before and after 30818bb name them.
+        decided = r"^wasmcustom\.(canary_selector\.requests\.|.*;canary_selector_requests_total$)"
+        counted = sum(envoy.counters(decided).values())
         if completed - counted <= slack or time.monotonic() > deadline:
             return completed - counted
         time.sleep(0.2)

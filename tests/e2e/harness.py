@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Callable
 
 import mmh3
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "envoy"))
@@ -80,9 +82,13 @@ def canary_selector(*args: str, stdin: str | None = None) -> subprocess.Complete
 
 def failing(listener: str, percent: int):
     """A bootstrap hook: the model server `listener` answers 503 to `percent`%
-    of requests (Envoy's fault filter in front of it)."""
+    of requests (Envoy's fault filter in front of it). The runtime key
+    `fault.http.abort.abort_percent` (`Envoy.set_runtime`) changes the
+    percentage while Envoy runs."""
 
     def hook(cfg: dict) -> None:
+        # The runtime layer /runtime_modify writes (Istio's bootstrap has one too).
+        cfg.setdefault("layered_runtime", {"layers": [{"name": "admin", "admin_layer": {}}]})
         for l in cfg["static_resources"]["listeners"]:
             if l["name"] != listener:
                 continue
@@ -325,6 +331,13 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['admin']}{path}", timeout=5) as r:
             return r.read().decode()
 
+    def set_runtime(self, key: str, value: str) -> None:
+        """Sets an Envoy runtime value (the admin layer)."""
+        query = urllib.parse.urlencode({key: value})
+        request = urllib.request.Request(f"http://127.0.0.1:{self.ports['admin']}/runtime_modify?{query}", method="POST")
+        with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.status == 200, r.read()
+
     def stats(self) -> dict[str, int]:
         out = {}
         for line in self._admin("/stats?type=Counters").splitlines():
@@ -341,6 +354,17 @@ class Envoy:
 
     def prometheus(self) -> str:
         return self._admin("/stats/prometheus")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the /stats/prometheus series of `name` whose labels
+        include `labels` (Envoy's Prometheus names: the filter's counters
+        flush on the tick, see `flushed_stats`)."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.prometheus()):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
 
     def wait_for_log(self, text: str, timeout: float = 10.0) -> str:
         """The log, once it contains `text` (the log file is flushed lazily)."""

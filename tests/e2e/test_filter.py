@@ -87,9 +87,9 @@ def test_testers_rule_pins_the_canary_before_any_user_gets_it(start_envoy, demo_
         assert envoy.request({"x-user-id": user, "x-canary-tester": "true"}).served_by == "model-v2"
         assert envoy.request({"x-user-id": user, "x-canary-tester": "yes"}).served_by == "model-v1"
         assert envoy.request({"x-user-id": user}).served_by == "model-v1"
-    stats = envoy.flushed_stats()
-    assert stats["wasmcustom.canary_selector.requests.model-v2.rule"] == 50
-    assert stats["wasmcustom.canary_selector.requests.model-v1.sticky"] == 100
+    envoy.flushed_stats()
+    assert envoy.metric("canary_selector_requests_total", version="model-v2", reason="rule") == 50
+    assert envoy.metric("canary_selector_requests_total", version="model-v1", reason="sticky") == 100
 
 
 def test_a_spoofed_routing_header_is_replaced(start_envoy, demo_config):
@@ -126,7 +126,8 @@ def test_testers_may_ask_for_the_canary_in_the_routing_header_itself(start_envoy
             r = envoy.request([("x-user-id", user), ("x-canary-version", other)])
             assert (r.served_by, r.header("x-upstream-saw-version")) == ("model-v1", "model-v1"), other
         assert envoy.request({"x-user-id": user}).served_by == "model-v1"
-    assert envoy.flushed_stats()["wasmcustom.canary_selector.requests.model-v2.rule"] == 30
+    envoy.flushed_stats()
+    assert envoy.metric("canary_selector_requests_total", version="model-v2", reason="rule") == 30
 
 
 def test_a_bad_config_is_rejected_and_the_last_good_one_keeps_serving(start_envoy, demo_config):
@@ -224,18 +225,45 @@ def test_counters_by_version_and_reason_are_in_prometheus(start_envoy, demo_conf
         envoy.request({"x-canary-tester": "true"})
     envoy.flushed_stats()
     prom = envoy.prometheus()
-
-    def value(name):
-        m = re.search(rf"^{name}\{{\}} (\d+)$", prom, re.M)
-        assert m, f"{name} missing from /stats/prometheus"
-        return int(m.group(1))
-
-    assert value("canary_selector_requests_model_v2_sticky") == expected_v2
-    assert value("canary_selector_requests_model_v1_sticky") == 100 - expected_v2
-    assert value("canary_selector_requests_model_v2_rule") == 7
-    assert value("canary_selector_requests_model_v1_rule") == 0
+    # One metric, its labels extracted by envoy/envoy.yaml's stats_tags (the
+    # extractors Istio adds for extraStatTags).
+    series = 'canary_selector_requests_total{{plugin="default.canary-selector",version="{}",reason="{}"}} {}'
+    for version, reason, n in [
+        ("model-v2", "sticky", expected_v2),
+        ("model-v1", "sticky", 100 - expected_v2),
+        ("model-v2", "rule", 7),
+        ("model-v1", "rule", 0),
+    ]:
+        assert series.format(version, reason, n) in prom.splitlines(), (version, reason)
+    assert "# TYPE canary_selector_requests_total counter" in prom
+    # Every response counted too, by the version and reason of its request.
+    assert envoy.metric("canary_selector_responses_total") == 107
+    assert envoy.metric("canary_selector_failed_responses_total") == 0
+    assert envoy.metric("canary_selector_weight_ppm", version="model-v2") == 500_000
+    assert envoy.metric("canary_selector_stable_version", version="model-v1") == 1
+    assert envoy.metric("canary_selector_stable_version", version="model-v2") == 0
     # Istio's default inclusion keeps stats whose Envoy name starts with "wasm".
-    assert "wasmcustom.canary_selector.requests.model-v2.sticky" in envoy.stats()
+    stats = envoy.stats()
+    assert (
+        "wasmcustom.plugin=.=default.canary-selector;.;version=.=model-v2;.;reason=.=sticky;.;"
+        "canary_selector_requests_total" in stats
+    )
+    assert all(name.startswith("wasmcustom.") for name in stats if "canary_selector" in name)
+
+
+def test_a_push_that_drops_a_version_zeroes_its_gauges(start_envoy, demo_config):
+    envoy = start_envoy(with_weights(demo_config, 50, 50))
+    weight = lambda v: envoy.metric("canary_selector_weight_ppm", version=v)  # noqa: E731
+    assert (weight("model-v1"), weight("model-v2")) == (500_000, 500_000)
+    # Promotion: model-v2 alone. model-v1's gauges must not keep showing a
+    # weight (an alert would see a weighted version getting no traffic).
+    promoted = json.loads(json.dumps(demo_config))
+    promoted["versions"] = [{"name": "model-v2", "weight": 100}]
+    promoted["rules"] = []
+    assert envoy.push(promoted)
+    assert (weight("model-v1"), weight("model-v2")) == (0, 1_000_000)
+    assert envoy.metric("canary_selector_stable_version", version="model-v1") == 0
+    assert envoy.metric("canary_selector_stable_version", version="model-v2") == 1
 
 
 def test_one_info_line_per_accepted_config_without_user_ids(start_envoy, demo_config):
@@ -301,8 +329,12 @@ def test_two_plugins_sharing_a_vm_each_apply_their_own_config(start_envoy, demo_
     pushed = with_weights(demo_config, 50, 50)
     assert envoy.push(pushed), envoy.logs()[-2000:]
     check(pushed)
-    counts = envoy.flushed_stats()
-    assert counts.get("wasmcustom.canary_selector.requests.b2.anonymous", 0) >= 200, counts
+    envoy.flushed_stats()
+    # Each plugin's series carry its name: they no longer add up.
+    team_b_series = {"plugin": "team-b.canary-selector", "version": "b2"}
+    assert envoy.metric("canary_selector_requests_total", reason="anonymous", **team_b_series) >= 200
+    assert envoy.metric("canary_selector_requests_total", plugin="default.canary-selector", version="b2") == 0
+    assert envoy.metric("canary_selector_requests_total", plugin="default.canary-selector") >= 200
 
 
 def test_a_header_the_filter_sets_reroutes_a_request_whose_route_was_already_picked(start_envoy, demo_config):

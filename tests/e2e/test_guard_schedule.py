@@ -10,7 +10,6 @@ from datetime import datetime, timedelta, timezone
 from harness import expected_version, failing
 
 USERS = [f"user-{i}" for i in range(300)]
-GUARD_TRIPS = "wasmcustom.canary_selector.guard.trips"
 
 
 def guarded(demo_config: dict, **guard) -> dict:
@@ -36,7 +35,7 @@ def test_a_failing_canary_trips_the_guard_and_users_go_back_to_stable(start_envo
     # Before the trip, canary users are on model-v2, and about 30% of them fail.
     started = time.monotonic()
     statuses = []
-    while envoy.stats().get(GUARD_TRIPS, 0) == 0:
+    while envoy.metric("canary_selector_guard_trips_total") == 0:
         assert time.monotonic() - started < 15, "the guard did not trip within the window"
         for u in USERS[:100]:
             r = envoy.request({"x-user-id": u})
@@ -58,9 +57,11 @@ def test_a_failing_canary_trips_the_guard_and_users_go_back_to_stable(start_envo
     assert {decided(r) for r in tester} == {("model-v2", "rule")}
     assert any(r.served_by == "model-v2" for r in tester)
 
-    stats = envoy.flushed_stats()
-    assert stats[GUARD_TRIPS] == 1, "one trip for the whole proxy"
-    assert stats["wasmcustom.canary_selector.requests.model-v1.guard"] >= len(canary_users)
+    envoy.flushed_stats()
+    assert envoy.metric("canary_selector_guard_trips_total") == 1, "one trip for the whole proxy"
+    assert envoy.metric("canary_selector_guard_trips_total", version="model-v2") == 1
+    assert envoy.metric("canary_selector_guard_tripped") == 1
+    assert envoy.metric("canary_selector_requests_total", version="model-v1", reason="guard") >= len(canary_users)
     logs = envoy.wait_for_log("guard tripped")
     trip_lines = [l for l in logs.splitlines() if "guard tripped" in l]
     assert len(trip_lines) == 1 and "[warning]" in trip_lines[0], trip_lines
@@ -72,6 +73,7 @@ def test_a_failing_canary_trips_the_guard_and_users_go_back_to_stable(start_envo
     config["guard"]["maxErrorRate"] = 0.5
     assert envoy.push(config)
     assert "guard reset" in envoy.wait_for_log("guard reset")
+    assert envoy.metric("canary_selector_guard_tripped") == 0
     for u in canary_users[:30]:
         assert decided(envoy.request({"x-user-id": u})) == ("model-v2", "sticky")
     # Pushing the tripped config again (a revert) starts it afresh too: no
@@ -98,7 +100,7 @@ def test_a_healthy_canary_never_trips(start_envoy, demo_config):
             assert decided(r) == (expected_version(config, u), "sticky"), u
             served += 1
     assert served > 1000
-    assert envoy.stats().get(GUARD_TRIPS, 0) == 0
+    assert envoy.metric("canary_selector_guard_trips_total") == 0
     assert "guard tripped" not in envoy.logs()
 
 

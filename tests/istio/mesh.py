@@ -7,7 +7,8 @@ Istio would build from them.
   in ../shared (the CRD's defaults applied, unknown fields are errors as with
   kubectl's strict field validation, the CRD's CEL rules evaluated by
   cel-python), a Kubernetes kind against Kubernetes' own schemas
-  (kubernetes-validate).
+  (kubernetes-validate), the PrometheusRule against the schema below (no
+  Prometheus Operator CRD is at hand) and its rule groups against promtool.
 - `Cluster`: the objects `kubectl apply -f` creates, changed by the README's
   `kubectl patch` and `delete` commands exactly as the API server would.
 - `plugin_config_json()`: a WasmPlugin's pluginConfig as Istio delivers it.
@@ -23,7 +24,10 @@ import json
 import math
 import re
 import shlex
+import shutil
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +43,12 @@ ISTIO_DIR = ROOT / "istio"
 # Istio 1.32, Gateway API v1.6.1 and Envoy Gateway v1.9.0, KServe at aaac4e2.
 CRD_DIRS = [ROOT.parent / "shared" / d for d in ("istio-crds", "gateway-crds", "kserve-crds")]
 README = ROOT / "README.md"
+OBSERVABILITY_DIR = ISTIO_DIR / "observability"
+DASHBOARD = OBSERVABILITY_DIR / "canary-selector-dashboard.json"
+RULES = OBSERVABILITY_DIR / "canary-selector-rules.yaml"
+# Files under istio/ that are no Kubernetes object: the Grafana dashboard and
+# the plain Prometheus rule file.
+NOT_MANIFESTS = (DASHBOARD, RULES)
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import harness  # noqa: E402
@@ -74,12 +84,15 @@ OTHER_SCENARIOS = (ISTIO_DIR / "kserve",)
 
 def manifest_files(directory: Path = ISTIO_DIR) -> list[Path]:
     """Every manifest under `directory`, subdirectories included, but those
-    of another scenario inside it (istio/kserve/ is tests/kserve's)."""
+    of another scenario inside it (istio/kserve/ is tests/kserve's) and the
+    files that are not Kubernetes objects (the dashboard, the rule file)."""
     others = [d for d in OTHER_SCENARIOS if d != directory and d.is_relative_to(directory)]
     return sorted(
         p
         for p in directory.rglob("*")
-        if p.suffix in (".yaml", ".yml", ".json") and not any(p.is_relative_to(d) for d in others)
+        if p.suffix in (".yaml", ".yml", ".json")
+        and p not in NOT_MANIFESTS
+        and not any(p.is_relative_to(d) for d in others)
     )
 
 
@@ -298,12 +311,96 @@ def validate_kubernetes(doc: dict) -> list[str]:
     return errors
 
 
+# The PrometheusRule (monitoring.coreos.com/v1) as the Prometheus Operator's
+# API reference describes it: groups of rules, nothing else, unknown fields
+# rejected as `kubectl apply` does with the CRD installed. Written here, since
+# ../shared has no Prometheus Operator CRD; promtool checks the rules
+# themselves (the PromQL, the templates, `alert` xor `record`).
+_DURATION = {"type": "string", "pattern": r"^(0|(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?)$"}
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+PROMETHEUS_RULE = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": METADATA,
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": _DURATION,
+                            "query_offset": _DURATION,
+                            "limit": {"type": "integer"},
+                            "labels": _STRINGS,
+                            "partial_response_strategy": {"type": "string"},
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": ["string", "integer"]},
+                                        "for": _DURATION,
+                                        "keep_firing_for": _DURATION,
+                                        "labels": _STRINGS,
+                                        "annotations": _STRINGS,
+                                    },
+                                },
+                            },
+                        },
+                    },
+                }
+            },
+        },
+    },
+}
+
+
+def promtool_check_rules(path: Path) -> list[str]:
+    """`promtool check rules` on a rule file (empty when valid)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise RuntimeError("promtool not found: apt-get install prometheus")
+    run = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    return [] if run.returncode == 0 else [f"promtool: {(run.stdout + run.stderr).strip()}"]
+
+
+def validate_prometheus_rule(doc: dict) -> list[str]:
+    validator = jsonschema.Draft202012Validator(PROMETHEUS_RULE)
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+    if errors:
+        return errors
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(doc["spec"], f)
+        f.flush()
+        return promtool_check_rules(Path(f.name))
+
+
 def validate(doc: dict) -> list[str]:
     """A manifest against the schema `kubectl apply` would apply: a kind of a
-    group with CRDs in ../shared against its CRD, any other kind against
-    Kubernetes' own schemas."""
-    if str(doc.get("apiVersion", "")).split("/")[0] in CRD_GROUPS:
+    group with CRDs in ../shared against its CRD, the PrometheusRule against
+    the schema below, any other kind against Kubernetes' own schemas."""
+    group = str(doc.get("apiVersion", "")).split("/")[0]
+    if group in CRD_GROUPS:
         return validate_custom_resource(doc)
+    if group == "monitoring.coreos.com":
+        return validate_prometheus_rule(doc)
     return validate_kubernetes(doc)
 
 
@@ -669,6 +766,62 @@ ISTIO_STATS_INCLUSION = [
 ] + [{"prefix": "component"}, {"prefix": "extension_config_discovery"}]
 
 
+# Istio's tag extractors (its bootstrap template,
+# tools/packaging/common/envoy_bootstrap.json: `use_all_default_tags: false`,
+# then these), with one `(<tag>=\.=(.*?);\.;)` per `extraStatTags` entry in
+# place of EXTRA. Kept whole so a test sees what Istio's other extractors do
+# to the filter's names.
+ISTIO_STATS_TAGS = [
+    ("cluster_name", r"^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.)"),
+    ("tcp_prefix", r"^tcp\.((.*?)\.)\w+?$"),
+    ("response_code", r"_rq(_(\d{3}))$"),
+    ("response_code_class", r"_rq(_(\dxx))$"),
+    ("http_conn_manager_listener_prefix",
+     r"^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+    ("http_conn_manager_prefix", r"^http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+    ("listener_address", r"^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.)"),
+    ("mongo_prefix", r"^mongo\.(.+?)\.(collection|cmd|cx_|op_|delays_|decoding_)(.*?)$"),
+    "EXTRA",
+    ("cache", r"(cache\.(.+?)\.)"),
+    ("component", r"(component\.(.+?)\.)"),
+    ("tag", r"(tag\.(.+?);\.)"),
+    ("wasm_filter", r"(wasm_filter\.(.+?)\.)"),
+    ("authz_enforce_result", r"rbac(\.(allowed|denied))"),
+    ("authz_dry_run_action", r"(\.istio_dry_run_(allow|deny)_)"),
+    ("authz_dry_run_result", r"(\.shadow_(allowed|denied))"),
+]
+
+EXTRA_STAT_TAGS_ANNOTATION = "sidecar.istio.io/extraStatTags"
+
+
+def extra_stat_tags(cluster: Cluster) -> list[str]:
+    """The extraStatTags of the pods the plugin selects (the annotation on
+    their pod template), as Istio's agent reads them into the bootstrap."""
+    selector = cluster.plugin()["spec"]["selector"]["matchLabels"]
+    for d in cluster.all("Deployment"):
+        template = d["spec"]["template"]["metadata"]
+        if selector.items() <= template.get("labels", {}).items():
+            text = template.get("annotations", {}).get(EXTRA_STAT_TAGS_ANNOTATION, "")
+            return [t.strip() for t in text.split(",") if t.strip()]
+    return []
+
+
+def istio_stats_config(extra_tags: list[str]) -> dict:
+    """The stats_config of Istio's bootstrap for these extraStatTags, with the
+    stats inclusion above."""
+    tags = []
+    for entry in ISTIO_STATS_TAGS:
+        if entry == "EXTRA":
+            tags += [{"tag_name": t, "regex": rf"({t}=\.=(.*?);\.;)"} for t in extra_tags]
+        else:
+            tags.append({"tag_name": entry[0], "regex": entry[1]})
+    return {
+        "use_all_default_tags": False,
+        "stats_tags": tags,
+        "stats_matcher": {"inclusion_list": {"patterns": ISTIO_STATS_INCLUSION}},
+    }
+
+
 def _typed(name: str, type_url: str) -> dict:
     return {"name": name, "typed_config": {"@type": type_url}}
 
@@ -683,11 +836,19 @@ def add_upstreams(cfg: dict, upstreams: dict[str, str]) -> None:
         cfg["static_resources"]["clusters"].append(c)
 
 
-def _istio_shape(plugin_filter: str, stat_prefix: str, route_config: dict, upstreams: dict[str, str], edit_chain):
+def _istio_shape(
+    plugin_filter: str,
+    stat_prefix: str,
+    route_config: dict,
+    upstreams: dict[str, str],
+    edit_chain,
+    stat_tags: list[str],
+):
     """Bootstrap hook: turn the harness' envoy/envoy.yaml into an Istio proxy
     with `route_config`, each of its clusters played by a demo model server
-    (`upstreams`: cluster name -> model-v1 or model-v2) and Istio's filter
-    order after the plugin."""
+    (`upstreams`: cluster name -> model-v1 or model-v2), Istio's filter order
+    after the plugin and Istio's stats tags for `stat_tags` (its pods'
+    extraStatTags)."""
 
     def hook(cfg: dict) -> None:
         add_upstreams(cfg, upstreams)
@@ -706,7 +867,7 @@ def _istio_shape(plugin_filter: str, stat_prefix: str, route_config: dict, upstr
         ]
         if edit_chain:
             edit_chain(hcm["http_filters"])
-        cfg["stats_config"] = {"stats_matcher": {"inclusion_list": {"patterns": ISTIO_STATS_INCLUSION}}}
+        cfg["stats_config"] = istio_stats_config(stat_tags)
 
     return hook
 
@@ -719,6 +880,7 @@ def istio_proxy(
     stat_prefix: str,
     numbers: str = "jsonpb",
     edit_chain=None,
+    stat_tags: list[str] = (),
     **kwargs,
 ) -> Envoy:
     """A real Envoy shaped like a proxy Istio builds (a sidecar or a
@@ -736,7 +898,7 @@ def istio_proxy(
         root_id=wasm["pluginName"],
         failure_policy=policy[wasm.get("failStrategy", "FAIL_CLOSE")],
         extra_type_urls=(RBAC_FILTER,),
-        bootstrap_hook=_istio_shape(filter_name(plugin), stat_prefix, route_config, upstreams, edit_chain),
+        bootstrap_hook=_istio_shape(filter_name(plugin), stat_prefix, route_config, upstreams, edit_chain, stat_tags),
         **kwargs,
     )
 
@@ -752,7 +914,15 @@ def sidecar(cluster: Cluster, workdir: Path, numbers: str = "jsonpb", edit_chain
         "virtual_hosts": [{"name": f"{host}:{port}", "domains": ["*"], "routes": envoy_routes(cluster)}],
     }
     return istio_proxy(
-        cluster.plugin(), workdir, route_config, upstreams, f"outbound_0.0.0.0_{port}", numbers, edit_chain, **kwargs
+        cluster.plugin(),
+        workdir,
+        route_config,
+        upstreams,
+        f"outbound_0.0.0.0_{port}",
+        numbers,
+        edit_chain,
+        stat_tags=extra_stat_tags(cluster),
+        **kwargs,
     )
 
 

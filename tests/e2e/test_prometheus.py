@@ -1,0 +1,326 @@
+"""End to end with a real Prometheus (Debian's `prometheus` package): it
+scrapes the test Envoys' /stats/prometheus while a rollout runs (90/10, then
+50/50, then a failing canary that trips the guard), and every query of the
+Grafana dashboard and every alert rule in istio/observability/ is evaluated
+through Prometheus' HTTP API. A panel or rule that names a metric or label
+the filter does not export returns nothing, and fails.
+
+Two Envoys play two client pods: `models/client-1`, whose users carry their
+own ids, and `batch/batch-1`, a batch job that sends every request with the
+same id (so one of its versions never gets a request: the weighted-version
+alert's case). Their target labels are the ones Istio's Prometheus
+(samples/addons, job kubernetes-pods) gives a pod's series: `namespace`,
+`pod`, and the pod's labels, `app` among them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+import yaml
+
+from harness import ROOT, failing, free_port
+
+OBSERVABILITY = ROOT / "istio" / "observability"
+DASHBOARD = json.loads((OBSERVABILITY / "canary-selector-dashboard.json").read_text())
+RULES_FILE = OBSERVABILITY / "canary-selector-rules.yaml"
+RULES = yaml.safe_load(RULES_FILE.read_text())
+PLUGIN = "default.canary-selector"
+# Istio's own metrics the dashboard may use; this Envoy has no Istio stats
+# filter, so their panels are only checked to parse and to name Istio's
+# standard metric.
+ISTIO_METRICS = {"istio_requests_total"}
+# Seconds: Prometheus' scrape and rule evaluation interval here.
+INTERVAL = 1
+
+
+class Prometheus:
+    """A Prometheus server scraping the given Envoys, with the rule file."""
+
+    def __init__(self, workdir, targets: list[tuple[object, dict]]):
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise RuntimeError("prometheus not found: apt-get install prometheus (.ci/run does)")
+        self.port = free_port()
+        config = {
+            "global": {"scrape_interval": f"{INTERVAL}s", "evaluation_interval": f"{INTERVAL}s"},
+            "rule_files": [str(RULES_FILE)],
+            "scrape_configs": [{
+                "job_name": "envoy-stats",
+                "metrics_path": "/stats/prometheus",
+                # As Istio's kubernetes-pods job: the series' own labels win.
+                "honor_labels": True,
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{envoy.ports['admin']}"], "labels": labels} for envoy, labels in targets
+                ],
+            }],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.log = open(workdir / "prometheus.log", "w")
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            assert self.proc.poll() is None, (workdir / "prometheus.log").read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "Prometheus did not become ready in 30 s"
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+    def api(self, path: str, **params) -> dict | list:
+        query = urllib.parse.urlencode(params, doseq=True)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/{path}?{query}", timeout=10) as r:
+                body = json.load(r)
+        except urllib.error.HTTPError as e:
+            body = json.load(e)
+        assert body["status"] == "success", f"{path} {params}: {body.get('error')}"
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", (expr, data["resultType"])
+        return data["result"]
+
+    def wait_for_samples(self, expr: str, timeout: float = 15) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while not (result := self.query(expr)):
+            assert time.monotonic() < deadline, f"no series for {expr}"
+            time.sleep(INTERVAL / 2)
+        return result
+
+
+class Traffic(threading.Thread):
+    """Requests on one keep-alive connection until stopped: a new user id on
+    each, or always `same_user`."""
+
+    def __init__(self, envoy, same_user: str | None = None):
+        super().__init__(daemon=True)
+        self.envoy, self.same_user = envoy, same_user
+        self.stopping = threading.Event()
+        self.statuses: list[int] = []
+
+    def run(self) -> None:
+        conn = self.envoy.connection()
+        i = 0
+        while not self.stopping.is_set():
+            i += 1
+            r = self.envoy.request({"x-user-id": self.same_user or f"user-{i}"}, conn=conn)
+            self.statuses.append(r.status)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+
+
+def rollout(weights: tuple[float, float]) -> dict:
+    return {
+        "versions": [{"name": "model-v1", "weight": weights[0]}, {"name": "model-v2", "weight": weights[1]}],
+        "stickiness": {"userIdHeaders": ["x-user-id"]},
+        "rules": [{"name": "testers", "match": {"headers": {"x-canary-tester": {"exact": "true"}}},
+                   "version": "model-v2"}],
+        # Loose enough that a healthy canary never trips it, tight enough for
+        # one failing 30% of requests; slowResponseMs gives the slow series.
+        "guard": {"windowSeconds": 10, "minRequests": 20, "maxErrorRate": 0.1,
+                  "slowResponseMs": 2000, "maxSlowRate": 0.5},
+    }
+
+
+def panel_queries(window: float, time_range: float) -> list[tuple[str, str, str]]:
+    """(panel title, PromQL, legend format) of every dashboard target, with
+    the dashboard's variables at "All" and Grafana's interval variables set
+    as Grafana would for this Prometheus."""
+    out = []
+    for panel in DASHBOARD["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"]
+            for name in ("namespace", "workload", "plugin"):
+                expr = expr.replace(f"${name}", ".*")
+            expr = expr.replace("$__rate_interval", f"{window:.0f}s").replace("$__range", f"{time_range:.0f}s")
+            assert "$" not in expr, f"{panel['title']}: a variable the test does not know: {expr}"
+            out.append((panel["title"], expr, target.get("legendFormat", "")))
+    return out
+
+
+def metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\b((?:canary_selector|istio)_[a-z_]+)\b", expr))
+
+
+def check_panels(prom: Prometheus, window: float, time_range: float, phase: str) -> dict[str, list[dict]]:
+    """Every panel's query returns series carrying the labels its legend
+    names (Istio's panels: the query parses, and names Istio's metric)."""
+    results = {}
+    for title, expr, legend in panel_queries(window, time_range):
+        result = prom.query(expr)
+        if metric_names(expr) & ISTIO_METRICS:
+            assert metric_names(expr) <= ISTIO_METRICS, (title, expr)
+            assert result == [], "no Istio stats filter here"
+            continue
+        assert result, f"{phase}: panel {title!r} returned no series:\n{expr}"
+        for series in result:
+            for label in re.findall(r"\{\{(\w+)\}\}", legend):
+                assert series["metric"].get(label), (phase, title, label, series)
+        results[f"{title}: {legend}"] = result
+    return results
+
+
+def values(result: list[dict], key: str = "version") -> dict[str, float]:
+    return {s["metric"][key]: float(s["value"][1]) for s in result}
+
+
+def assert_share(share: float, weight: float, n: float) -> None:
+    """A version's share of n requests, each an independent draw at its
+    weight: within 5 standard deviations."""
+    p = weight / 100
+    bound = 5 * math.sqrt(p * (1 - p) / n) + 1e-9
+    assert abs(share - p) <= bound, (share, p, n)
+
+
+def alerts(prom: Prometheus) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for a in prom.api("alerts")["alerts"]:
+        out.setdefault(a["labels"]["alertname"], []).append(a)
+    return out
+
+
+def test_the_dashboard_and_the_alert_rules_against_a_real_prometheus(start_envoy, tmp_path):
+    client = start_envoy(rollout((99, 1)), bootstrap_hook=failing("model-v2", 0))
+    batch = start_envoy(rollout((50, 50)))
+    prom = Prometheus(tmp_path, [
+        (client, {"namespace": "models", "pod": "client-1", "app": "client"}),
+        (batch, {"namespace": "batch", "pod": "batch-1", "app": "batch"}),
+    ])
+    traffic = [Traffic(client), Traffic(batch, same_user="batch-job")]
+    started = time.monotonic()
+    try:
+        for t in traffic:
+            t.start()
+        # The dashboard's variables: Grafana's label_values() on the series.
+        for namespace in ("models", "batch"):
+            prom.wait_for_samples(f'canary_selector_requests_total{{namespace="{namespace}"}} > 0')
+        for variable in DASHBOARD["templating"]["list"]:
+            if variable["type"] != "query":
+                continue
+            m = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]["query"])
+            assert m, variable["query"]
+            selector = m.group(1)
+            for name in ("namespace", "workload"):
+                selector = selector.replace(f"${name}", ".*")
+            found = prom.api(f"label/{m.group(2)}/values", **{"match[]": selector})
+            assert set(found) == {
+                "namespace": {"models", "batch"}, "workload": {"client", "batch"}, "plugin": {PLUGIN},
+            }[variable["name"]], variable["name"]
+
+        # The rollout: each step served for `window` seconds, then every
+        # panel queried over just that step (Grafana's $__rate_interval).
+        window = 6
+        client_share = 'canary_selector_requests_total{namespace="models", reason=~"sticky|anonymous|guard"}'
+        for weights in [(90, 10), (50, 50)]:
+            assert client.push(rollout(weights))
+            time.sleep(window + 2 * INTERVAL + 1)  # the tick's flush and a scrape behind
+            panels = check_panels(prom, window, time.monotonic() - started, f"{weights}")
+            share = values([s for s in panels["Traffic share per version: {{namespace}}/{{plugin}} {{version}}"]
+                            if s["metric"]["namespace"] == "models"])
+            n = float(prom.query(f"sum(increase({client_share}[{window}s]))")[0]["value"][1])
+            assert n > 200, f"only {n} requests in {window} s"
+            assert_share(share["model-v2"], weights[1], n)
+            assert_share(share["model-v1"], weights[0], n)
+            weight = values([s for s in panels["Traffic share per version: weight {{namespace}}/{{plugin}} {{version}}"]
+                             if s["metric"]["namespace"] == "models"])
+            assert weight == {"model-v1": weights[0] / 100, "model-v2": weights[1] / 100}
+            # No alert: a healthy rollout, every weighted version reached.
+            assert "CanarySelectorGuardTripped" not in alerts(prom)
+            assert "CanarySelectorCanaryErrorRateAboveStable" not in alerts(prom)
+
+        # The batch job's ids all land on one version: the other one has a
+        # weight and gets nothing, for its pod's plugin only.
+        rules = {r["alert"]: r for g in RULES["groups"] for r in g["rules"]}
+        starved = prom.query(rules["CanarySelectorWeightedVersionGetsNoTraffic"]["expr"])
+        assert [(s["metric"]["namespace"], s["metric"]["plugin"]) for s in starved] == [("batch", PLUGIN)]
+        assert starved[0]["metric"]["version"] in ("model-v1", "model-v2")
+
+        # The canary fails 30% of its requests: the guard trips, its alert
+        # fires, and the error-rate alert names model-v2.
+        failing_since = time.monotonic()
+        client.set_runtime("fault.http.abort.abort_percent", "30")
+        tripped = prom.wait_for_samples("canary_selector_guard_tripped == 1", timeout=20)
+        assert [(s["metric"]["namespace"], s["metric"]["plugin"]) for s in tripped] == [("models", PLUGIN)]
+        deadline = time.monotonic() + 10
+        while not [a for a in alerts(prom).get("CanarySelectorGuardTripped", []) if a["state"] == "firing"]:
+            assert time.monotonic() < deadline, alerts(prom)
+            time.sleep(INTERVAL / 2)
+        (fired,) = alerts(prom)["CanarySelectorGuardTripped"]
+        assert (fired["labels"]["namespace"], fired["labels"]["plugin"], fired["labels"]["severity"]) == (
+            "models", PLUGIN, "page")
+        above = prom.query(rules["CanarySelectorCanaryErrorRateAboveStable"]["expr"])
+        assert [(s["metric"]["namespace"], s["metric"]["version"]) for s in above] == [("models", "model-v2")]
+        assert float(above[0]["value"][1]) > 0.02
+        # The tripped guard is not also a "weighted version without traffic".
+        starved = prom.query(rules["CanarySelectorWeightedVersionGetsNoTraffic"]["expr"])
+        assert [s["metric"]["namespace"] for s in starved] == ["batch"]
+
+        time.sleep(2 * INTERVAL + 1)
+        failing_for = time.monotonic() - failing_since
+        panels = check_panels(prom, failing_for, time.monotonic() - started, "failing canary")
+        failed = values([s for s in panels["5xx rate per version: {{namespace}}/{{plugin}} {{version}}"]
+                         if s["metric"]["namespace"] == "models"])
+        assert failed["model-v1"] == 0 and 0.1 < failed["model-v2"] < 0.5, failed
+        trips = panels["Guard trips in the time range: {{namespace}}/{{plugin}} {{version}}"]
+        assert {(s["metric"]["namespace"], s["metric"]["version"]): round(float(s["value"][1])) for s in trips
+                if float(s["value"][1]) > 0} == {("models", "model-v2"): 1}
+        reasons = values([s for s in panels["Requests by version and reason: {{version}} {{reason}}"]
+                          if s["metric"]["version"] == "model-v1"], key="reason")
+        assert reasons["guard"] > 0, "the guard sends the canary's users to stable"
+    finally:
+        for t in traffic:
+            t.stop()
+        prom.stop()
+    assert set(traffic[1].statuses) == {200}
+    assert set(traffic[0].statuses) <= {200, 503}
+
+
+@pytest.mark.parametrize("title,expr,legend", panel_queries(60, 3600), ids=lambda v: str(v)[:40])
+def test_every_panel_names_only_exported_metrics(title, expr, legend):
+    """The names the dashboard uses are the filter's (src/filter.rs) or
+    Istio's; the e2e test above proves the filter's exist."""
+    exported = set(re.findall(r'"(canary_selector_[a-z_]+)"', (ROOT / "src" / "filter.rs").read_text()))
+    assert metric_names(expr) and metric_names(expr) <= exported | ISTIO_METRICS, (title, metric_names(expr))
+
+
+def test_the_dashboard_is_a_grafana_dashboard_with_the_documented_variables():
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert list(variables) == ["datasource", "namespace", "workload", "plugin"]
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for name in ("namespace", "workload", "plugin"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
+    ids = [p["id"] for p in DASHBOARD["panels"]]
+    assert len(set(ids)) == len(ids)
+    for panel in DASHBOARD["panels"]:
+        assert panel["title"] and panel["description"] and panel["targets"], panel.get("title")
+        for target in [panel, *panel["targets"]]:
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+    # Every panel named in the README's Observability section, and back.
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Observability"):readme.index("## Try it locally")]
+    described = re.findall(r"^- \*\*(.+?)\*\*:", section, re.M)
+    assert described == [p["title"] for p in DASHBOARD["panels"]]
