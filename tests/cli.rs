@@ -112,6 +112,21 @@ fn check_accepts_the_shipped_manifests_and_their_wiring() {
             "{plugin} with istio/virtualservice.yaml: VirtualService models/model: wiring ok: model-v1 -> v1, model-v2 -> v2; default route -> v1"
         )), "{}", r.stdout);
     }
+    // The KServe scenario's plugins (namespace kserve) are checked, and not
+    // wired to the models namespace's VirtualService; the Grafana dashboard
+    // in the directory is no plugin config.
+    assert!(
+        r.stdout
+            .contains("istio/kserve/wasmplugin.yaml: WasmPlugin kserve/canary-selector: accepted"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        !r.stdout.contains("kserve/canary-selector with"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("dashboard"), "{}", r.stdout);
     let r = run(&["check", "envoy/plugin-config.json", "-o", "json"]);
     assert_eq!(r.code, 0);
     let report = json(&r);

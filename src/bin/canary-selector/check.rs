@@ -233,7 +233,19 @@ fn wire(
         .and_then(|r| r.namespace.as_deref())
         .unwrap_or("default");
     let defined = subsets_defined(rules, plugin_ns);
-    let wirings: Vec<Wiring> = services
+    // A WasmPlugin acts in its own namespace (in Istio's root namespace, in
+    // every one): a VirtualService of another namespace is another
+    // rollout's, and one of ours with none to check has nothing to wire.
+    let mesh_wide = plugin.resource.is_none() || plugin_ns == "istio-system";
+    let ours: Vec<&Manifest> = services
+        .iter()
+        .copied()
+        .filter(|vs| mesh_wide || namespace_of(vs, "default") == plugin_ns)
+        .collect();
+    if ours.is_empty() {
+        return Vec::new();
+    }
+    let wirings: Vec<Wiring> = ours
         .iter()
         .map(|vs| (*vs, routes(vs, header)))
         .filter(|(_, routes)| routes.iter().any(|r| r.on_header))

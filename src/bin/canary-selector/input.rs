@@ -99,7 +99,10 @@ pub struct Inputs {
     pub manifests: Vec<Manifest>,
 }
 
-/// Reads every path (files, directories recursively, `-` for stdin).
+/// Reads every path (files, directories recursively, `-` for stdin). A
+/// directory is read for its Kubernetes manifests only: a JSON file in it
+/// that is not a Kubernetes object (a Grafana dashboard, say) is not taken
+/// for a plugin config; name a plugin-config file to check it.
 pub fn load(paths: &[String]) -> Result<Inputs, Fatal> {
     let mut inputs = Inputs::default();
     let mut stdin_read = false;
@@ -110,16 +113,16 @@ pub fn load(paths: &[String]) -> Result<Inputs, Fatal> {
             }
             stdin_read = true;
             let text = read_text("-", std::io::stdin().lock())?;
-            parse("-", &text, &mut inputs)?;
+            parse("-", &text, true, &mut inputs)?;
         } else if Path::new(path).is_dir() {
             for file in manifest_files(Path::new(path))? {
                 let name = file.display().to_string();
                 let text = read_file(&name)?;
-                parse(&name, &text, &mut inputs)?;
+                parse(&name, &text, false, &mut inputs)?;
             }
         } else {
             let text = read_file(path)?;
-            parse(path, &text, &mut inputs)?;
+            parse(path, &text, true, &mut inputs)?;
         }
     }
     Ok(inputs)
@@ -208,11 +211,14 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn parse(file: &str, text: &str, inputs: &mut Inputs) -> Result<(), Fatal> {
+/// `plugin_json`: a JSON object that is not a Kubernetes object is a plugin
+/// config (a file named on the command line, or stdin).
+fn parse(file: &str, text: &str, plugin_json: bool, inputs: &mut Inputs) -> Result<(), Fatal> {
     let mut json_error = None;
     if text.trim_start().starts_with('{') {
         match serde_json::from_str::<Value>(text) {
             Ok(doc) if is_object(&doc) => return collect(file, doc, inputs),
+            Ok(_) if !plugin_json => return Ok(()),
             // A plugin config goes to the filter as written, byte for byte.
             Ok(_) => {
                 inputs.plugins.push(PluginConfig {
@@ -342,7 +348,7 @@ mod tests {
 
     fn parsed(text: &str) -> Inputs {
         let mut inputs = Inputs::default();
-        parse("t.yaml", text, &mut inputs).unwrap();
+        parse("t.yaml", text, true, &mut inputs).unwrap();
         inputs
     }
 
@@ -401,7 +407,7 @@ mod tests {
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         for text in [bomb, deep, "a: [".into(), "a: b: c".into()] {
             let mut inputs = Inputs::default();
-            let Err(Fatal(msg)) = parse("h.yaml", &text, &mut inputs) else {
+            let Err(Fatal(msg)) = parse("h.yaml", &text, true, &mut inputs) else {
                 panic!("accepted: {text:.80}")
             };
             assert!(msg.starts_with("h.yaml: cannot be read as YAML: "), "{msg}");
