@@ -23,7 +23,7 @@ use crate::decision::{Entropy, Live, Reason, Request, WyRand};
 use crate::filter::{
     self, AwaitingTrailers, Host, MetricNames, Outcome, Pending, ResponseHost, Verdict,
 };
-use crate::guard::{describe_failures, judge, Failure, Window};
+use crate::guard::{describe_failures, judge, Failure, Stamp, Window};
 use crate::hash::murmur3_32;
 
 proxy_wasm::main! {{
@@ -227,8 +227,10 @@ struct GuardState {
     local: RefCell<Window>,
     /// Latched until a new config is pushed.
     tripped: Cell<bool>,
+    /// This config's push, as numbered by `first_to_accept`.
+    generation: u32,
     /// Shared-data key of the proxy-wide window: plugin name and config
-    /// hash, so a new config starts a fresh window.
+    /// hash, so VMs on different configs (during a push) never share one.
     key: String,
     /// Shared-data key marking that this plugin's guard tripped, so the next
     /// push can log the reset.
@@ -334,7 +336,7 @@ impl RootContext for Plugin {
             .get_property(vec!["plugin_name"])
             .map(|name| String::from_utf8_lossy(&name).into_owned())
             .unwrap_or_default();
-        let first = self.first_to_accept(&plugin, &config);
+        let (first, generation) = self.first_to_accept(&plugin, &config);
         let marker = format!("canary-selector.{plugin}.guard-tripped");
         if first {
             info!("config accepted: {}", rollout.summary());
@@ -362,10 +364,14 @@ impl RootContext for Plugin {
             let tripped_metric = define_metric(MetricType::Gauge, &names.guard_tripped());
             let tripped = if first {
                 // A push starts a fresh window, even for a config seen before
-                // (A, B, then A again): its old window, tripped or not, is
-                // gone. Writing it now also gives every later merge a CAS
-                // token.
-                let _ = self.set_shared_data(&key, Some(&local.encode(None)), None);
+                // (A, B, then A again): its old window, of an older
+                // generation, tripped or not, is gone. Writing it now also
+                // gives every later merge a CAS token.
+                let stamp = Stamp {
+                    generation,
+                    tripped: None,
+                };
+                let _ = self.set_shared_data(&key, Some(&local.encode(stamp)), None);
                 let _ = hostcalls::record_metric(tripped_metric, 0);
                 false
             } else {
@@ -373,15 +379,18 @@ impl RootContext for Plugin {
                 // worker's VM, or a listener update that kept the config
                 // (Envoy Gateway rebuilds the filter with every listener
                 // change). If its window has tripped, start latched, not on
-                // the canary until the first tick.
+                // the canary until the first tick. A window of another
+                // generation is not this push's: the first VM may not have
+                // replaced it yet.
                 self.get_shared_data(&key)
                     .0
                     .and_then(|b| Window::decode(&b, rollout.versions.len(), g.window_ms))
-                    .is_some_and(|(_, tripped)| tripped.is_some())
+                    .is_some_and(|(_, s)| s.generation == generation && s.tripped.is_some())
             };
             GuardState {
                 local: RefCell::new(local),
                 tripped: Cell::new(tripped),
+                generation,
                 key,
                 marker: marker.clone(),
                 trips_metrics: rollout
@@ -496,15 +505,36 @@ impl Plugin {
     /// and each configures itself. So that an accepted config is logged once
     /// per proxy rather than once per VM, the first VM to accept it records
     /// its hash in shared data; the others see it there and stay quiet.
-    fn first_to_accept(&self, plugin: &str, config: &[u8]) -> bool {
+    ///
+    /// The record also numbers the plugin's pushes: the first VM to accept
+    /// a config gives it the next generation, the others read it. Returns
+    /// whether this VM was the first, and the generation.
+    fn first_to_accept(&self, plugin: &str, config: &[u8]) -> (bool, u32) {
         let key = format!("canary-selector.{plugin}.last-config");
         let digest = murmur3_32(config, 0x5eed).to_le_bytes();
-        let (seen, cas) = self.get_shared_data(&key);
-        if seen.as_deref() == Some(&digest[..]) {
-            return false;
+        // The record: the config's digest, then its generation.
+        let generation_of = |record: &[u8]| {
+            record
+                .get(4..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u32::from_le_bytes)
+        };
+        for _ in 0..4 {
+            let (seen, cas) = self.get_shared_data(&key);
+            let seen = seen.unwrap_or_default();
+            if seen.get(..4) == Some(&digest[..]) {
+                return (false, generation_of(&seen));
+            }
+            let generation = generation_of(&seen).wrapping_add(1);
+            let mut record = digest.to_vec();
+            record.extend_from_slice(&generation.to_le_bytes());
+            if self.set_shared_data(&key, Some(&record), cas).is_ok() {
+                return (true, generation);
+            }
+            // Lost a race with another VM that just recorded it (that VM
+            // logs): read its generation.
         }
-        // Lost a race with another VM that just recorded it: that VM logs.
-        self.set_shared_data(&key, Some(&digest), cas).is_ok()
+        (false, 0)
     }
 
     fn merge_and_judge(
@@ -522,9 +552,19 @@ impl Plugin {
         // our read and our write.
         for _ in 0..8 {
             let (bytes, cas) = self.get_shared_data(&g.key);
-            let (mut shared, tripped) = bytes
-                .and_then(|b| Window::decode(&b, versions, config.window_ms))
-                .unwrap_or_else(|| (Window::new(versions, config.window_ms), None));
+            let fresh = || Window::new(versions, config.window_ms);
+            let shared = bytes.and_then(|b| Window::decode(&b, versions, config.window_ms));
+            let (mut shared, tripped) = match shared {
+                Some((w, s)) if s.generation == g.generation => (w, s.tripped),
+                // A later push of the same config (A, B, A) runs beside this
+                // root, which Envoy is about to drop: leave it the window.
+                Some((_, s)) if s.generation.wrapping_sub(g.generation) as i32 > 0 => {
+                    local.clear();
+                    return;
+                }
+                // Absent, or an earlier push's.
+                _ => (fresh(), None),
+            };
             if tripped.is_some() {
                 // Another VM tripped it: latch, and say so in the gauge.
                 g.tripped.set(true);
@@ -537,7 +577,10 @@ impl Plugin {
             }
             shared.merge(&local);
             let trip = judge(config, &shared.totals(now));
-            let encoded = shared.encode(trip.as_ref().map(|t| t.version));
+            let encoded = shared.encode(Stamp {
+                generation: g.generation,
+                tripped: trip.as_ref().map(|t| t.version),
+            });
             if self.set_shared_data(&g.key, Some(&encoded), cas).is_err() {
                 continue;
             }

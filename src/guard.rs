@@ -10,9 +10,9 @@
 use crate::config::Guard;
 
 pub const SLOTS: usize = 10;
-const HEADER: usize = 4;
-/// The shared-data format; 2 added `Counts::failures`.
-const FORMAT: u8 = 2;
+const HEADER: usize = 8;
+/// The shared-data format; 2 added `Counts::failures`, 3 the generation.
+const FORMAT: u8 = 3;
 /// Bytes of one `Counts` in the shared-data form.
 const COUNTS_BYTES: usize = 16;
 
@@ -240,12 +240,16 @@ impl Window {
         totals
     }
 
-    /// The shared-data form: a header (format, tripped version + 1 or 0),
-    /// then each slot's epoch and counts, little-endian.
-    pub fn encode(&self, tripped: Option<usize>) -> Vec<u8> {
+    /// The shared-data form: a header (format, tripped version + 1 or 0,
+    /// two zero bytes, the generation), then each slot's epoch and counts,
+    /// little-endian.
+    pub fn encode(&self, stamp: Stamp) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + SLOTS * (8 + COUNTS_BYTES * self.versions));
-        let tripped = tripped.map_or(0, |v| u8::try_from(v + 1).unwrap_or(u8::MAX));
+        let tripped = stamp
+            .tripped
+            .map_or(0, |v| u8::try_from(v + 1).unwrap_or(u8::MAX));
         out.extend_from_slice(&[FORMAT, tripped, 0, 0]);
+        out.extend_from_slice(&stamp.generation.to_le_bytes());
         for (i, epoch) in self.epochs.iter().enumerate() {
             out.extend_from_slice(&epoch.to_le_bytes());
             for c in self
@@ -263,13 +267,9 @@ impl Window {
     }
 
     /// Reads the shared-data form written by [`Window::encode`] for a window
-    /// of this shape: the window and the tripped version, if any. `None` for
-    /// anything else (absent, another format, another shape).
-    pub fn decode(
-        bytes: &[u8],
-        versions: usize,
-        window_ms: u64,
-    ) -> Option<(Window, Option<usize>)> {
+    /// of this shape: the window and its stamp. `None` for anything else
+    /// (absent, another format, another shape).
+    pub fn decode(bytes: &[u8], versions: usize, window_ms: u64) -> Option<(Window, Stamp)> {
         let mut w = Window::new(versions, window_ms);
         if bytes.len() != HEADER + SLOTS * (8 + COUNTS_BYTES * versions)
             || bytes.first() != Some(&FORMAT)
@@ -280,11 +280,12 @@ impl Window {
             0 => None,
             v => Some(usize::from(v) - 1),
         };
-        let mut words = bytes.get(HEADER..)?.chunks_exact(4).map(|c| {
+        let mut words = bytes.get(4..)?.chunks_exact(4).map(|c| {
             let mut b = [0u8; 4];
             b.copy_from_slice(c);
             u32::from_le_bytes(b)
         });
+        let generation = words.next()?;
         for i in 0..SLOTS {
             let (lo, hi) = (words.next()?, words.next()?);
             *w.epochs.get_mut(i)? = u64::from(lo) | u64::from(hi) << 32;
@@ -297,8 +298,26 @@ impl Window {
                 };
             }
         }
-        Some((w, tripped))
+        Some((
+            w,
+            Stamp {
+                generation,
+                tripped,
+            },
+        ))
     }
+}
+
+/// What the shared window says besides its counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    /// The push it counts for: the glue numbers each new config of a plugin,
+    /// so a pushed config starts on a fresh window even if it was seen
+    /// before (A, B, then A again), and a VM that configured before the first
+    /// one wrote the fresh window does not read the old one.
+    pub generation: u32,
+    /// The version that tripped the guard, if it has.
+    pub tripped: Option<usize>,
 }
 
 /// Why a canary version tripped the guard, with the figures.
@@ -439,12 +458,16 @@ mod tests {
         w.record(123_456, 2, Some(Failure::Grpc(14)), true);
         w.record(150_000, 0, None, false);
         for tripped in [None, Some(2)] {
-            let bytes = w.encode(tripped);
-            let (back, t) = Window::decode(&bytes, 3, 30_000).unwrap();
+            let stamp = Stamp {
+                generation: 0xdead_beef,
+                tripped,
+            };
+            let bytes = w.encode(stamp);
+            let (back, s) = Window::decode(&bytes, 3, 30_000).unwrap();
             assert_eq!(back, w);
-            assert_eq!(t, tripped);
+            assert_eq!(s, stamp);
         }
-        let bytes = w.encode(None);
+        let bytes = w.encode(Stamp::default());
         assert!(Window::decode(&bytes, 2, 30_000).is_none(), "other shape");
         assert!(Window::decode(&bytes[1..], 3, 30_000).is_none());
         assert!(Window::decode(b"", 3, 30_000).is_none());

@@ -38,7 +38,7 @@ use std::time::Instant;
 use canary_selector::config::{self, Rollout, Source};
 use canary_selector::decision::{decide, Decision, Entropy, Live, Reason, Request, WyRand};
 use canary_selector::filter::{self, AwaitingTrailers, Host, Outcome, ResponseHost, Verdict};
-use canary_selector::guard::{self, Counts, Failure, Window};
+use canary_selector::guard::{self, Counts, Failure, Stamp, Window};
 use canary_selector::hash::murmur3_32;
 use canary_selector::matcher::MAX_COOKIE_HEADER_SCAN;
 use canary_selector::MAX_USER_ID_LEN;
@@ -1686,7 +1686,7 @@ enum Op {
         ahead: u64,
     },
     RoundTrip {
-        tripped: Option<usize>,
+        stamp: Stamp,
     },
 }
 
@@ -1711,7 +1711,10 @@ fn gen_window_case(rng: &mut Rng) -> WindowCase {
                 ahead: rng.pick(&[0, 1, window_ms / 2, window_ms, window_ms * 2]),
             },
             2 => Op::RoundTrip {
-                tripped: rng.one_in(2).then(|| rng.below(versions)),
+                stamp: Stamp {
+                    generation: rng.u64() as u32,
+                    tripped: rng.one_in(2).then(|| rng.below(versions)),
+                },
             },
             _ => {
                 t += rng.pick(&[0, 1, 7, window_ms / 10, window_ms, window_ms * 3]);
@@ -1743,7 +1746,10 @@ fn gen_window_case(rng: &mut Rng) -> WindowCase {
         _ => {
             let mut w = Window::new(shape_versions, window_ms);
             w.record(t, rng.below(shape_versions), Some(Failure::Http5xx), false);
-            let mut bytes = w.encode(rng.one_in(2).then(|| rng.below(300)));
+            let mut bytes = w.encode(Stamp {
+                generation: rng.u64() as u32,
+                tripped: rng.one_in(2).then(|| rng.below(300)),
+            });
             for _ in 0..rng.range(0, 3) {
                 let at = rng.below(bytes.len());
                 bytes[at] = rng.u64() as u8;
@@ -1862,19 +1868,19 @@ fn guard_window() {
                     let trip = guard::judge(&case.guard, &totals).map(|t| t.version);
                     assert_eq!(trip, model_judge(&case.guard, &totals), "judge");
                 }
-                Op::RoundTrip { tripped } => {
-                    let decoded = Window::decode(&a.encode(tripped), n, window_ms);
-                    assert_eq!(decoded, Some((a.clone(), tripped)), "encode then decode");
+                Op::RoundTrip { stamp } => {
+                    let decoded = Window::decode(&a.encode(stamp), n, window_ms);
+                    assert_eq!(decoded, Some((a.clone(), stamp)), "encode then decode");
                 }
             }
         }
         // Another VM's bytes: anything, of any shape; never a panic, and
         // whatever decodes encodes back to the same bytes.
         let (bytes, versions, window_ms) = &case.foreign;
-        if let Some((w, tripped)) = Window::decode(bytes, *versions, *window_ms) {
-            let again = w.encode(tripped);
+        if let Some((w, stamp)) = Window::decode(bytes, *versions, *window_ms) {
+            let again = w.encode(stamp);
             assert_eq!((&again[..2], &again[4..]), (&bytes[..2], &bytes[4..]));
-            assert!(tripped.is_none_or(|v| v < 255));
+            assert!(stamp.tripped.is_none_or(|v| v < 255));
             let _ = w.totals(now);
         }
         1

@@ -21,7 +21,16 @@ from harness import expected_version
 import grpc_models  # noqa: E402  (envoy/grpc_models.py, on the path through harness)
 
 USERS = [f"user-{i}" for i in range(200)]
-GUARD_TRIPS = "wasmcustom.canary_selector.guard.trips"
+
+
+def trips(envoy) -> float:
+    return envoy.metric("canary_selector_guard_trips_total")
+
+
+def failures(envoy, version: str, failure: str) -> float:
+    """The canary's failed responses of one kind, once the tick has flushed them."""
+    time.sleep(1.3)
+    return envoy.metric("canary_selector_failures_total", version=version, failure=failure)
 
 
 def guarded(demo_config: dict, **guard) -> dict:
@@ -113,7 +122,7 @@ def test_grpc_calls_split_and_stick_by_x_user_id_metadata(grpc_envoy, demo_confi
 def wait_for_trip(envoy, models, seconds: float = 15) -> float:
     """Sends canary traffic until the guard trips; returns how long it took."""
     started = time.monotonic()
-    while envoy.stats().get(GUARD_TRIPS, 0) == 0:
+    while trips(envoy) == 0:
         assert time.monotonic() - started < seconds, f"the guard did not trip in {seconds}s:\n{envoy.logs()[-2000:]}"
         for user in USERS[:60]:
             models.infer(**{"x-user-id": user})
@@ -141,10 +150,9 @@ def test_a_canary_failing_with_internal_trips_the_guard_while_testers_still_reac
     logs = envoy.wait_for_log("guard tripped")
     (line,) = [l for l in logs.splitlines() if "guard tripped" in l]
     assert re.search(r"model-v2 error rate above maxErrorRate .* responses failed \(rate [0-9.]+; INTERNAL\)", line), line
-    counters = envoy.flushed_stats()
-    assert counters[GUARD_TRIPS] == 1
-    assert counters["wasmcustom.canary_selector.guard.failures.model-v2.INTERNAL"] >= 20
-    assert "wasmcustom.canary_selector.guard.failures.model-v1.INTERNAL" not in counters
+    assert trips(envoy) == 1
+    assert failures(envoy, "model-v2", "INTERNAL") >= 20
+    assert envoy.metric("canary_selector_failures_total", version="model-v1") == 0
 
 
 def test_a_canary_that_is_down_trips_the_guard(grpc_envoy, demo_config):
@@ -159,7 +167,7 @@ def test_a_canary_that_is_down_trips_the_guard(grpc_envoy, demo_config):
     time.sleep(1.5)
     assert {models.infer(**{"x-user-id": u})[2].model_version for u in users} == {"model-v1"}
     assert "; UNAVAILABLE), 0 slow" in envoy.wait_for_log("guard tripped")
-    assert envoy.flushed_stats()["wasmcustom.canary_selector.guard.failures.model-v2.UNAVAILABLE"] >= 20
+    assert failures(envoy, "model-v2", "UNAVAILABLE") >= 20
 
 
 def serve_traffic(models, seconds: float) -> int:
@@ -179,7 +187,7 @@ def test_a_canary_failing_with_a_client_error_does_not_trip(grpc_envoy, demo_con
     assert {models.infer(**{"x-user-id": u})[0] for u in canary_users(config)} == {grpc.StatusCode.NOT_FOUND}
     assert serve_traffic(models, 4) > 200
     time.sleep(1.5)
-    assert envoy.stats().get(GUARD_TRIPS, 0) == 0
+    assert trips(envoy) == 0
     assert "guard tripped" not in envoy.logs()
     # Listed in grpcErrorCodes, the same failures trip it.
     assert envoy.push(guarded(demo_config, grpcErrorCodes=["NOT_FOUND"]))
@@ -192,15 +200,15 @@ def test_a_healthy_grpc_canary_never_trips(grpc_envoy, demo_config):
     envoy, models = grpc_envoy(config)
     assert serve_traffic(models, 5) > 300
     time.sleep(1.5)
-    assert envoy.stats().get(GUARD_TRIPS, 0) == 0
-    assert not [k for k in envoy.stats() if ".guard.failures." in k]
+    assert trips(envoy) == 0
+    assert envoy.metric("canary_selector_failures_total") == 0
+    assert envoy.metric("canary_selector_responses_total", version="model-v2") > 100
 
 
 def test_streaming_calls_are_counted_once_at_their_end(grpc_envoy, demo_config):
     config = guarded(demo_config, minRequests=1000)
     envoy, models = grpc_envoy(config, v2="INTERNAL")
     user = canary_users(config)[0]
-    failures = "wasmcustom.canary_selector.guard.failures.model-v2.INTERNAL"
     # A stream that has sent its responses but not yet ended is not counted...
     gate = {"open": True}
 
@@ -212,15 +220,15 @@ def test_streaming_calls_are_counted_once_at_their_end(grpc_envoy, demo_config):
     call = models.stub.ModelStreamInfer(held_open(), metadata=[("x-user-id", user)], timeout=10)
     responses = [next(call) for _ in range(grpc_models.STREAM_RESPONSES)]
     assert {r.infer_response.model_version for r in responses} == {"model-v2"}
-    assert envoy.flushed_stats().get(failures, 0) == 0, "counted before the stream ended"
+    assert failures(envoy, "model-v2", "INTERNAL") == 0, "counted before the stream ended"
     # ...it is, once, when it ends with INTERNAL in its trailers.
     gate["open"] = False
     with pytest.raises(grpc.RpcError) as ended:
         list(call)
     assert ended.value.code() == grpc.StatusCode.INTERNAL
-    assert envoy.flushed_stats().get(failures, 0) == 1
+    assert failures(envoy, "model-v2", "INTERNAL") == 1
     # Five more streams of two requests each (six responses): five more.
     for _ in range(5):
         with pytest.raises(grpc.RpcError):
             list(models.stream(requests=2, **{"x-user-id": user}))
-    assert envoy.flushed_stats()[failures] == 6
+    assert failures(envoy, "model-v2", "INTERNAL") == 6
