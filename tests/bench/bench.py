@@ -264,6 +264,8 @@ class Envoy:
     concurrency: int = 1
     workdir: Path = field(init=False)
     proc: subprocess.Popen | None = None
+    # Top-level bootstrap fields to add (memory.py's MEMORY_RELEASE).
+    bootstrap_extra: dict = field(default_factory=dict)
 
     def start(self) -> "Envoy":
         self.workdir = OUT / self.variant.name
@@ -281,6 +283,7 @@ class Envoy:
             grpc_routes(cfg, hcm)
         if "config_discovery" in (extra or {}):
             cfg["node"] = {"id": "bench", "cluster": "bench"}  # xDS needs a node identity
+        cfg.update(self.bootstrap_extra)
         (self.workdir / "envoy.yaml").write_text(yaml.safe_dump(cfg))
         self.log = self.workdir / "envoy.log"
         self.proc = subprocess.Popen(

@@ -15,7 +15,8 @@ schedule steps, a guard).
 
 Settings (environment): REQUESTS (1000000), WORKERS (1,2,8), VARIANTS
 (none,lua,sdk-floor,canary-selector,canary-selector-large), CANARY_WASM,
-SDK_FLOOR_WASM. Results go to target/bench/memory.json.
+SDK_FLOOR_WASM, MEMORY_WASM_EXTRA (more modules), MEMORY_RELEASE (tcmalloc
+returns free pages to the OS). Results go to target/bench/memory.json.
 """
 
 from __future__ import annotations
@@ -120,6 +121,8 @@ def memory(envoy: Envoy) -> dict:
         "rss_mib": rss / 1024,
         "heap_allocated_mib": int(heap["allocated"]) / mib,
         "heap_size_mib": int(heap["heap_size"]) / mib,
+        # Freed but kept by tcmalloc, still resident: where a peak goes.
+        "heap_free_mib": int(heap["pageheap_free"]) / mib,
         "code_mib": sum(m["rss"] for m in maps if m["perm"] == "rwxp" and not m["path"]) / 1024,
         "wasm_memories": len(linear),
         "wasm_memory_mib": sum(linear) / 1024,
@@ -130,8 +133,16 @@ def completed(envoy: Envoy) -> int:
     return envoy.counters(r"^http\.ingress\.downstream_rq_completed$")["http.ingress.downstream_rq_completed"]
 
 
+# MEMORY_RELEASE=1: Envoy's bootstrap has tcmalloc hand free pages back to the
+# OS (`memory_allocator_manager`), as a pod could configure it.
+RELEASE = {"bytes_to_release": 64 * 1024 * 1024, "memory_release_interval": "1s"}
+
+
 def measure(variant: Variant, workers: int, requests: int) -> dict:
-    envoy = Envoy(variant, None, concurrency=workers).start()
+    envoy = Envoy(variant, None, concurrency=workers)
+    if os.environ.get("MEMORY_RELEASE"):
+        envoy.bootstrap_extra = {"memory_allocator_manager": RELEASE}
+    envoy.start()
     try:
         bench.wrk(envoy, 3, 32, None)
         time.sleep(1)
@@ -164,7 +175,7 @@ def main() -> int:
             m = r["after"]
             print(f"  {n:24} {w} workers: RSS {r['warm']['rss_mib']:6.1f} MiB warm, {m['rss_mib']:6.1f} "
                   f"after {r['requests']:,} requests; heap {m['heap_allocated_mib']:.1f} allocated of "
-                  f"{m['heap_size_mib']:.1f} MiB, compiled code {m['code_mib']:.1f} MiB, "
+                  f"{m['heap_size_mib']:.1f} MiB ({m['heap_free_mib']:.1f} free), compiled code {m['code_mib']:.1f} MiB, "
                   f"{m['wasm_memories']} Wasm memories {m['wasm_memory_mib']:.2f} MiB", flush=True)
     print()
     print("| variant | " + " | ".join(f"{w} worker{'s' * (w > 1)}: warm / after" for w in workers) + " |")
