@@ -18,7 +18,7 @@ WASM := target/canary-selector.wasm
 # ABI, and Envoy calls each exported one on every request, so the module keeps
 # only what the SDK needs (memory, _initialize, the ABI marker, the allocator,
 # context create, and delete, which frees each stream's context) and the
-# callbacks src/glue.rs implements. tests/e2e/test_module.py checks this list
+# callbacks src/glue/ implements. tests/e2e/test_module.py checks this list
 # against the glue.
 WASM_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
   proxy_on_context_create proxy_on_delete \

@@ -226,18 +226,21 @@ pub fn on_stream_lost(awaiting: &AwaitingTrailers) -> Outcome {
 /// The stat tags in the metrics' names, each written `<tag>=.=<value>;.;`:
 /// Istio's encoding, which its `extraStatTags` setting turns into Prometheus
 /// labels with the extractor `(<tag>=\.=(.*?);\.;)` per tag (Istio's
-/// bootstrap template; `envoy/envoy.yaml` has the same four).
-pub const STAT_TAGS: [&str; 4] = ["plugin", "version", "reason", "failure"];
+/// bootstrap template; `envoy/envoy.yaml` has the same five). `rollout` is
+/// only in the names of a config that lists `rollouts`.
+pub const STAT_TAGS: [&str; 5] = ["plugin", "rollout", "version", "reason", "failure"];
 
-/// The proxy-wasm metric names of one plugin. Envoy files them under
-/// `wasmcustom.`; with the tags extracted, its Prometheus output drops that
-/// prefix and the tags, and the name left is the one written last
-/// (`canary_selector_requests_total{plugin="models.canary-selector",
-/// version="model-v2",reason="sticky"}`). Istio's default stats inclusion
-/// keeps every name starting with `wasm`, so they are all exported.
+/// The proxy-wasm metric names of one plugin, or of one rollout of it.
+/// Envoy files them under `wasmcustom.`; with the tags extracted, its
+/// Prometheus output drops that prefix and the tags, and the name left is
+/// the one written last (`canary_selector_requests_total{plugin=
+/// "models.canary-selector",rollout="iris",version="model-v2",
+/// reason="sticky"}`). Istio's default stats inclusion keeps every name
+/// starting with `wasm`, so they are all exported.
 pub struct MetricNames {
-    /// The plugin's name (Istio: `<namespace>.<name>`) as a tag value.
-    plugin: String,
+    /// The tags every name starts with: the plugin's name (Istio:
+    /// `<namespace>.<name>`) and the rollout's, if it has one.
+    scope: String,
 }
 
 /// The tag-value framing ([`crate::config::STAT_TAG_FRAMING`]) and anything
@@ -257,17 +260,22 @@ fn tag_value(value: &str) -> String {
 }
 
 impl MetricNames {
-    pub fn new(plugin: &str) -> Self {
-        MetricNames {
-            plugin: tag_value(plugin),
+    /// The names of plugin `plugin`'s metrics; of its rollout `rollout`'s,
+    /// for a config that lists `rollouts`.
+    pub fn new(plugin: &str, rollout: Option<&str>) -> Self {
+        let mut scope = format!("plugin=.={};.;", tag_value(plugin));
+        if let Some(rollout) = rollout {
+            let _ = write!(scope, "rollout=.={};.;", tag_value(rollout));
         }
+        MetricNames { scope }
     }
 
-    /// `plugin=.=<p>;.;`, then each `(tag, value)`, then the metric's own
-    /// name. Tag values never hold the framing: version names are validated,
-    /// reasons and failure kinds are our own words.
+    /// `plugin=.=<p>;.;` (and `rollout=.=<r>;.;`), then each `(tag,
+    /// value)`, then the metric's own name. Tag values never hold the
+    /// framing: version and rollout names are validated, reasons and failure
+    /// kinds are our own words.
     fn name(&self, tags: &[(&str, &str)], metric: &str) -> String {
-        let mut out = format!("plugin=.={};.;", self.plugin);
+        let mut out = self.scope.clone();
         for (tag, value) in tags {
             let _ = write!(out, "{tag}=.={value};.;");
         }
@@ -327,40 +335,16 @@ impl MetricNames {
     pub fn guard_trips(&self, version: &str) -> String {
         self.name(&[("version", version)], "canary_selector_guard_trips_total")
     }
+
+    /// Requests no rollout of the config takes, which pass untouched
+    /// (counter; a plugin's, not a rollout's).
+    pub fn no_rollout_requests(&self) -> String {
+        self.name(&[], "canary_selector_no_rollout_requests_total")
+    }
 }
 
 /// A weight (a percentage) in millionths, as the weight gauge shows it: the
 /// finest step the README promises (0.001%) is 10.
 pub fn weight_ppm(percent: f64) -> u64 {
     (percent * 10_000.0).round().clamp(0.0, 1_000_000.0) as u64
-}
-
-/// The most version names [`gauged_versions`] remembers per plugin.
-pub const MAX_GAUGED_VERSIONS: usize = 64;
-
-/// Envoy keeps a gauge at its last value until the process ends, so a push
-/// that drops a version would leave its weight gauge showing the old weight
-/// (and the "weighted version gets no traffic" alert firing). The plugin
-/// keeps, in shared data, the names of the versions whose gauges it set
-/// (space separated; names hold no spaces): given that record and the
-/// versions of the config being installed, returns the names to zero and the
-/// new record (the config's names first, then the older ones, at most
-/// [`MAX_GAUGED_VERSIONS`]).
-pub fn gauged_versions<'a>(
-    record: &'a [u8],
-    versions: &[crate::config::Version],
-) -> (Vec<&'a str>, Vec<u8>) {
-    let listed = |name: &str| versions.iter().any(|v| v.name == name);
-    let dropped: Vec<&str> = std::str::from_utf8(record)
-        .unwrap_or("")
-        .split(' ')
-        .filter(|name| !name.is_empty() && !listed(name))
-        .collect();
-    let names: Vec<&str> = versions
-        .iter()
-        .map(|v| v.name.as_str())
-        .chain(dropped.iter().copied())
-        .take(MAX_GAUGED_VERSIONS)
-        .collect();
-    (dropped, names.join(" ").into_bytes())
 }

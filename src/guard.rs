@@ -1,13 +1,15 @@
 //! The guard: per-version response counts over a sliding window, and the
 //! judgement that trips it. Pure; the glue counts responses into a per-VM
-//! [`Window`], merges it into one proxy-wide window kept in proxy-wasm shared
-//! data on each tick (compare-and-swap), and judges the merged window, so one
-//! trip covers every worker of the pod.
+//! [`Window`] ([`Guarded`], one per guarded rollout), merges it into one
+//! proxy-wide window kept in proxy-wasm shared data on each tick
+//! (compare-and-swap), and judges the merged window, so one trip covers every
+//! worker of the pod.
 //!
 //! The window is a ring of [`SLOTS`] time slots of `window / SLOTS` each;
 //! slots older than the window fall out as time moves on.
 
 use crate::config::Guard;
+use crate::shared::{self, Keys, Push, SharedData};
 
 pub const SLOTS: usize = 10;
 const HEADER: usize = 8;
@@ -327,6 +329,169 @@ pub struct Trip {
     pub counts: Counts,
     pub stable: Counts,
     pub cause: &'static str,
+}
+
+/// The guard of one rollout in one VM.
+#[derive(Debug)]
+pub struct Guarded {
+    /// Responses counted on this VM since the last merge into shared data.
+    pub local: Window,
+    /// Latched until a new config of the rollout is pushed.
+    pub tripped: bool,
+    /// The rollout's push this window counts for ([`Push::generation`]).
+    generation: u32,
+    keys: Keys,
+    /// Shared-data key of the proxy-wide window: the rollout's keys and its
+    /// fingerprint, so VMs on different configs (during a push) never
+    /// share one.
+    window_key: String,
+    versions: usize,
+    window_ms: u64,
+}
+
+/// What a tick's look at the shared window found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judged {
+    Quiet,
+    /// Another VM tripped the guard: this one holds traffic on stable too.
+    Latched,
+    /// This VM's merge tripped it, with the figures (for the log line).
+    Tripped(Trip),
+}
+
+impl Guarded {
+    /// The guard of a rollout of `versions` versions whose config has
+    /// `fingerprint`, as this VM takes part in its `push`. The first VM
+    /// starts a fresh window (a push starts one even for a config seen
+    /// before: A, B, then A again), which also gives every later merge a
+    /// compare-and-swap token. The others start latched if this push's
+    /// window has tripped: the config this proxy already runs, in a new
+    /// root (another worker's VM, or a listener update that kept the config,
+    /// as Envoy Gateway does on every listener change), must not send users
+    /// to the canary until the first tick. A window of another generation is
+    /// not this push's: the first VM may not have replaced it yet.
+    pub fn start(
+        store: &impl SharedData,
+        keys: Keys,
+        fingerprint: u32,
+        push: Push,
+        config: &Guard,
+        versions: usize,
+    ) -> Guarded {
+        let local = Window::new(versions, config.window_ms);
+        let window_key = keys.guard_window(fingerprint);
+        let tripped = if push.first {
+            let stamp = Stamp {
+                generation: push.generation,
+                tripped: None,
+            };
+            store.set(&window_key, &local.encode(stamp), None);
+            false
+        } else {
+            store
+                .get(&window_key)
+                .0
+                .and_then(|b| Window::decode(&b, versions, config.window_ms))
+                .is_some_and(|(_, s)| s.generation == push.generation && s.tripped.is_some())
+        };
+        Guarded {
+            local,
+            tripped,
+            generation: push.generation,
+            keys,
+            window_key,
+            versions,
+            window_ms: config.window_ms,
+        }
+    }
+
+    /// The shared window and the version that tripped it, if it is this
+    /// push's or none is there yet; `None` when a later push of the same
+    /// config (A, B, A) runs beside this one, which Envoy is about to drop:
+    /// leave it the window.
+    fn shared(&self, bytes: Option<Vec<u8>>) -> Option<(Window, Option<usize>)> {
+        let decoded = bytes.and_then(|b| Window::decode(&b, self.versions, self.window_ms));
+        match decoded {
+            Some((w, s)) if s.generation == self.generation => Some((w, s.tripped)),
+            Some((_, s)) if s.generation.wrapping_sub(self.generation) as i32 > 0 => None,
+            // Absent, or an earlier push's.
+            _ => Some((Window::new(self.versions, self.window_ms), None)),
+        }
+    }
+
+    /// Merges this VM's counts into the proxy-wide window and judges it
+    /// (compare-and-swap: retried when another VM wrote between the read and
+    /// the write). A trip is latched, written to the window for the other
+    /// VMs, marked for the next push's log, and counted on the plugin's trip
+    /// board.
+    pub fn merge_and_judge(
+        &mut self,
+        store: &impl SharedData,
+        config: &Guard,
+        now_ms: u64,
+    ) -> Judged {
+        if self.tripped {
+            return Judged::Quiet;
+        }
+        for _ in 0..8 {
+            let (bytes, cas) = store.get(&self.window_key);
+            let Some((mut shared, tripped)) = self.shared(bytes) else {
+                self.local.clear();
+                return Judged::Quiet;
+            };
+            if tripped.is_some() {
+                return self.latch();
+            }
+            if self.local.is_empty() {
+                return Judged::Quiet;
+            }
+            shared.merge(&self.local);
+            let trip = judge(config, &shared.totals(now_ms));
+            let encoded = shared.encode(Stamp {
+                generation: self.generation,
+                tripped: trip.as_ref().map(|t| t.version),
+            });
+            if !store.set(&self.window_key, &encoded, cas) {
+                continue;
+            }
+            self.local.clear();
+            let Some(trip) = trip else {
+                return Judged::Quiet;
+            };
+            self.tripped = true;
+            store.set(&self.keys.guard_tripped(), b"1", None);
+            shared::bump(store, &self.keys.trips());
+            return Judged::Tripped(trip);
+        }
+        Judged::Quiet
+    }
+
+    /// Reads the shared window for a trip another VM made, without merging:
+    /// for a VM that counted nothing of the rollout since its last tick.
+    pub fn learn_trip(&mut self, store: &impl SharedData) -> Judged {
+        if self.tripped {
+            return Judged::Quiet;
+        }
+        match self.shared(store.get(&self.window_key).0) {
+            Some((_, Some(_))) => self.latch(),
+            _ => Judged::Quiet,
+        }
+    }
+
+    fn latch(&mut self) -> Judged {
+        self.tripped = true;
+        self.local.clear();
+        Judged::Latched
+    }
+}
+
+/// Clears the mark a tripped guard left (see [`Keys::guard_tripped`]) when a
+/// new config of its rollout is pushed: true if there was one, for the
+/// "guard reset" log line.
+pub fn reset_mark(store: &impl SharedData, keys: &Keys) -> bool {
+    let key = keys.guard_tripped();
+    let (mark, cas) = store.get(&key);
+    mark.as_deref() == Some(b"1") && store.set(&key, b"0", cas)
 }
 
 /// Judges the window totals: the first canary version (index >= 1) with

@@ -4,12 +4,14 @@
 //!
 //! Pure modules (no host calls, tested natively):
 //! - [`config`]: the plugin config, parsed (serde_json) and validated into a
-//!   [`config::Rollout`];
+//!   [`config::Config`]: its rollouts and the host index that picks one;
 //! - [`hash`]: MurmurHash3 x86_32, the documented bucketing hash;
 //! - [`matcher`]: Istio-style string matches and cookie lookup;
 //! - [`decision`]: the per-request decision;
 //! - [`filter`]: what the filter does to a stream, against a narrow host trait;
-//! - [`guard`]: the sliding window and judgement behind automatic rollback.
+//! - [`guard`]: the sliding window and judgement behind automatic rollback;
+//! - [`shared`]: what the VMs of one proxy share (push generations, gauge
+//!   records, the guard's trip board), against a narrow shared-data trait.
 //!
 //! `glue` (wasm32 only) is the thin layer on the proxy-wasm SDK: none of the
 //! modules above imports `proxy_wasm`.
@@ -29,6 +31,7 @@ pub mod filter;
 pub mod guard;
 pub mod hash;
 pub mod matcher;
+pub mod shared;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

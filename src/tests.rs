@@ -1047,7 +1047,7 @@ fn filter_sets_the_anonymous_cookie_once() {
 
 #[test]
 fn metric_names_carry_plugin_version_and_reason_as_istio_stat_tags() {
-    let names = filter::MetricNames::new("models.canary-selector");
+    let names = filter::MetricNames::new("models.canary-selector", None);
     assert_eq!(
         names.requests("model-v2", Reason::Sticky),
         "plugin=.=models.canary-selector;.;version=.=model-v2;.;reason=.=sticky;.;canary_selector_requests_total"
@@ -1065,7 +1065,7 @@ fn metric_names_carry_plugin_version_and_reason_as_istio_stat_tags() {
     let name = names.failed_responses("model-v2", Reason::Guard);
     let mut rest = name.clone();
     let mut tags = Vec::new();
-    for tag in &filter::STAT_TAGS[..3] {
+    for tag in ["plugin", "version", "reason"] {
         let open = format!("{tag}=.=");
         let start = name.find(&open).unwrap();
         let len = name[start + open.len()..].find(";.;").unwrap();
@@ -1078,13 +1078,23 @@ fn metric_names_carry_plugin_version_and_reason_as_istio_stat_tags() {
         names.failures("model-v2", crate::guard::Failure::Grpc(13)),
         "plugin=.=models.canary-selector;.;version=.=model-v2;.;failure=.=INTERNAL;.;canary_selector_failures_total"
     );
+    // A rollout of a config that lists `rollouts` is a tag of its own.
+    let scoped = filter::MetricNames::new("models.canary-selector", Some("iris"));
+    assert_eq!(
+        scoped.requests("model-v2", Reason::Sticky),
+        "plugin=.=models.canary-selector;.;rollout=.=iris;.;version=.=model-v2;.;reason=.=sticky;.;canary_selector_requests_total"
+    );
+    assert_eq!(
+        filter::MetricNames::new("p", None).no_rollout_requests(),
+        "plugin=.=p;.;canary_selector_no_rollout_requests_total"
+    );
 }
 
 #[test]
 fn plugin_names_cannot_break_the_stat_tags() {
     // A plugin name is Envoy's filter name, not config: the framing and
     // anything invisible become `_`.
-    let names = filter::MetricNames::new("a;.;version=.=b\nc");
+    let names = filter::MetricNames::new("a;.;version=.=b\nc", None);
     assert_eq!(
         names.guard_tripped(),
         "plugin=.=a_._version_._b_c;.;canary_selector_guard_tripped"
@@ -1102,32 +1112,28 @@ fn weights_are_shown_in_millionths() {
 
 #[test]
 fn gauges_of_versions_a_push_drops_are_zeroed() {
-    let first = rollout(
-        r#"{"versions":[{"name":"model-v1","weight":90},{"name":"model-v2","weight":10}]}"#,
-    );
-    let (dropped, record) = filter::gauged_versions(b"", &first.versions);
+    use crate::shared::gauged_names;
+    let (dropped, record) = gauged_names(b"", &["model-v1", "model-v2"], 64);
     assert!(dropped.is_empty());
     assert_eq!(record, b"model-v1 model-v2");
     // Promotion: model-v1 goes, and its gauges with it.
-    let promoted = rollout(r#"{"versions":[{"name":"model-v2","weight":100}]}"#);
-    let (dropped, record) = filter::gauged_versions(&record, &promoted.versions);
+    let (dropped, record) = gauged_names(&record, &["model-v2"], 64);
     assert_eq!(dropped, ["model-v1"]);
     assert_eq!(record, b"model-v2 model-v1");
     // It stays in the record (another VM may still show it) until it is
     // listed again or pushed out by newer names.
-    let back = rollout(r#"{"versions":[{"name":"model-v1","weight":100}]}"#);
-    let (dropped, record) = filter::gauged_versions(&record, &back.versions);
+    let (dropped, record) = gauged_names(&record, &["model-v1"], 64);
     assert_eq!(dropped, ["model-v2"]);
     assert_eq!(record, b"model-v1 model-v2");
     let many: Vec<String> = (0..100).map(|i| format!("old-{i}")).collect();
     let many = many.join(" ");
-    let (dropped, record) = filter::gauged_versions(many.as_bytes(), &first.versions);
+    let (dropped, record) = gauged_names(many.as_bytes(), &["model-v1", "model-v2"], 64);
     assert_eq!(dropped.len(), 100);
     let kept: Vec<&[u8]> = record.split(|&b| b == b' ').collect();
-    assert_eq!(kept.len(), filter::MAX_GAUGED_VERSIONS);
+    assert_eq!(kept.len(), 64);
     assert_eq!(&kept[..3], [&b"model-v1"[..], b"model-v2", b"old-0"]);
     // Foreign bytes in shared data are no name.
-    let (dropped, _) = filter::gauged_versions(b"\xff\xfe", &first.versions);
+    let (dropped, _) = gauged_names(b"\xff\xfe", &["model-v1"], 64);
     assert!(dropped.is_empty());
 }
 
@@ -1774,7 +1780,7 @@ fn the_regexes_of_one_config_are_bounded_together() {
     rollout(&rules(crate::config::MAX_REGEXES));
     let e = rejected(&rules(crate::config::MAX_REGEXES + 1));
     assert_eq!(e.field, "rules[16].match.headers.x-16.regex", "{e}");
-    assert!(e.reason.contains("a config may hold 16"), "{e}");
+    assert!(e.reason.contains("a rollout may hold 16"), "{e}");
 }
 
 // ---------------------------------------------------------------------------

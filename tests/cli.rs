@@ -190,8 +190,9 @@ fn check_reads_pluginconfig_as_istio_delivers_it() {
     let r = run(&["check", &file("none.yaml", none)]);
     assert_eq!(r.code, 1);
     assert!(
-        r.stdout
-            .ends_with("rejected: (config): is empty; at least `versions` is required\n"),
+        r.stdout.ends_with(
+            "rejected: (config): is empty; at least `versions` (or `rollouts`) is required\n"
+        ),
         "{}",
         r.stdout
     );

@@ -1,4 +1,4 @@
-"""The built module's exports are exactly the callbacks src/glue.rs
+"""The built module's exports are exactly the callbacks src/glue/
 implements, plus what the SDK itself needs.
 
 Envoy calls every callback a module exports on every request, so `make
@@ -11,7 +11,7 @@ import re
 
 from harness import ROOT, WASM
 
-GLUE = ROOT / "src" / "glue.rs"
+GLUE = ROOT / "src" / "glue"
 
 # The SDK trait method each ABI export dispatches to (proxy-wasm 0.2.5,
 # src/dispatcher.rs).
@@ -91,7 +91,7 @@ def module_exports(path) -> list[str]:
 
 def implemented_callbacks() -> set[str]:
     """The SDK callbacks the glue's trait impls define, as ABI exports."""
-    source = GLUE.read_text()
+    source = "\n".join(p.read_text() for p in sorted(GLUE.glob("*.rs")))
     found = set()
     for m in re.finditer(rf"impl\s+(?:{'|'.join(SDK_TRAITS)})\s+for\s+\w+\s*\{{", source):
         depth, j = 1, m.end()

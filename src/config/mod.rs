@@ -1,0 +1,250 @@
+//! The plugin configuration: the public contract (JSON, camelCase, unknown
+//! fields rejected), parsed once per config push into an immutable,
+//! validated [`Config`]: one [`Rollout`] for every request, or a list of
+//! rollouts scoped by host and path with the [`HostIndex`] that picks one.
+//! Every error names the field it is about and the reason.
+//!
+//! - `raw`: the JSON shapes, read with serde;
+//! - `rollout`: the compiled rollout and the validation of one;
+//! - `names`, `versions`, `stickiness`, `rules`, `guard`, `schedule`: one
+//!   validator per section of a rollout;
+//! - `scope`: a rollout's `name`, `hosts` and `pathPrefixes`, and the host
+//!   index built from them.
+
+use std::fmt;
+
+mod guard;
+mod names;
+mod raw;
+mod rollout;
+mod rules;
+mod schedule;
+mod scope;
+mod stickiness;
+mod versions;
+
+pub use guard::{Guard, DEFAULT_GRPC_ERROR_CODES, MAX_GUARD_WINDOW_SECONDS};
+pub use rollout::{AnonymousCookie, Condition, Rollout, Rule, Source, Version};
+pub use rules::whole_value_regex;
+pub use schedule::{rfc3339_ms, Schedule, Step, MAX_SCHEDULE_STEPS};
+pub use scope::{authority_host, HostIndex, HostRollouts, Scope, MAX_AUTHORITY_HOST_LEN};
+
+use raw::{parse, Object, RawRollout};
+
+pub const DEFAULT_ROUTING_HEADER: &str = "x-canary-version";
+pub const DEFAULT_ANONYMOUS_COOKIE_MAX_AGE: u32 = 30 * 24 * 3600;
+
+/// Bounds on what one rollout may hold. They keep per-request work and
+/// memory bounded whatever a config push contains.
+pub const MAX_VERSIONS: usize = 16;
+pub const MAX_RULES: usize = 32;
+pub const MAX_CONDITIONS_PER_RULE: usize = 8;
+pub const MAX_USER_ID_SOURCES: usize = 8;
+/// Distinct request headers a rollout may read (rules, user ids, `cookie`).
+pub const MAX_HEADERS_READ: usize = 32;
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_VERSION_NAME_LEN: usize = 64;
+pub const MAX_MATCH_VALUE_LEN: usize = 1024;
+pub const MAX_REGEX_LEN: usize = 512;
+/// regex-lite's size limit for one compiled rule regex (its own estimate of
+/// the compiled program's heap, in bytes). Matching time grows with it.
+pub const MAX_REGEX_SIZE: usize = 64 * 1024;
+/// Regex conditions in one rollout: with [`MAX_REGEX_SIZE`] this bounds the
+/// regex work one request can cause, whatever the rules (a request is
+/// decided by one rollout's rules only).
+pub const MAX_REGEXES: usize = 16;
+/// Regex conditions in one config, all rollouts together: a bound on the
+/// memory compiled regexes hold in each VM (BENCHMARKS.md, "Many rollouts").
+pub const MAX_REGEXES_TOTAL: usize = 1024;
+/// Groups nested deeper than this are refused (regex-lite's nest limit).
+pub const MAX_REGEX_NESTING: u32 = 32;
+pub const MAX_SALT_LEN: usize = 256;
+
+/// Bounds on a config's `rollouts`: a cluster's shared gateway serves one
+/// rollout per model it is ramping, each under a few host names.
+pub const MAX_ROLLOUTS: usize = 1000;
+/// Host patterns in one rollout (a Service is called by up to four names).
+pub const MAX_HOSTS_PER_ROLLOUT: usize = 64;
+/// Host patterns in one config, all rollouts together.
+pub const MAX_HOSTS: usize = 4000;
+pub const MAX_PATH_PREFIXES: usize = 16;
+pub const MAX_PATH_PREFIX_LEN: usize = 1024;
+
+/// Characters a version or rollout name may not hold: they frame the stat
+/// tags in the metrics' names (`version=.=model-v2;.;`, Istio's encoding).
+pub const STAT_TAG_FRAMING: &str = ";=";
+/// How far the weights may sum away from 100 (float rounding in configs
+/// written as `33.3333`).
+const WEIGHT_SUM_TOLERANCE: f64 = 1e-6;
+
+/// A config that cannot be used: the field (a JSON path such as
+/// `rollouts[3].versions[1].weight`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// The same error, about a field of the `rollouts` entry at `entry`.
+    fn within(self, entry: &str) -> ConfigError {
+        let field = match self.field.as_str() {
+            "(config)" => entry.to_string(),
+            field => format!("{entry}.{field}"),
+        };
+        ConfigError { field, ..self }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    /// One line whatever the config holds: control characters (a newline in
+    /// a JSON key, say) are escaped, so a config cannot forge log lines.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for part in [&self.field[..], ": ", &self.reason[..]] {
+            for c in part.chars() {
+                if c.is_control() {
+                    write!(f, "{}", c.escape_default())?;
+                } else {
+                    write!(f, "{c}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(field: impl Into<String>, reason: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    })
+}
+
+/// A number with up to six decimals and no trailing zeros, for messages.
+pub fn decimal(v: f64) -> String {
+    let text = format!("{v:.6}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".into()
+    } else {
+        text.into()
+    }
+}
+
+/// A validated plugin config: what the filter holds between pushes.
+#[derive(Debug)]
+pub struct Config {
+    /// The rollouts, in the order the config lists them. A config without
+    /// `rollouts` has exactly one, unnamed, for every request.
+    pub rollouts: Vec<Rollout>,
+    /// Which rollout a request takes, by host and path; `None` when the
+    /// config has no `rollouts` list (its one rollout takes every request,
+    /// and the filter reads neither `:authority` nor `:path`).
+    pub scope: Option<HostIndex>,
+}
+
+impl Config {
+    /// Parses and validates a plugin config (the JSON text Istio or Envoy
+    /// delivers).
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let text = match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                return err(
+                    "(config)",
+                    format!("is not UTF-8 (byte {} is not valid)", e.valid_up_to()),
+                )
+            }
+        };
+        let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
+        if text.is_empty() {
+            return err(
+                "(config)",
+                "is empty; at least `versions` (or `rollouts`) is required",
+            );
+        }
+        if !text.starts_with('{') {
+            return err("(config)", "must be a JSON object");
+        }
+        validate(parse(text)?)
+    }
+
+    /// The rollout of a request to `host` (the `:authority` without its port,
+    /// lowercased: [`authority_host`]; `None` without one) whose `:path`
+    /// `path` gives, read only when the host's rollouts differ by path.
+    /// `None`: no rollout takes the request, which then passes untouched.
+    pub fn rollout_for<'p>(
+        &self,
+        host: Option<&[u8]>,
+        path: impl FnOnce() -> Option<&'p [u8]>,
+    ) -> Option<usize> {
+        match &self.scope {
+            None => Some(0),
+            Some(index) => index.lookup(host)?.rollout_for(path),
+        }
+    }
+}
+
+/// The top level: one rollout, or the `rollouts` list and nothing else.
+fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
+    let Some(entries) = raw.rollouts.take() else {
+        for (field, present) in [
+            ("name", raw.name.is_some()),
+            ("hosts", raw.hosts.is_some()),
+            ("pathPrefixes", raw.path_prefixes.is_some()),
+        ] {
+            if present {
+                return err(
+                    field,
+                    "scopes an entry of `rollouts`; a config without `rollouts` is one rollout for every request",
+                );
+            }
+        }
+        return Ok(Config {
+            rollouts: vec![rollout::validate(raw)?],
+            scope: None,
+        });
+    };
+    if let Some(field) = rollout::fields_present(&raw).first() {
+        return err(
+            *field,
+            "belongs in each entry of `rollouts`; a config with `rollouts` holds nothing else",
+        );
+    }
+    if entries.is_empty() {
+        return err("rollouts", "must list at least one rollout");
+    }
+    if entries.len() > MAX_ROLLOUTS {
+        return err(
+            "rollouts",
+            format!("lists more than {MAX_ROLLOUTS} rollouts"),
+        );
+    }
+    let mut rollouts = Vec::with_capacity(entries.len());
+    let mut index = scope::IndexBuilder::default();
+    let mut regexes = 0;
+    for (i, Object(mut entry)) in entries.into_iter().enumerate() {
+        let at = format!("rollouts[{i}]");
+        if entry.rollouts.is_some() {
+            return err(format!("{at}.rollouts"), "rollouts do not nest");
+        }
+        let scoped = scope::validate(&mut entry, &rollouts).map_err(|e| e.within(&at))?;
+        let mut rollout = rollout::validate(entry).map_err(|e| e.within(&at))?;
+        regexes += rollout.regexes();
+        if regexes > MAX_REGEXES_TOTAL {
+            return err(
+                format!("{at}.rules"),
+                format!("takes the config past {MAX_REGEXES_TOTAL} regexes, all rollouts together"),
+            );
+        }
+        index.add(&at, i, &scoped, &rollouts)?;
+        rollout.scope = Some(scoped);
+        rollouts.push(rollout);
+    }
+    Ok(Config {
+        rollouts,
+        scope: Some(index.build()),
+    })
+}

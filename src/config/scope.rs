@@ -1,0 +1,365 @@
+//! A rollout's scope, in a config that lists `rollouts`: its `name`, the
+//! `hosts` it serves and the `pathPrefixes` it takes there; and the
+//! [`HostIndex`] built from every rollout's scope once per push, which takes
+//! a request to its rollout with a few hash lookups, however many rollouts
+//! the config lists.
+//!
+//! Precedence: the most specific host pattern that matches the request's
+//! host (an exact name, then the longest `*.` wildcard suffix, then `*`),
+//! then, among the rollouts that pattern holds, the longest path prefix the
+//! `:path` starts with. A pattern's rollouts are all there is for the
+//! hosts it is the most specific match of: a request whose path none of them
+//! takes passes untouched, whatever a less specific pattern holds.
+
+use std::collections::HashMap;
+
+use super::names;
+use super::raw::RawRollout;
+use super::rollout::Rollout;
+use super::{
+    err, ConfigError, MAX_HOSTS, MAX_HOSTS_PER_ROLLOUT, MAX_PATH_PREFIXES, MAX_PATH_PREFIX_LEN,
+    MAX_VERSION_NAME_LEN,
+};
+
+/// A rollout's place in a config that lists `rollouts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub name: String,
+    /// Host patterns, lowercased: `models.example.com`, `*.example.com`, `*`.
+    pub hosts: Vec<String>,
+    /// Path prefixes; empty for every path.
+    pub path_prefixes: Vec<String>,
+}
+
+/// The longest host, in bytes, that the index looks up; a DNS name has at
+/// most 253. A longer `:authority` matches only `*`.
+pub const MAX_AUTHORITY_HOST_LEN: usize = 255;
+
+/// The host of an `:authority` as the index looks it up: without the port
+/// (`name:8080`, `[::1]:8080`) and a trailing dot, lowercased into `buf`, so
+/// no request allocates for it. `None` for an empty or overlong host.
+pub fn authority_host<'b>(
+    authority: &[u8],
+    buf: &'b mut [u8; MAX_AUTHORITY_HOST_LEN],
+) -> Option<&'b [u8]> {
+    let end = if authority.first() == Some(&b'[') {
+        // An IPv6 literal: the port comes after the bracket.
+        authority
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(authority.len(), |i| i + 1)
+    } else {
+        authority
+            .iter()
+            .position(|&b| b == b':')
+            .unwrap_or(authority.len())
+    };
+    let host = authority.get(..end)?;
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if host.is_empty() {
+        return None;
+    }
+    let out = buf.get_mut(..host.len())?;
+    for (o, b) in out.iter_mut().zip(host) {
+        *o = b.to_ascii_lowercase();
+    }
+    Some(out)
+}
+
+/// Takes `name`, `hosts` and `pathPrefixes` out of a `rollouts` entry and
+/// validates them; `earlier` are the entries before it.
+pub(super) fn validate(raw: &mut RawRollout, earlier: &[Rollout]) -> Result<Scope, ConfigError> {
+    let Some(name) = raw.name.take() else {
+        return err(
+            "name",
+            "is required: it names the rollout in metrics and logs",
+        );
+    };
+    names::label(
+        "name",
+        &name,
+        MAX_VERSION_NAME_LEN,
+        earlier.iter().filter_map(Rollout::name),
+    )?;
+    let Some(written) = raw.hosts.take() else {
+        return err(
+            "hosts",
+            "is required: the hosts whose requests the rollout takes (`*` for every host)",
+        );
+    };
+    if written.is_empty() {
+        return err("hosts", "must list at least one host (`*` for every host)");
+    }
+    if written.len() > MAX_HOSTS_PER_ROLLOUT {
+        return err(
+            "hosts",
+            format!("lists more than {MAX_HOSTS_PER_ROLLOUT} hosts"),
+        );
+    }
+    let mut hosts: Vec<String> = Vec::with_capacity(written.len());
+    for (i, text) in written.iter().enumerate() {
+        let field = format!("hosts[{i}]");
+        let pattern = host_pattern(&field, text)?;
+        if hosts.contains(&pattern) {
+            return err(
+                field,
+                format!("{pattern:?} is listed twice (hosts are matched case-insensitively)"),
+            );
+        }
+        hosts.push(pattern);
+    }
+    let path_prefixes = match raw.path_prefixes.take() {
+        None => Vec::new(),
+        Some(prefixes) => path_prefixes(prefixes)?,
+    };
+    Ok(Scope {
+        name,
+        hosts,
+        path_prefixes,
+    })
+}
+
+/// A host pattern, lowercased: `*`, `*.` and a domain, or a host name (an
+/// IPv6 literal in brackets too).
+fn host_pattern(field: &str, text: &str) -> Result<String, ConfigError> {
+    let pattern = text.to_ascii_lowercase();
+    if pattern == "*" {
+        return Ok(pattern);
+    }
+    let name = pattern.strip_prefix("*.").unwrap_or(&pattern);
+    if name.contains('*') {
+        return err(
+            field,
+            format!("{text:?}: a wildcard is `*` alone, or `*.` before a domain (`*.example.com`)"),
+        );
+    }
+    if let Some(inner) = name.strip_prefix('[') {
+        let literal = inner.strip_suffix(']').filter(|a| {
+            !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))
+        });
+        if literal.is_none() || name != pattern {
+            return err(
+                field,
+                format!("{text:?} is not an IPv6 address in brackets (`[2001:db8::1]`)"),
+            );
+        }
+        return Ok(pattern);
+    }
+    if name.contains(':') {
+        return err(
+            field,
+            format!("{text:?} holds a port: hosts are matched without the port a client sends"),
+        );
+    }
+    if name.ends_with('.') {
+        return err(
+            field,
+            format!("{text:?}: write the host without its trailing dot"),
+        );
+    }
+    if name.len() > 253 {
+        return err(field, "is longer than a DNS name (253 bytes)");
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return err(
+                field,
+                format!("{text:?} is not a host name: each dot-separated label is 1 to 63 bytes"),
+            );
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return err(
+                field,
+                format!("{text:?} is not a host name (letters, digits, `-`, `_` and dots)"),
+            );
+        }
+    }
+    Ok(pattern)
+}
+
+fn path_prefixes(written: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if written.is_empty() {
+        return err(
+            "pathPrefixes",
+            "must list at least one prefix; leave it out for every path",
+        );
+    }
+    if written.len() > MAX_PATH_PREFIXES {
+        return err(
+            "pathPrefixes",
+            format!("lists more than {MAX_PATH_PREFIXES} prefixes"),
+        );
+    }
+    for (i, prefix) in written.iter().enumerate() {
+        let field = format!("pathPrefixes[{i}]");
+        if !prefix.starts_with('/') {
+            return err(field, format!("{prefix:?} does not start with `/`"));
+        }
+        if prefix.len() > MAX_PATH_PREFIX_LEN {
+            return err(field, format!("is longer than {MAX_PATH_PREFIX_LEN} bytes"));
+        }
+        if !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+            return err(
+                field,
+                format!("{prefix:?} is not a path (visible ASCII, no spaces)"),
+            );
+        }
+        if written.iter().take(i).any(|seen| seen == prefix) {
+            return err(field, format!("{prefix:?} is listed twice"));
+        }
+    }
+    Ok(written)
+}
+
+/// The rollouts one host pattern holds, by path prefix.
+#[derive(Debug, Default)]
+pub struct HostRollouts {
+    /// (prefix, rollout index), the longest prefix first; an empty prefix
+    /// (every path) comes last.
+    by_prefix: Vec<(Box<[u8]>, usize)>,
+}
+
+impl HostRollouts {
+    /// The rollout whose prefix is the longest that `path` (read only if a
+    /// prefix needs it) starts with.
+    pub fn rollout_for<'p>(&self, path: impl FnOnce() -> Option<&'p [u8]>) -> Option<usize> {
+        match self.by_prefix.as_slice() {
+            [(every, rollout)] if every.is_empty() => Some(*rollout),
+            entries => {
+                let path = path().unwrap_or_default();
+                entries
+                    .iter()
+                    .find(|(prefix, _)| path.starts_with(prefix))
+                    .map(|&(_, rollout)| rollout)
+            }
+        }
+    }
+}
+
+/// Host patterns to the rollouts they hold: one hash lookup for the exact
+/// name, one per dot of the host for the wildcards (longest suffix first),
+/// then `*`.
+#[derive(Debug, Default)]
+pub struct HostIndex {
+    exact: HashMap<Box<[u8]>, HostRollouts>,
+    /// Keyed by the suffix after the `*`, dot included (`.example.com`).
+    suffixes: HashMap<Box<[u8]>, HostRollouts>,
+    any: Option<HostRollouts>,
+}
+
+impl HostIndex {
+    /// The rollouts of the most specific pattern matching `host` (as
+    /// [`authority_host`] gives it; `None` for a request without a usable
+    /// one, which only `*` takes).
+    pub fn lookup(&self, host: Option<&[u8]>) -> Option<&HostRollouts> {
+        if let Some(host) = host {
+            if let Some(found) = self.exact.get(host) {
+                return Some(found);
+            }
+            if !self.suffixes.is_empty() {
+                // Each suffix starting at a dot, longest first; the dot at
+                // the very start (an empty first label) is no match.
+                let dots = host.iter().enumerate().skip(1).filter(|&(_, &b)| b == b'.');
+                for (i, _) in dots {
+                    if let Some(found) = host.get(i..).and_then(|s| self.suffixes.get(s)) {
+                        return Some(found);
+                    }
+                }
+            }
+        }
+        self.any.as_ref()
+    }
+}
+
+/// The index as the rollouts are validated: duplicates are found here.
+#[derive(Default)]
+pub(super) struct IndexBuilder {
+    index: HostIndex,
+    hosts: usize,
+}
+
+impl IndexBuilder {
+    /// Adds the rollout `rollouts[rollout]` (`at`) with its scope; `earlier`
+    /// are the rollouts before it, named in a duplicate's error.
+    pub fn add(
+        &mut self,
+        at: &str,
+        rollout: usize,
+        scope: &Scope,
+        earlier: &[Rollout],
+    ) -> Result<(), ConfigError> {
+        self.hosts += scope.hosts.len();
+        if self.hosts > MAX_HOSTS {
+            return err(
+                format!("{at}.hosts"),
+                format!("takes the config past {MAX_HOSTS} host patterns, all rollouts together"),
+            );
+        }
+        let every_path = [String::new()];
+        let prefixes = match scope.path_prefixes.as_slice() {
+            [] => &every_path[..],
+            written => written,
+        };
+        for (h, pattern) in scope.hosts.iter().enumerate() {
+            let held = if pattern == "*" {
+                self.index.any.get_or_insert_with(HostRollouts::default)
+            } else if let Some(suffix) = pattern.strip_prefix('*') {
+                self.index
+                    .suffixes
+                    .entry(suffix.as_bytes().into())
+                    .or_default()
+            } else {
+                self.index
+                    .exact
+                    .entry(pattern.as_bytes().into())
+                    .or_default()
+            };
+            for (p, prefix) in prefixes.iter().enumerate() {
+                let claimed = held
+                    .by_prefix
+                    .iter()
+                    .find(|(q, _)| **q == *prefix.as_bytes());
+                if let Some(&(_, other)) = claimed {
+                    let (field, what) = if scope.path_prefixes.is_empty() {
+                        (
+                            format!("{at}.hosts[{h}]"),
+                            format!("{pattern:?} (every path)"),
+                        )
+                    } else {
+                        (
+                            format!("{at}.pathPrefixes[{p}]"),
+                            format!("{prefix:?} on {pattern:?}"),
+                        )
+                    };
+                    let name = earlier.get(other).and_then(Rollout::name).unwrap_or("?");
+                    return err(
+                        field,
+                        format!("{what} is already claimed by rollouts[{other}] ({name:?}): a host and path prefix take one rollout"),
+                    );
+                }
+                held.by_prefix.push((prefix.as_bytes().into(), rollout));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn build(mut self) -> HostIndex {
+        let all = self
+            .index
+            .exact
+            .values_mut()
+            .chain(self.index.suffixes.values_mut())
+            .chain(self.index.any.as_mut());
+        for held in all {
+            held.by_prefix
+                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+            held.by_prefix.shrink_to_fit();
+        }
+        self.index
+    }
+}
