@@ -48,6 +48,10 @@ impl SharedData for MemoryStore {
 /// The shared-data keys of one rollout of one plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
+    /// `canary-selector.<plugin>`: the plugin's own records.
+    plugin: String,
+    /// The rollout's records: the plugin's prefix, and the rollout's name
+    /// if it has one.
     prefix: String,
 }
 
@@ -55,13 +59,14 @@ impl Keys {
     /// The keys of the rollout `rollout` of plugin `plugin`; `None` for a
     /// config without `rollouts`, whose keys are the plugin's own.
     pub fn new(plugin: &str, rollout: Option<&str>) -> Keys {
+        let plugin = format!("canary-selector.{plugin}");
         let prefix = match rollout {
-            None => format!("canary-selector.{plugin}"),
+            None => plugin.clone(),
             // Rollout names hold no `=` (they are stat tag values), so no
             // plugin name can end where a rollout's begins.
-            Some(name) => format!("canary-selector.{plugin}.rollout={name}"),
+            Some(name) => format!("{plugin}.rollout={name}"),
         };
-        Keys { prefix }
+        Keys { plugin, prefix }
     }
 
     /// The digest and generation of the last config pushed ([`accept_push`]).
@@ -85,15 +90,17 @@ impl Keys {
         format!("{}.gauged-versions", self.prefix)
     }
 
-    /// The rollout names of the plugin's configs ([`gauged_names`]).
+    /// The rollout names of the plugin's configs ([`gauged_names`]); the
+    /// plugin's, whichever rollout's keys these are.
     pub fn gauged_rollouts(&self) -> String {
-        format!("{}.gauged-rollouts", self.prefix)
+        format!("{}.gauged-rollouts", self.plugin)
     }
 
-    /// A count of the guard trips of every rollout of the plugin: a VM reads
-    /// this one key on its tick, and the windows only when it moved.
+    /// A count of the guard trips of every rollout of the plugin (the
+    /// plugin's, whichever rollout's keys these are): a VM reads this one
+    /// key on its tick, and the windows only when it moved.
     pub fn trips(&self) -> String {
-        format!("{}.trips", self.prefix)
+        format!("{}.trips", self.plugin)
     }
 }
 
@@ -284,6 +291,8 @@ mod tests {
         );
         assert_ne!(a.guard_window(1), b.guard_window(1));
         assert_ne!(a.guard_window(1), plain.guard_window(1));
+        assert_eq!(a.trips(), plain.trips(), "one trip board per plugin");
+        assert_eq!(a.gauged_rollouts(), b.gauged_rollouts());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The decision core allocates nothing for a sticky decision (nor a rule
 //! hit): `decide()` and `filter::on_request_headers`, run natively under a
-//! global allocator that counts the allocations of the current thread. (In
+//! global allocator that counts the allocations of the current thread; nor
+//! does finding a request's rollout among 500. (In
 //! the module, the SDK allocates what the host returns: `make bench` counts
 //! the module's allocations per request, see BENCHMARKS.md.)
 #![allow(clippy::expect_used)]
@@ -8,7 +9,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use canary_selector::config::Rollout;
+use canary_selector::config::{authority_host, Config, Rollout, MAX_AUTHORITY_HOST_LEN};
 use canary_selector::decision::{decide, Live, Reason, Request, WyRand};
 use canary_selector::filter::{self, Host};
 
@@ -119,5 +120,44 @@ fn sticky_and_rule_decisions_allocate_nothing() {
             n, 0,
             "on_request_headers allocated {n} times for a {name} decision"
         );
+    }
+}
+
+#[test]
+fn finding_the_rollout_of_a_request_allocates_nothing() {
+    let entries: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                r#"{{"name":"m{i}","hosts":["m{i}.models.example.com","m{i}.kserve.svc.cluster.local"],
+                    "pathPrefixes":["/v1/models/m{i}","/v2/models/m{i}"],
+                    "versions":[{{"name":"v1","weight":90}},{{"name":"v2","weight":10}}]}}"#
+            )
+        })
+        .chain([r#"{"name":"rest","hosts":["*.example.com"],"versions":[{"name":"v1","weight":100}]}"#.to_string()])
+        .collect();
+    let config = Config::from_json(format!(r#"{{"rollouts":[{}]}}"#, entries.join(",")).as_bytes())
+        .expect("valid config");
+    for (authority, path, want) in [
+        (
+            &b"M250.models.example.com:8080"[..],
+            &b"/v2/models/m250/infer"[..],
+            Some(250),
+        ),
+        (
+            b"m7.kserve.svc.cluster.local",
+            b"/v1/models/m7:predict",
+            Some(7),
+        ),
+        (b"other.example.com", b"/", Some(500)),
+        (b"nowhere.org", b"/", None),
+    ] {
+        let mut got = None;
+        let n = allocations_in(|| {
+            let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+            let host = authority_host(authority, &mut buf);
+            got = config.rollout_for(host, || Some(path));
+        });
+        assert_eq!(got, want, "{}", String::from_utf8_lossy(authority));
+        assert_eq!(n, 0, "the lookup allocated {n} times");
     }
 }

@@ -1986,3 +1986,5 @@ fn grpc_error_codes_decide_what_counts() {
     };
     assert!(filter::on_response_headers(&r, &pinned, &mut resp).is_none());
 }
+
+mod rollouts;

@@ -1,0 +1,577 @@
+//! A config that lists `rollouts`: the contract (names, hosts, path
+//! prefixes, and the errors that name `rollouts[i]`), the precedence of the
+//! host index, and the isolation of each rollout's guard in shared data.
+
+use crate::config::{authority_host, Config, ConfigError, Rollout, MAX_AUTHORITY_HOST_LEN};
+use crate::guard::{Failure, Guarded, Judged};
+use crate::shared::{accept_push, Keys, MemoryStore};
+
+fn config(json: &str) -> Config {
+    Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("config rejected: {e}\n{json}"))
+}
+
+fn rejected(json: &str) -> ConfigError {
+    match Config::from_json(json.as_bytes()) {
+        Ok(_) => panic!("config accepted but should not be: {json}"),
+        Err(e) => e,
+    }
+}
+
+/// A `rollouts` entry named `name` on `hosts`, with `extra` fields.
+fn entry(name: &str, hosts: &[&str], extra: &str) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+    format!(
+        r#"{{"name":{name:?},"hosts":[{}],"versions":[{{"name":"v1","weight":90}},{{"name":"v2","weight":10}}]{extra}}}"#,
+        hosts.join(",")
+    )
+}
+
+fn rollouts(entries: &[String]) -> String {
+    format!(r#"{{"rollouts":[{}]}}"#, entries.join(","))
+}
+
+/// The name of the rollout a request to `authority` and `path` takes.
+fn pick<'c>(c: &'c Config, authority: &str, path: &str) -> Option<&'c str> {
+    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    let host = authority_host(authority.as_bytes(), &mut buf);
+    let i = c.rollout_for(host, || Some(path.as_bytes()))?;
+    c.rollouts[i].name()
+}
+
+const TWO_MODELS: &str = r#"{"rollouts": [
+  {"name": "iris", "hosts": ["sklearn-iris-kserve-test.example.com", "Sklearn-Iris.kserve-test.svc.cluster.local"],
+   "versions": [{"name": "iris-v1", "weight": 90}, {"name": "iris-v2", "weight": 10}],
+   "stickiness": {"userIdHeaders": ["x-user-id"]}},
+  {"name": "flowers", "hosts": ["flowers-kserve-test.example.com"], "routingHeader": "x-flowers-version",
+   "versions": [{"name": "flowers-v1", "weight": 50}, {"name": "flowers-v2", "weight": 50.0}],
+   "rules": [{"name": "testers", "match": {"headers": {"x-tester": {"exact": "1"}}}, "version": "flowers-v2"}]}
+]}"#;
+
+#[test]
+fn each_entry_is_a_full_rollout_with_a_name_and_hosts() {
+    let c = config(TWO_MODELS);
+    assert!(c.scope.is_some());
+    assert_eq!(c.rollouts.len(), 2);
+    let iris = &c.rollouts[0];
+    assert_eq!(iris.name(), Some("iris"));
+    let scope = iris.scope.as_ref().unwrap();
+    assert_eq!(
+        scope.hosts,
+        [
+            "sklearn-iris-kserve-test.example.com",
+            "sklearn-iris.kserve-test.svc.cluster.local"
+        ],
+        "host patterns are kept lowercased"
+    );
+    assert!(scope.path_prefixes.is_empty(), "every path by default");
+    assert_eq!(iris.routing_header, "x-canary-version");
+    assert_eq!(
+        iris.salt, "iris-v1",
+        "each rollout's salt defaults to its own stable version"
+    );
+    let flowers = &c.rollouts[1];
+    assert_eq!(flowers.routing_header, "x-flowers-version");
+    assert_eq!(flowers.rules.len(), 1);
+    assert_eq!(
+        pick(&c, "flowers-kserve-test.example.com", "/"),
+        Some("flowers")
+    );
+    assert_eq!(
+        pick(&c, "sklearn-iris-kserve-test.example.com", "/"),
+        Some("iris")
+    );
+    assert_eq!(
+        pick(&c, "other.example.com", "/"),
+        None,
+        "a host no rollout lists"
+    );
+}
+
+#[test]
+fn a_config_without_rollouts_is_one_rollout_for_every_request() {
+    let c = config(r#"{"versions":[{"name":"v1","weight":100}]}"#);
+    assert!(c.scope.is_none());
+    assert_eq!(c.rollouts[0].name(), None);
+    let mut read_path = false;
+    assert_eq!(
+        c.rollout_for(None, || {
+            read_path = true;
+            None
+        }),
+        Some(0)
+    );
+    assert!(!read_path, "neither the host nor the path is read");
+}
+
+#[test]
+fn the_most_specific_host_wins_then_the_longest_path_prefix() {
+    let c = config(&rollouts(&[
+        entry("any", &["*"], ""),
+        entry("wide", &["*.example.com"], ""),
+        entry("narrow", &["*.models.example.com"], ""),
+        entry(
+            "exact",
+            &["iris.models.example.com"],
+            r#","pathPrefixes":["/v1/models/iris"]"#,
+        ),
+        entry(
+            "exact-v2",
+            &["iris.models.example.com"],
+            r#","pathPrefixes":["/v2/models/iris", "/v2"]"#,
+        ),
+    ]));
+    // Exact, then the longest wildcard, then `*`.
+    assert_eq!(
+        pick(&c, "iris.models.example.com", "/v1/models/iris:predict"),
+        Some("exact")
+    );
+    assert_eq!(pick(&c, "flowers.models.example.com", "/"), Some("narrow"));
+    assert_eq!(
+        pick(&c, "a.b.models.example.com", "/"),
+        Some("narrow"),
+        "any depth below the wildcard"
+    );
+    assert_eq!(pick(&c, "www.example.com", "/"), Some("wide"));
+    assert_eq!(
+        pick(&c, "example.com", "/"),
+        Some("any"),
+        "`*.example.com` needs a label before it"
+    );
+    assert_eq!(pick(&c, "models.example.com", "/"), Some("wide"));
+    assert_eq!(pick(&c, "example.org", "/"), Some("any"));
+    // Among one host's rollouts, the longest prefix the path starts with.
+    assert_eq!(
+        pick(&c, "iris.models.example.com", "/v2/models/iris/infer"),
+        Some("exact-v2")
+    );
+    assert_eq!(
+        pick(&c, "iris.models.example.com", "/v2/health"),
+        Some("exact-v2")
+    );
+    // No prefix of the most specific host matches: untouched, even though
+    // a less specific pattern would have taken the request.
+    assert_eq!(pick(&c, "iris.models.example.com", "/metrics"), None);
+}
+
+#[test]
+fn the_authority_is_matched_without_its_port_and_in_any_letter_case() {
+    let c = config(&rollouts(&[
+        entry("a", &["Models.Example.COM"], ""),
+        entry("v6", &["[2001:DB8::1]"], ""),
+    ]));
+    for authority in [
+        "models.example.com",
+        "MODELS.example.com",
+        "models.example.com:8080",
+        "models.example.com.",
+        "Models.Example.Com.:443",
+    ] {
+        assert_eq!(pick(&c, authority, "/"), Some("a"), "{authority}");
+    }
+    assert_eq!(pick(&c, "[2001:db8::1]:8080", "/"), Some("v6"));
+    assert_eq!(pick(&c, "[2001:db8::1]", "/"), Some("v6"));
+    assert_eq!(pick(&c, "models.example.com.evil", "/"), None);
+    assert_eq!(pick(&c, "", "/"), None);
+    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    assert_eq!(authority_host(b":80", &mut buf), None);
+    let long = "a".repeat(MAX_AUTHORITY_HOST_LEN + 1);
+    assert_eq!(authority_host(long.as_bytes(), &mut buf), None);
+    assert_eq!(
+        authority_host(b"\xff\xfe.Example.com", &mut buf),
+        Some(&b"\xff\xfe.example.com"[..])
+    );
+    // A request without a usable host is taken by `*` only.
+    let star = config(&rollouts(&[
+        entry("any", &["*"], ""),
+        entry("a", &["a.example.com"], ""),
+    ]));
+    assert_eq!(
+        star.rollout_for(None, || None)
+            .map(|i| star.rollouts[i].name()),
+        Some(Some("any"))
+    );
+    assert_eq!(c.rollout_for(None, || None), None);
+}
+
+#[test]
+fn the_path_is_read_only_where_the_host_s_rollouts_differ_by_path() {
+    let c = config(&rollouts(&[
+        entry("a", &["a.example.com"], ""),
+        entry("b", &["b.example.com"], r#","pathPrefixes":["/v1"]"#),
+    ]));
+    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    let mut reads = 0;
+    let host = authority_host(b"a.example.com", &mut buf);
+    assert_eq!(
+        c.rollout_for(host, || {
+            reads += 1;
+            Some(b"/x")
+        }),
+        Some(0)
+    );
+    assert_eq!(reads, 0);
+    let host = authority_host(b"b.example.com", &mut buf);
+    assert_eq!(
+        c.rollout_for(host, || {
+            reads += 1;
+            Some(b"/v1/x")
+        }),
+        Some(1)
+    );
+    assert_eq!(reads, 1);
+    // No `:path` at all: only an every-path rollout could take it.
+    assert_eq!(c.rollout_for(host, || None), None);
+}
+
+#[test]
+fn errors_name_the_entry_and_the_field() {
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            rollouts(&[
+                entry("a", &["a.example.com"], ""),
+                entry("b", &["b.example.com", "b..example.com"], ""),
+            ]),
+            "rollouts[1].hosts[1]",
+            "each dot-separated label",
+        ),
+        (
+            rollouts(&[entry("a", &["a.example.com:8080"], "")]),
+            "rollouts[0].hosts[0]",
+            "holds a port",
+        ),
+        (
+            rollouts(&[entry("a", &["*.*.example.com"], "")]),
+            "rollouts[0].hosts[0]",
+            "a wildcard is `*` alone",
+        ),
+        (
+            rollouts(&[entry("a", &["foo*.example.com"], "")]),
+            "rollouts[0].hosts[0]",
+            "a wildcard is `*` alone",
+        ),
+        (
+            rollouts(&[entry("a", &["example.com."], "")]),
+            "rollouts[0].hosts[0]",
+            "trailing dot",
+        ),
+        (
+            rollouts(&[entry("a", &["exa mple.com"], "")]),
+            "rollouts[0].hosts[0]",
+            "is not a host name",
+        ),
+        (
+            rollouts(&[entry("a", &["[nope]"], "")]),
+            "rollouts[0].hosts[0]",
+            "IPv6",
+        ),
+        (
+            rollouts(&[entry("a", &["A.example.com", "a.example.com"], "")]),
+            "rollouts[0].hosts[1]",
+            "listed twice",
+        ),
+        (
+            rollouts(&[entry("a", &[], "")]),
+            "rollouts[0].hosts",
+            "at least one host",
+        ),
+        (
+            rollouts(&[r#"{"name":"a","versions":[{"name":"v1","weight":100}]}"#.into()]),
+            "rollouts[0].hosts",
+            "is required",
+        ),
+        (
+            rollouts(&[r#"{"hosts":["*"],"versions":[{"name":"v1","weight":100}]}"#.into()]),
+            "rollouts[0].name",
+            "is required",
+        ),
+        (
+            rollouts(&[entry("a", &["*"], ""), entry("a", &["b.example.com"], "")]),
+            "rollouts[1].name",
+            "listed twice",
+        ),
+        (
+            rollouts(&[
+                entry("a", &["*"], ""),
+                entry("A", &["b.example.com"], ""),
+                entry("a-b", &["c"], ""),
+                entry("a.b", &["d"], ""),
+            ]),
+            "rollouts[3].name",
+            "would share one Prometheus metric name",
+        ),
+        (
+            rollouts(&[entry("a;b", &["*"], "")]),
+            "rollouts[0].name",
+            "frames the metrics' stat tags",
+        ),
+        (
+            rollouts(&[
+                entry("a", &["*.example.com"], ""),
+                entry("b", &["*.EXAMPLE.com"], ""),
+            ]),
+            "rollouts[1].hosts[0]",
+            "\"*.example.com\" (every path) is already claimed by rollouts[0] (\"a\")",
+        ),
+        (
+            rollouts(&[
+                entry("a", &["x.example.com"], r#","pathPrefixes":["/v1","/v2"]"#),
+                entry("b", &["x.example.com"], r#","pathPrefixes":["/v3","/v2"]"#),
+            ]),
+            "rollouts[1].pathPrefixes[1]",
+            "\"/v2\" on \"x.example.com\" is already claimed by rollouts[0]",
+        ),
+        (
+            rollouts(&[entry("a", &["*"], r#","pathPrefixes":["v1"]"#)]),
+            "rollouts[0].pathPrefixes[0]",
+            "does not start with `/`",
+        ),
+        (
+            rollouts(&[entry("a", &["*"], r#","pathPrefixes":[]"#)]),
+            "rollouts[0].pathPrefixes",
+            "at least one prefix",
+        ),
+        (
+            rollouts(&[entry("a", &["*"], r#","pathPrefixes":["/a","/a"]"#)]),
+            "rollouts[0].pathPrefixes[1]",
+            "listed twice",
+        ),
+        // The fields of a rollout, wrong inside an entry, with the entry's path.
+        (
+            rollouts(&[
+                entry("a", &["*"], ""),
+                r#"{"name":"b","hosts":["b"],"versions":[{"name":"v1","weight":101}]}"#.into(),
+            ]),
+            "rollouts[1].versions[0].weight",
+            "not between 0 and 100",
+        ),
+        (
+            rollouts(&[entry(
+                "a",
+                &["*"],
+                r#","guard":{"windowSeconds":"ten","maxErrorRate":0.1}"#,
+            )]),
+            "rollouts[0].guard.windowSeconds",
+            "expected a number",
+        ),
+        (
+            rollouts(&[entry("a", &["*"], r#","color":"red""#)]),
+            "rollouts[0].color",
+            "unknown field",
+        ),
+        // The top level holds `rollouts` and nothing else, and a rollout's
+        // scope only makes sense inside the list.
+        (
+            format!(
+                r#"{{"routingHeader":"x-v","rollouts":[{}]}}"#,
+                entry("a", &["*"], "")
+            ),
+            "routingHeader",
+            "belongs in each entry",
+        ),
+        (
+            r#"{"hosts":["*"],"versions":[{"name":"v1","weight":100}]}"#.into(),
+            "hosts",
+            "scopes an entry of `rollouts`",
+        ),
+        (
+            r#"{"name":"a","versions":[{"name":"v1","weight":100}]}"#.into(),
+            "name",
+            "scopes an entry of `rollouts`",
+        ),
+        (
+            r#"{"rollouts":[]}"#.into(),
+            "rollouts",
+            "at least one rollout",
+        ),
+        (
+            r#"{"rollouts":{}}"#.into(),
+            "rollouts",
+            "expected a sequence",
+        ),
+        (
+            rollouts(&[format!(
+                r#"{{"name":"a","hosts":["*"],"rollouts":[{}],"versions":[{{"name":"v1","weight":100}}]}}"#,
+                entry("b", &["*"], "")
+            )]),
+            "rollouts[0].rollouts",
+            "do not nest",
+        ),
+    ];
+    for (json, field, reason) in cases {
+        let e = rejected(&json);
+        assert_eq!(e.field, field, "{e}\n{json}");
+        assert!(e.reason.contains(reason), "{e}\n{json}");
+    }
+}
+
+#[test]
+fn a_config_holds_500_rollouts_of_two_hosts_each_and_refuses_more_than_its_limits() {
+    let many = |n: usize, hosts_each: usize| -> String {
+        let entries: Vec<String> = (0..n)
+            .map(|i| {
+                let hosts: Vec<String> = (0..hosts_each)
+                    .map(|h| format!("m{i}-{h}.example.com"))
+                    .collect();
+                let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+                entry(&format!("model-{i}"), &hosts, "")
+            })
+            .collect();
+        rollouts(&entries)
+    };
+    let c = config(&many(500, 4));
+    assert_eq!(c.rollouts.len(), 500);
+    assert_eq!(pick(&c, "m499-3.example.com", "/"), Some("model-499"));
+    let e = rejected(&many(crate::config::MAX_ROLLOUTS + 1, 1));
+    assert_eq!(
+        (
+            e.field.as_str(),
+            e.reason.contains("more than 1000 rollouts")
+        ),
+        ("rollouts", true),
+        "{e}"
+    );
+    let e = rejected(&many(1000, 5));
+    assert_eq!(e.field, "rollouts[800].hosts", "{e}");
+    assert!(e.reason.contains("past 4000 host patterns"), "{e}");
+    let e = rejected(&many(1, crate::config::MAX_HOSTS_PER_ROLLOUT + 1));
+    assert_eq!(e.field, "rollouts[0].hosts", "{e}");
+}
+
+#[test]
+fn the_regex_bound_is_per_rollout_with_a_higher_total() {
+    let with_regexes = |n: usize, each: usize| -> String {
+        let entries: Vec<String> = (0..n)
+            .map(|i| {
+                let rules: Vec<String> = (0..each)
+                    .map(|r| format!(r#"{{"name":"r{r}","match":{{"headers":{{"x-{r}":{{"regex":"t[0-9]+"}}}}}},"version":"v2"}}"#))
+                    .collect();
+                entry(&format!("m{i}"), &[&format!("m{i}.example.com")], &format!(r#","rules":[{}]"#, rules.join(",")))
+            })
+            .collect();
+        rollouts(&entries)
+    };
+    // 20 rollouts with one regex each, and a rollout with 16: accepted.
+    config(&with_regexes(20, 1));
+    config(&with_regexes(2, crate::config::MAX_REGEXES));
+    let e = rejected(&with_regexes(1, crate::config::MAX_REGEXES + 1));
+    assert_eq!(
+        e.field, "rollouts[0].rules[16].match.headers.x-16.regex",
+        "{e}"
+    );
+    // All rollouts together hold at most MAX_REGEXES_TOTAL.
+    let e = rejected(&with_regexes(65, 16));
+    assert_eq!(e.field, "rollouts[64].rules", "{e}");
+    assert!(e.reason.contains("past 1024 regexes"), "{e}");
+}
+
+#[test]
+fn a_rollout_s_fingerprint_changes_with_what_it_does_not_with_how_it_is_written() {
+    let a = config(TWO_MODELS);
+    // The same config, keys reordered, numbers as Istio writes them, spaced out.
+    let b = config(
+        r#"{"rollouts":[
+      {"versions":[{"weight":90.0,"name":"iris-v1"},{"name":"iris-v2","weight":10.0}],
+       "stickiness":{"userIdHeaders":["X-User-Id"]},
+       "hosts":["sklearn-iris-kserve-test.example.com","sklearn-iris.kserve-test.svc.cluster.local"],"name":"iris"},
+      {"name":"flowers","hosts":["flowers-kserve-test.example.com"],"routingHeader":"x-flowers-version",
+       "versions":[{"name":"flowers-v1","weight":50},{"name":"flowers-v2","weight":50}],
+       "rules":[{"name":"testers","match":{"headers":{"x-tester":{"exact":"1"}}},"version":"flowers-v2"}]}]}"#,
+    );
+    assert_eq!(a.rollouts[0].fingerprint(), b.rollouts[0].fingerprint());
+    assert_eq!(a.rollouts[1].fingerprint(), b.rollouts[1].fingerprint());
+    // A ramp of flowers changes flowers alone.
+    let ramped = config(&TWO_MODELS.replace(
+        r#""weight": 50}, {"name": "flowers-v2", "weight": 50.0}"#,
+        r#""weight": 10}, {"name": "flowers-v2", "weight": 90}"#,
+    ));
+    assert_eq!(
+        a.rollouts[0].fingerprint(),
+        ramped.rollouts[0].fingerprint()
+    );
+    assert_ne!(
+        a.rollouts[1].fingerprint(),
+        ramped.rollouts[1].fingerprint()
+    );
+    // A new host is a change too: the rollout takes other traffic.
+    let moved =
+        config(&TWO_MODELS.replace("flowers-kserve-test.example.com", "tulips.example.com"));
+    assert_ne!(a.rollouts[1].fingerprint(), moved.rollouts[1].fingerprint());
+}
+
+/// One VM's guards of a config's rollouts, started as `Installed::install`
+/// starts them.
+fn vm(store: &MemoryStore, c: &Config) -> Vec<Guarded> {
+    c.rollouts
+        .iter()
+        .map(|r: &Rollout| {
+            let keys = Keys::new("ns.gateway", r.name());
+            let push = accept_push(store, &keys.last_config(), r.fingerprint());
+            Guarded::start(
+                store,
+                keys,
+                r.fingerprint(),
+                push,
+                r.guard.as_ref().unwrap(),
+                r.versions.len(),
+            )
+        })
+        .collect()
+}
+
+const GUARDED: &str = r#"{"rollouts": [
+  {"name": "iris", "hosts": ["iris.example.com"], "guard": {"windowSeconds": 10, "minRequests": 10, "maxErrorRate": 0.1},
+   "versions": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}]},
+  {"name": "flowers", "hosts": ["flowers.example.com"], "guard": {"windowSeconds": 10, "minRequests": 10, "maxErrorRate": 0.1},
+   "versions": [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}]}
+]}"#;
+
+#[test]
+fn a_failing_model_trips_only_its_own_rollout_and_a_push_of_another_keeps_the_trip() {
+    let store = MemoryStore::default();
+    let c = config(GUARDED);
+    let guard = c.rollouts[0].guard.clone().unwrap();
+    let (mut first, mut second) = (vm(&store, &c), vm(&store, &c));
+    // flowers' canary fails on the first VM, iris is healthy on both.
+    for t in 0..20 {
+        first[1]
+            .local
+            .record(1_000 + t, 1, Some(Failure::Http5xx), false);
+        first[0].local.record(1_000 + t, 1, None, false);
+        second[0].local.record(1_000 + t, 1, None, false);
+    }
+    assert_eq!(
+        first[0].merge_and_judge(&store, &guard, 2_000),
+        Judged::Quiet
+    );
+    assert!(
+        matches!(first[1].merge_and_judge(&store, &guard, 2_000), Judged::Tripped(t) if t.version == 1)
+    );
+    assert_eq!(
+        second[0].merge_and_judge(&store, &guard, 2_000),
+        Judged::Quiet
+    );
+    // The other VM learns of flowers' trip, not of one for iris.
+    assert_eq!(second[1].learn_trip(&store), Judged::Latched);
+    assert_eq!(second[0].learn_trip(&store), Judged::Quiet);
+    assert!(!first[0].tripped && !second[0].tripped);
+    assert_eq!(
+        crate::shared::count(&store, &Keys::new("ns.gateway", None).trips()),
+        1
+    );
+
+    // A push that ramps iris: a new VM on it starts iris afresh and keeps
+    // flowers tripped (its rollout did not change).
+    let ramped = config(&GUARDED.replacen(
+        r#""weight": 50}, {"name": "v2", "weight": 50}"#,
+        r#""weight": 40}, {"name": "v2", "weight": 60}"#,
+        1,
+    ));
+    let third = vm(&store, &ramped);
+    assert!(!third[0].tripped, "iris changed: a fresh window");
+    assert!(third[1].tripped, "flowers unchanged: still tripped");
+    // A push that changes flowers resets flowers alone.
+    let fixed = config(&GUARDED.replace(r#""flowers", "hosts": ["flowers.example.com"], "guard": {"windowSeconds": 10, "minRequests": 10, "maxErrorRate": 0.1}"#,
+                                        r#""flowers", "hosts": ["flowers.example.com"], "guard": {"windowSeconds": 10, "minRequests": 10, "maxErrorRate": 0.5}"#));
+    let fourth = vm(&store, &fixed);
+    assert!(!fourth[1].tripped, "flowers changed: re-armed");
+}
