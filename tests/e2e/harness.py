@@ -110,6 +110,32 @@ def failing(listener: str, percent: int):
     return hook
 
 
+def failing_version(version: str, percent: int = 0):
+    """A bootstrap hook: the ingress answers 503 to `percent`% of the requests
+    the filter sent to `version` (Envoy's fault filter after canary-selector,
+    matching its routing header), whichever host they are for. The runtime
+    key `fault.http.abort.abort_percent` (`Envoy.set_runtime`) changes the
+    percentage while Envoy runs."""
+
+    def hook(cfg: dict) -> None:
+        cfg.setdefault("layered_runtime", {"layers": [{"name": "admin", "admin_layer": {}}]})
+        (ingress,) = [l for l in cfg["static_resources"]["listeners"] if l["name"] == "ingress"]
+        filters = ingress["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        filters.insert(
+            len(filters) - 1,  # before the router
+            {
+                "name": "envoy.filters.http.fault",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+                    "abort": {"http_status": 503, "percentage": {"numerator": percent, "denominator": "HUNDRED"}},
+                    "headers": [{"name": "x-canary-version", "string_match": {"exact": version}}],
+                },
+            },
+        )
+
+    return hook
+
+
 # --- HTTP -------------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ import urllib.request
 import pytest
 import yaml
 
-from harness import ROOT, failing, free_port
+from harness import ROOT, failing, failing_version, free_port
 
 OBSERVABILITY = ROOT / "istio" / "observability"
 DASHBOARD = json.loads((OBSERVABILITY / "canary-selector-dashboard.json").read_text())
@@ -154,7 +154,7 @@ def panel_queries(window: float, time_range: float) -> list[tuple[str, str, str]
     for panel in DASHBOARD["panels"]:
         for target in panel["targets"]:
             expr = target["expr"]
-            for name in ("namespace", "workload", "plugin"):
+            for name in ("namespace", "workload", "plugin", "rollout"):
                 expr = expr.replace(f"${name}", ".*")
             expr = expr.replace("$__rate_interval", f"{window:.0f}s").replace("$__range", f"{time_range:.0f}s")
             assert "$" not in expr, f"{panel['title']}: a variable the test does not know: {expr}"
@@ -166,9 +166,13 @@ def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\b((?:canary_selector|istio)_[a-z_]+)\b", expr))
 
 
-def check_panels(prom: Prometheus, window: float, time_range: float, phase: str) -> dict[str, list[dict]]:
+def check_panels(
+    prom: Prometheus, window: float, time_range: float, phase: str, unlabelled: frozenset = frozenset({"rollout"})
+) -> dict[str, list[dict]]:
     """Every panel's query returns series carrying the labels its legend
-    names (Istio's panels: the query parses, and names Istio's metric)."""
+    names, but for `unlabelled` ones (a config without `rollouts` has no
+    rollout label); Istio's panels: the query parses, and names Istio's
+    metric."""
     results = {}
     for title, expr, legend in panel_queries(window, time_range):
         result = prom.query(expr)
@@ -178,7 +182,7 @@ def check_panels(prom: Prometheus, window: float, time_range: float, phase: str)
             continue
         assert result, f"{phase}: panel {title!r} returned no series:\n{expr}"
         for series in result:
-            for label in re.findall(r"\{\{(\w+)\}\}", legend):
+            for label in set(re.findall(r"\{\{(\w+)\}\}", legend)) - unlabelled:
                 assert series["metric"].get(label), (phase, title, label, series)
         results[f"{title}: {legend}"] = result
     return results
@@ -224,11 +228,12 @@ def test_the_dashboard_and_the_alert_rules_against_a_real_prometheus(start_envoy
             m = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["query"]["query"])
             assert m, variable["query"]
             selector = m.group(1)
-            for name in ("namespace", "workload"):
+            for name in ("namespace", "workload", "plugin"):
                 selector = selector.replace(f"${name}", ".*")
             found = prom.api(f"label/{m.group(2)}/values", **{"match[]": selector})
             assert set(found) == {
                 "namespace": {"models", "batch"}, "workload": {"client", "batch"}, "plugin": {PLUGIN},
+                "rollout": set(),  # no config here lists `rollouts`
             }[variable["name"]], variable["name"]
 
         # The rollout: each step served for `window` seconds, then every
@@ -239,13 +244,13 @@ def test_the_dashboard_and_the_alert_rules_against_a_real_prometheus(start_envoy
             assert client.push(rollout(weights))
             time.sleep(window + 2 * INTERVAL + 1)  # the tick's flush and a scrape behind
             panels = check_panels(prom, window, time.monotonic() - started, f"{weights}")
-            share = values([s for s in panels["Traffic share per version: {{namespace}}/{{plugin}} {{version}}"]
+            share = values([s for s in panels["Traffic share per version: {{namespace}}/{{plugin}} {{rollout}} {{version}}"]
                             if s["metric"]["namespace"] == "models"])
             n = float(prom.query(f"sum(increase({client_share}[{window}s]))")[0]["value"][1])
             assert n > 200, f"only {n} requests in {window} s"
             assert_share(share["model-v2"], weights[1], n)
             assert_share(share["model-v1"], weights[0], n)
-            weight = values([s for s in panels["Traffic share per version: weight {{namespace}}/{{plugin}} {{version}}"]
+            weight = values([s for s in panels["Traffic share per version: weight {{namespace}}/{{plugin}} {{rollout}} {{version}}"]
                              if s["metric"]["namespace"] == "models"])
             assert weight == {"model-v1": weights[0] / 100, "model-v2": weights[1] / 100}
             # No alert: a healthy rollout, every weighted version reached.
@@ -282,13 +287,13 @@ def test_the_dashboard_and_the_alert_rules_against_a_real_prometheus(start_envoy
         time.sleep(2 * INTERVAL + 1)
         failing_for = time.monotonic() - failing_since
         panels = check_panels(prom, failing_for, time.monotonic() - started, "failing canary")
-        failed = values([s for s in panels["5xx rate per version: {{namespace}}/{{plugin}} {{version}}"]
+        failed = values([s for s in panels["5xx rate per version: {{namespace}}/{{plugin}} {{rollout}} {{version}}"]
                          if s["metric"]["namespace"] == "models"])
         assert failed["model-v1"] == 0 and 0.1 < failed["model-v2"] < 0.5, failed
-        trips = panels["Guard trips in the time range: {{namespace}}/{{plugin}} {{version}}"]
+        trips = panels["Guard trips in the time range: {{namespace}}/{{plugin}} {{rollout}} {{version}}"]
         assert {(s["metric"]["namespace"], s["metric"]["version"]): round(float(s["value"][1])) for s in trips
                 if float(s["value"][1]) > 0} == {("models", "model-v2"): 1}
-        reasons = values([s for s in panels["Requests by version and reason: {{version}} {{reason}}"]
+        reasons = values([s for s in panels["Requests by version and reason: {{rollout}} {{version}} {{reason}}"]
                           if s["metric"]["version"] == "model-v1"], key="reason")
         assert reasons["guard"] > 0, "the guard sends the canary's users to stable"
     finally:
@@ -309,9 +314,9 @@ def test_every_panel_names_only_exported_metrics(title, expr, legend):
 
 def test_the_dashboard_is_a_grafana_dashboard_with_the_documented_variables():
     variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
-    assert list(variables) == ["datasource", "namespace", "workload", "plugin"]
+    assert list(variables) == ["datasource", "namespace", "workload", "plugin", "rollout"]
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    for name in ("namespace", "workload", "plugin"):
+    for name in ("namespace", "workload", "plugin", "rollout"):
         assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*", name
     ids = [p["id"] for p in DASHBOARD["panels"]]
     assert len(set(ids)) == len(ids)
@@ -324,3 +329,89 @@ def test_the_dashboard_is_a_grafana_dashboard_with_the_documented_variables():
     section = readme[readme.index("## Observability"):readme.index("## Try it locally")]
     described = re.findall(r"^- \*\*(.+?)\*\*:", section, re.M)
     assert described == [p["title"] for p in DASHBOARD["panels"]]
+
+
+class GatewayTraffic(Traffic):
+    """New users on each of `hosts` in turn, on one keep-alive connection."""
+
+    def __init__(self, envoy, hosts: list[str]):
+        super().__init__(envoy)
+        self.hosts = hosts
+
+    def run(self) -> None:
+        conn = self.envoy.connection()
+        i = 0
+        while not self.stopping.is_set():
+            i += 1
+            host = self.hosts[i % len(self.hosts)]
+            r = self.envoy.request({"host": host, "x-user-id": f"user-{i}"}, conn=conn)
+            self.statuses.append(r.status)
+
+
+def test_each_rollout_of_one_plugin_has_its_own_series_and_alerts(start_envoy, tmp_path):
+    """A gateway's one plugin with two rollouts: the rollout variable lists
+    both, every panel splits by rollout, and a failing model trips and
+    alerts for its own rollout only."""
+    from test_rollouts import rollout as scoped, with_routes
+
+    # minRequests 120: the error-rate alert wants 100 responses of the
+    # canary, and a tripped guard sends it no more.
+    guard = {"windowSeconds": 30, "minRequests": 120, "maxErrorRate": 0.1, "slowResponseMs": 2000, "maxSlowRate": 0.5}
+    config = {"rollouts": [
+        scoped("iris", ["iris.example.com"], 20, guard=guard),
+        scoped("flowers", ["flowers.example.com"], 50, guard=guard),
+    ]}
+
+    def hook(cfg: dict) -> None:
+        with_routes()(cfg)
+        failing_version("flowers-v2")(cfg)
+
+    gateway = start_envoy(config, bootstrap_hook=hook)
+    prom = Prometheus(tmp_path, [(gateway, {"namespace": "kserve", "pod": "gateway-1", "app": "gateway"})])
+    traffic = GatewayTraffic(gateway, ["iris.example.com", "flowers.example.com"])
+    started = time.monotonic()
+    try:
+        traffic.start()
+        # Healthy for a few scrapes, so that the counters' rates start at
+        # the first failure; then flowers' canary fails every request.
+        prom.wait_for_samples('canary_selector_responses_total{rollout="flowers", version="flowers-v2"} > 0')
+        time.sleep(3 * INTERVAL)
+        gateway.set_runtime("fault.http.abort.abort_percent", "100")
+        tripped = prom.wait_for_samples("canary_selector_guard_tripped == 1", timeout=20)
+        assert [s["metric"]["rollout"] for s in tripped] == ["flowers"]
+        (variable,) = [v for v in DASHBOARD["templating"]["list"] if v["name"] == "rollout"]
+        selector = re.fullmatch(r"label_values\((.+), rollout\)", variable["query"]["query"]).group(1)
+        for name in ("namespace", "workload", "plugin"):
+            selector = selector.replace(f"${name}", ".*")
+        assert set(prom.api("label/rollout/values", **{"match[]": selector})) == {"iris", "flowers"}
+
+        deadline = time.monotonic() + 10
+        while not [a for a in alerts(prom).get("CanarySelectorGuardTripped", []) if a["state"] == "firing"]:
+            assert time.monotonic() < deadline, alerts(prom)
+            time.sleep(INTERVAL / 2)
+        (fired,) = alerts(prom)["CanarySelectorGuardTripped"]
+        assert (fired["labels"]["plugin"], fired["labels"]["rollout"]) == (PLUGIN, "flowers")
+        assert "rollout flowers sends its users" in fired["annotations"]["summary"]
+        rules = {r["alert"]: r for g in RULES["groups"] for r in g["rules"]}
+        above = prom.query(rules["CanarySelectorCanaryErrorRateAboveStable"]["expr"])
+        assert [(s["metric"]["rollout"], s["metric"]["version"]) for s in above] == [("flowers", "flowers-v2")]
+
+        time.sleep(2 * INTERVAL + 1)
+        elapsed = time.monotonic() - started
+        panels = check_panels(prom, elapsed, elapsed, "two rollouts", unlabelled=frozenset())
+        weight = {
+            (s["metric"]["rollout"], s["metric"]["version"]): float(s["value"][1])
+            for s in panels["Traffic share per version: weight {{namespace}}/{{plugin}} {{rollout}} {{version}}"]
+        }
+        assert weight == {("iris", "iris-v1"): 0.8, ("iris", "iris-v2"): 0.2,
+                          ("flowers", "flowers-v1"): 0.5, ("flowers", "flowers-v2"): 0.5}
+        failed = {
+            (s["metric"]["rollout"], s["metric"]["version"]): float(s["value"][1])
+            for s in panels["5xx rate per version: {{namespace}}/{{plugin}} {{rollout}} {{version}}"]
+        }
+        assert failed[("flowers", "flowers-v2")] > 0.1 and failed[("flowers", "flowers-v1")] == 0, failed
+        assert failed[("iris", "iris-v2")] == failed[("iris", "iris-v1")] == 0, failed
+    finally:
+        traffic.stop()
+        prom.stop()
+    assert set(traffic.statuses) <= {200, 503}
