@@ -156,7 +156,7 @@ $(ENVOY_MATRIX_DIR)/%.installed:
 # ---- end istio ----
 
 # ---- bench (performance) ----
-.PHONY: bench bench-micro bench-envoy bench-grpc bench-memory bench-tools bench-prev
+.PHONY: bench bench-micro bench-envoy bench-grpc bench-memory bench-rollouts bench-tools bench-prev
 comma := ,
 
 # The module `make bench` compares the current one with: the one the commit
@@ -172,7 +172,7 @@ ALLOCS_WASM := target/bench/canary-selector-alloc-stats.wasm
 ## module's allocations per request (BENCHMARKS.md). Env: ROUNDS, DURATION,
 ## CONNECTIONS, WARMUP, VARIANTS (tests/bench/bench.py lists them),
 ## PREV_REV (a commit, or empty), CANARY_WASM_EXTRA=name=path,... (more builds).
-bench: bench-micro bench-envoy bench-memory
+bench: bench-micro bench-envoy bench-memory bench-rollouts
 
 ## bench-micro: ns per decision and allocations, natively (tests/bench/decision.rs)
 bench-micro:
@@ -192,6 +192,11 @@ bench-grpc: build venv bench-tools $(PREV_WASM)
 ## and canary-selector (demo config, and a config at the limits), warm and after 1M requests
 bench-memory: build venv bench-tools $(SDK_FLOOR_WASM)
 	$(VPY) tests/bench/memory.py
+
+## bench-rollouts: CPU per request with 1, 50 and 500 rollouts in one config (and a host none
+## lists), Envoy's RSS with 1 and 500, and how long a push of 500 takes (tests/bench/rollouts.py)
+bench-rollouts: build venv bench-tools
+	$(VPY) tests/bench/rollouts.py
 
 # The floor reference of the memory figures (tests/bench/sdk_floor/main.rs).
 SDK_FLOOR_WASM := target/bench/sdk-floor.wasm

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""`make bench-rollouts`: what many rollouts in one config cost, as a shared
+gateway runs them (BENCHMARKS.md, "Many rollouts").
+
+CPU per request (tests/bench/bench.py's method: one worker pinned to one
+core, wrk on the other, variants in turn round after round, medians) of the
+filter with a config of 1, 50 and 500 rollouts, two hosts each, the requests
+spread evenly over every host of the config (tests/bench/load_hosts.lua);
+with 500 rollouts again for requests to a host no rollout lists; next to no
+filter and the single-rollout config without `rollouts`. Then Envoy's RSS at
+2 workers with 1 and 500 rollouts (after a warm-up), and the time Envoy takes
+to accept a push of 500 rollouts over ECDS (file rename to
+`update_success`), each push changing every rollout.
+
+Settings (environment): ROUNDS (12), DURATION (3), CONNECTIONS (32),
+PUSHES (5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import bench
+from bench import ROOT, Envoy, Variant, canary_expect, client_expect, wasm_filter
+
+sys.path.insert(0, str(ROOT / "envoy"))
+import ecds  # noqa: E402
+
+bench.LOAD = ROOT / "tests/bench/load_hosts.lua"
+
+
+def entry(i: int, canary: float = 10) -> dict:
+    """Rollout i: bench.PLUGIN_CONFIG (90/10, sticky on x-user-id, a testers
+    rule) on two hosts, as KServe names an InferenceService's."""
+    return {"name": f"m{i}", "hosts": [f"m{i}.models.example.com", f"m{i}-predictor.models.example.com"],
+            **{k: v for k, v in bench.PLUGIN_CONFIG.items() if k != "versions"},
+            "versions": [{"name": "model-v1", "weight": 100 - canary}, {"name": "model-v2", "weight": canary}]}
+
+
+def rollouts(n: int, canary: float = 10) -> str:
+    return json.dumps({"rollouts": [entry(i, canary) for i in range(n)]})
+
+
+# (variant, BENCH_HOSTS for the load)
+VARIANTS: dict[str, tuple[Variant, int]] = {
+    "none": (bench.VARIANTS["none"], 2),
+    "unscoped": (Variant("unscoped", "bench.py's config, without `rollouts`",
+                         lambda _: wasm_filter(bench.WASM, json.dumps(bench.PLUGIN_CONFIG)), canary_expect,
+                         module=lambda: bench.WASM, counts_requests=True), 2),
+}
+for _n in (1, 50, 500):
+    VARIANTS[f"rollouts-{_n}"] = (
+        Variant(f"rollouts-{_n}", f"{_n} rollouts, requests over their {2 * _n} hosts",
+                lambda _, n=_n: wasm_filter(bench.WASM, rollouts(n)), canary_expect,
+                module=lambda: bench.WASM, counts_requests=True), 2 * _n)
+VARIANTS["rollouts-500-unmatched"] = (
+    Variant("rollouts-500-unmatched", "500 rollouts, requests to a host none lists",
+            lambda _: wasm_filter(bench.WASM, rollouts(500)), client_expect, module=lambda: bench.WASM), 0)
+
+
+def cpu_per_request(names: list[str], rounds: int, seconds: int, connections: int) -> dict:
+    envoys: dict[str, Envoy] = {}
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    try:
+        for n in names:
+            variant, hosts = VARIANTS[n]
+            os.environ["BENCH_HOSTS"] = str(hosts)
+            envoys[n] = Envoy(variant, 0).start()
+            # The bench's routing check sends no Host of the config's: a
+            # request there is untouched, so check one host per variant.
+            if hosts:
+                for user in ("user-1", "user-2", "user-3", "user-27"):
+                    status, served = envoys[n].request({"host": "m0.models.example.com", "x-user-id": user})
+                    want = canary_expect({"x-user-id": user}) if n != "none" else "model-v1"
+                    assert (status, served) == (200, want), (n, user, status, served)
+            bench.load(envoys[n], 3, connections, 1)
+        for r in range(rounds):
+            for n in names:
+                os.environ["BENCH_HOSTS"] = str(VARIANTS[n][1])
+                m = bench.measure(envoys[n], seconds, connections, 1)
+                runs[n].append(m)
+                print(f"  round {r + 1}/{rounds} {n:24} {m['cpu_us_per_req']:6.2f} µs/req {m['rps']:9,.0f} req/s  "
+                      f"non-2xx {m['non_2xx']}  other CPU {m['other_cores']:.2f}", flush=True)
+    finally:
+        for e in envoys.values():
+            e.stop()
+    return runs
+
+
+def rss_at_two_workers(n: int) -> float:
+    variant = Variant(f"rss-{n}", f"{n} rollouts", lambda _: wasm_filter(bench.WASM, rollouts(n)), canary_expect)
+    os.environ["BENCH_HOSTS"] = str(2 * n)
+    envoy = Envoy(variant, None, concurrency=2).start()
+    try:
+        bench.wrk(envoy, 3, 32, None)
+        time.sleep(1)
+        return envoy.rss_mib()
+    finally:
+        envoy.stop()
+
+
+def push_seconds(n: int, pushes: int) -> list[float]:
+    """Seconds from the ECDS file's rename to Envoy's update_success, for
+    pushes of `n` rollouts that each change every rollout's weights."""
+    variant = Variant("push", "over ECDS", bench.ecds_filter, canary_expect)
+    envoy = Envoy(variant, None, concurrency=2).start()
+    path = envoy.workdir / "ecds" / "canary-selector.json"
+    stat = f"extension_config_discovery.http_filter.{ecds.DEFAULT_NAME}.update_success"
+    out = []
+    try:
+        for p in range(pushes):
+            before = envoy.counters("^" + stat.replace(".", r"\.") + "$")[stat]
+            resource = ecds.resource(rollouts(n, canary=10 + p + 1), str(bench.WASM))
+            t0 = time.monotonic()
+            ecds.write_atomically(str(path), resource)
+            while envoy.counters("^" + stat.replace(".", r"\.") + "$")[stat] == before:
+                if time.monotonic() - t0 > 60:
+                    raise SystemExit(f"push {p} of {n} rollouts not accepted in 60 s:\n{envoy.log.read_text()[-2000:]}")
+                time.sleep(0.005)
+            out.append(time.monotonic() - t0)
+            status, served = envoy.request({"host": f"m{n - 1}.models.example.com", "x-user-id": "user-27"})
+            assert status == 200 and served in ("model-v1", "model-v2")
+    finally:
+        envoy.stop()
+    return out
+
+
+def main() -> int:
+    rounds = int(os.environ.get("ROUNDS", 12))
+    seconds = int(os.environ.get("DURATION", 3))
+    connections = int(os.environ.get("CONNECTIONS", 32))
+    pushes = int(os.environ.get("PUSHES", 5))
+    names = os.environ.get("VARIANTS", ",".join(VARIANTS)).split(",")
+    bench.OUT.mkdir(parents=True, exist_ok=True)
+    print(f"rollouts: {', '.join(names)}; {rounds} rounds of {seconds}s at {connections} connections", flush=True)
+    runs = cpu_per_request(names, rounds, seconds, connections)
+    median = {n: statistics.median(m["cpu_us_per_req"] for m in runs[n]) for n in names}
+    result: dict = {"machine": bench.machine(), "rounds": rounds, "runs": runs, "median_cpu_us_per_req": median}
+    print("\n| variant | CPU µs/req | Δ vs none |\n|---|---:|---:|")
+    for n in names:
+        print(f"| {n} | {median[n]:.2f} | {median[n] - median['none']:+.2f} |" if "none" in median else f"| {n} | {median[n]:.2f} | |")
+    if {"none", "rollouts-1", "rollouts-500"} <= set(names):
+        over = {n: median[n] - median["none"] for n in names}
+        ratio = over["rollouts-500"] / over["rollouts-1"]
+        per_round = sorted((a["cpu_us_per_req"] - z["cpu_us_per_req"]) / (b["cpu_us_per_req"] - z["cpu_us_per_req"])
+                           for z, a, b in zip(runs["none"], runs["rollouts-500"], runs["rollouts-1"]))
+        result["ratio_500_to_1"] = ratio
+        result["ratio_500_to_1_per_round"] = per_round
+        q = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else [ratio] * 3
+        print(f"\noverhead at 500 rollouts / overhead at 1 = {ratio:.3f} of the medians "
+              f"(per-round median {statistics.median(per_round):.3f}, quartiles {q[0]:.3f} .. {q[2]:.3f}; target ≤ 1.05)")
+        if "rollouts-500-unmatched" in names:
+            print(f"unmatched request at 500 rollouts: +{over['rollouts-500-unmatched']:.2f} µs against "
+                  f"+{over['rollouts-500']:.2f} for a matched one")
+    rss = {n: rss_at_two_workers(n) for n in (1, 500)}
+    result["rss_mib_2_workers"] = rss
+    print(f"\nEnvoy RSS at 2 workers, warm: 1 rollout {rss[1]:.1f} MiB, 500 rollouts {rss[500]:.1f} MiB "
+          f"({rss[500] - rss[1]:+.1f})")
+    times = push_seconds(500, pushes)
+    result["push_500_seconds"] = times
+    print(f"a push of 500 rollouts accepted in {statistics.median(times) * 1000:.0f} ms (median of {pushes}; "
+          f"{min(times) * 1000:.0f} to {max(times) * 1000:.0f} ms), 2 workers")
+    failures = [f"{n} round {i + 1}: {m['non_2xx']} non-2xx, {m['socket_errors']} socket errors"
+                for n in names for i, m in enumerate(runs[n]) if m["non_2xx"] or m["socket_errors"]]
+    (bench.OUT / "rollouts.json").write_text(json.dumps(result, indent=2))
+    print(f"raw: {(bench.OUT / 'rollouts.json').relative_to(ROOT)}")
+    if failures:
+        print("FAILED:\n  " + "\n  ".join(failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
