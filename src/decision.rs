@@ -122,8 +122,16 @@ fn read<'r>(rollout: &Rollout, req: &'r mut impl Request, source: &Source) -> Op
 pub struct Live {
     /// Unix time in ms, for scheduled ramps.
     pub now_ms: i64,
-    /// The guard has tripped: canaries receive only what rules pin to them.
-    pub guard_tripped: bool,
+    /// The versions the guard holds back, bit `i` for version `i`: they
+    /// receive only what rules pin to them. A local trip holds back every
+    /// canary ([`Live::ALL_CANARIES`]); the mesh verdict the versions it
+    /// names. The stable version (bit 0) is never held back.
+    pub tripped: u32,
+}
+
+impl Live {
+    /// Every version but the stable one.
+    pub const ALL_CANARIES: u32 = !1;
 }
 
 pub fn decide(
@@ -133,7 +141,11 @@ pub fn decide(
     live: Live,
 ) -> Decision {
     let mut d = choose(rollout, req, rng, live.now_ms);
-    if live.guard_tripped && d.reason != Reason::Rule && d.version != 0 {
+    let held = u32::try_from(d.version)
+        .ok()
+        .and_then(|v| live.tripped.checked_shr(v))
+        .is_some_and(|bits| bits & 1 == 1);
+    if held && d.reason != Reason::Rule && d.version != 0 {
         d.version = 0;
         d.reason = Reason::Guard;
     }

@@ -123,7 +123,10 @@ pub fn on_request_headers(
         || rollout.response_reason_header.is_some()
         || rollout.guard.is_some()
         || d.new_id.is_some();
-    let timed = rollout.guard.as_ref().is_some_and(|g| g.slow.is_some());
+    let timed = rollout
+        .guard
+        .as_ref()
+        .is_some_and(|g| g.slow_response_ms.is_some());
     let pending = respond.then_some(Pending {
         version: d.version,
         reason: d.reason,
@@ -170,8 +173,8 @@ pub fn on_response_headers(
     if pending.reason == Reason::Rule {
         return None;
     }
-    let slow = match (guard.slow, pending.started_ms) {
-        (Some((bound_ms, _)), Some(started)) => {
+    let slow = match (guard.slow_response_ms, pending.started_ms) {
+        (Some(bound_ms), Some(started)) => {
             host.now_ms().saturating_sub(started) > i64::from(bound_ms)
         }
         _ => false,
@@ -226,9 +229,12 @@ pub fn on_stream_lost(awaiting: &AwaitingTrailers) -> Outcome {
 /// The stat tags in the metrics' names, each written `<tag>=.=<value>;.;`:
 /// Istio's encoding, which its `extraStatTags` setting turns into Prometheus
 /// labels with the extractor `(<tag>=\.=(.*?);\.;)` per tag (Istio's
-/// bootstrap template; `envoy/envoy.yaml` has the same five). `rollout` is
-/// only in the names of a config that lists `rollouts`.
-pub const STAT_TAGS: [&str; 5] = ["plugin", "rollout", "version", "reason", "failure"];
+/// bootstrap template; `envoy/envoy.yaml` has the same six). `rollout` is
+/// only in the names of a config that lists `rollouts`, `result` only in
+/// the mesh verdict's poll counter.
+pub const STAT_TAGS: [&str; 6] = [
+    "plugin", "rollout", "version", "reason", "failure", "result",
+];
 
 /// The proxy-wasm metric names of one plugin, or of one rollout of it.
 /// Envoy files them under `wasmcustom.`; with the tags extracted, its
@@ -340,6 +346,25 @@ impl MetricNames {
     /// (counter; a plugin's, not a rollout's).
     pub fn no_rollout_requests(&self) -> String {
         self.name(&[], "canary_selector_no_rollout_requests_total")
+    }
+
+    /// The mesh verdict's polls of Prometheus by result: `ok`, or why it
+    /// gave no verdict (`crate::mesh::PollFailure::name`) (counter; a
+    /// plugin's).
+    pub fn mesh_polls(&self, result: &str) -> String {
+        self.name(&[("result", result)], "canary_selector_mesh_polls_total")
+    }
+
+    /// Series of a poll's answer that name no version of the rollout they
+    /// apply to (counter; a plugin's).
+    pub fn mesh_ignored_series(&self) -> String {
+        self.name(&[], "canary_selector_mesh_ignored_series_total")
+    }
+
+    /// Versions the mesh verdict tripped (counter; `guard_trips` counts the
+    /// local guard's).
+    pub fn mesh_trips(&self, version: &str) -> String {
+        self.name(&[("version", version)], "canary_selector_mesh_trips_total")
     }
 }
 

@@ -509,7 +509,7 @@ pub fn judge(guard: &Guard, totals: &[Counts]) -> Option<Trip> {
             .is_some_and(|max| c.error_rate() - stable.error_rate() > max)
         {
             "error rate above the stable version's by more than maxErrorRateAboveStable"
-        } else if guard.slow.is_some_and(|(_, max)| c.slow_rate() > max) {
+        } else if guard.max_slow_rate.is_some_and(|max| c.slow_rate() > max) {
             "share of slow responses above maxSlowRate"
         } else {
             return None;
@@ -533,8 +533,10 @@ mod tests {
             min_requests: min,
             max_error_rate: max,
             max_error_rate_above_stable: above,
-            slow,
+            slow_response_ms: slow.map(|(ms, _)| ms),
+            max_slow_rate: slow.map(|(_, max)| max),
             grpc_error_codes: crate::config::DEFAULT_GRPC_ERROR_CODES,
+            mesh: None,
         }
     }
 

@@ -10,6 +10,8 @@
 //! - [`decision`]: the per-request decision;
 //! - [`filter`]: what the filter does to a stream, against a narrow host trait;
 //! - [`guard`]: the sliding window and judgement behind automatic rollback;
+//! - [`mesh`]: the mesh verdict read from Prometheus (the poll's turn, the
+//!   answer, the versions it names);
 //! - [`shared`]: what the VMs of one proxy share (push generations, gauge
 //!   records, the guard's trip board), against a narrow shared-data trait.
 //!
@@ -31,6 +33,7 @@ pub mod filter;
 pub mod guard;
 pub mod hash;
 pub mod matcher;
+pub mod mesh;
 pub mod shared;
 
 #[cfg(target_arch = "wasm32")]

@@ -85,6 +85,12 @@ impl Keys {
         format!("{}.guard-tripped", self.prefix)
     }
 
+    /// The versions the mesh verdict tripped for the rollout's current push
+    /// (`crate::mesh::record_trips`).
+    pub fn mesh_trips(&self) -> String {
+        format!("{}.mesh-trips", self.prefix)
+    }
+
     /// The version names whose gauges were set ([`gauged_names`]).
     pub fn gauged_versions(&self) -> String {
         format!("{}.gauged-versions", self.prefix)

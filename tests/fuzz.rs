@@ -1417,7 +1417,13 @@ fn gen_moment(rng: &mut Rng, spec: &Spec) -> Moment {
     Moment {
         live: Live {
             now_ms,
-            guard_tripped: rng.one_in(4),
+            // The guard holds back every canary (a local trip), the ones
+            // a mesh verdict named, or none.
+            tripped: match rng.below(4) {
+                0 => Live::ALL_CANARIES,
+                1 => rng.u64() as u32,
+                _ => 0,
+            },
         },
         seed: rng.u64(),
         status: rng
@@ -1459,15 +1465,17 @@ fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: &Moment)
         (None, Some(id)) => Some(oracle_version(spec, &weights, &id.0)),
         (None, None) => None,
     };
-    // A tripped guard sends to stable whatever no rule pins.
-    let guarded = m.live.guard_tripped && reason != Reason::Rule;
+    // A version the guard holds back gets only what a rule pins to it;
+    // the rest goes to stable. Stable itself is never held back.
+    let held = |v: usize| v != 0 && reason != Reason::Rule && (m.live.tripped >> v) & 1 == 1;
     match chosen {
-        Some(v) if guarded && v != 0 => assert_eq!((d.version, d.reason), (0, Reason::Guard)),
+        Some(v) if held(v) => assert_eq!((d.version, d.reason), (0, Reason::Guard)),
         Some(v) => assert_eq!((d.version, d.reason), (v, reason)),
-        None if guarded => {
-            assert!(d.version == 0 && matches!(d.reason, Reason::Guard | Reason::Anonymous))
-        }
-        None => assert_eq!(d.reason, Reason::Anonymous),
+        None => match d.reason {
+            Reason::Guard => assert_eq!(d.version, 0),
+            Reason::Anonymous => assert!(!held(d.version)),
+            other => panic!("a random pick with reason {other:?}"),
+        },
     }
     if let Some(id) = d.new_id {
         assert!(id.0.iter().all(|b| b.is_ascii_hexdigit()));
@@ -1771,8 +1779,10 @@ fn gen_window_case(rng: &mut Rng) -> WindowCase {
         min_requests: rng.range(1, 5) as u32,
         max_error_rate: rate(rng),
         max_error_rate_above_stable: rate(rng),
-        slow: rng.one_in(2).then(|| (100, rng.below(101) as f64 / 100.0)),
+        slow_response_ms: Some(100),
+        max_slow_rate: rng.one_in(2).then(|| rng.below(101) as f64 / 100.0),
         grpc_error_codes: config::DEFAULT_GRPC_ERROR_CODES,
+        mesh: None,
     };
     WindowCase {
         versions,
@@ -1830,7 +1840,8 @@ fn model_judge(g: &config::Guard, totals: &[Counts]) -> Option<usize> {
             && (g.max_error_rate.is_some_and(|m| errors > m)
                 || g.max_error_rate_above_stable
                     .is_some_and(|m| errors - stable > m)
-                || g.slow.is_some_and(|(_, m)| rate(c.slow, c.requests) > m))
+                || g.max_slow_rate
+                    .is_some_and(|m| rate(c.slow, c.requests) > m))
     })
 }
 

@@ -1,24 +1,75 @@
 //! A rollout's `guard`: the thresholds that send a failing canary's users
-//! back to the stable version (the judging itself is `crate::guard`'s).
+//! back to the stable version (the judging itself is `crate::guard`'s), and
+//! the mesh verdict it may read from Prometheus (`crate::mesh`).
 
-use super::raw::{GrpcCode, Number, RawGuard, WholeNumber};
+use super::raw::{GrpcCode, Number, Object, RawGuard, RawMesh, WholeNumber};
 use super::{decimal, err, ConfigError};
 use crate::guard::GRPC_CODES;
 
 /// The guard (see `guard.rs`): when a canary version's responses breach a
-/// threshold over the window, requests no rule pins go to the stable version
-/// until a new config is pushed.
+/// threshold over the window (the local verdict), or Prometheus names it
+/// failing across the mesh (the mesh verdict), requests no rule pins go to
+/// the stable version until a new config is pushed.
 #[derive(Debug, Clone)]
 pub struct Guard {
     pub window_ms: u64,
     pub min_requests: u32,
     pub max_error_rate: Option<f64>,
     pub max_error_rate_above_stable: Option<f64>,
-    /// (bound in ms, largest allowed share of responses slower than it).
-    pub slow: Option<(u32, f64)>,
+    /// Responses slower than this many ms count as slow: for
+    /// `max_slow_rate`, and in the slow-response counters the mesh's rules
+    /// read.
+    pub slow_response_ms: Option<u32>,
+    /// The largest share of slow responses a canary may have.
+    pub max_slow_rate: Option<f64>,
     /// The gRPC status codes that count as errors: bit `c` for code `c`.
     pub grpc_error_codes: u32,
+    pub mesh: Option<Mesh>,
 }
+
+impl Guard {
+    /// The guard judges this proxy's own responses (it has a threshold);
+    /// without one it follows the mesh verdict only.
+    pub fn judges_locally(&self) -> bool {
+        self.max_error_rate.is_some()
+            || self.max_error_rate_above_stable.is_some()
+            || self.max_slow_rate.is_some()
+    }
+}
+
+/// `guard.mesh`: where Prometheus is, and the query whose series name the
+/// failing canaries across the mesh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mesh {
+    /// The Envoy cluster that reaches Prometheus (Istio:
+    /// `outbound|9090||prometheus.istio-system.svc.cluster.local`).
+    pub cluster: String,
+    /// Its `:authority`.
+    pub authority: String,
+    /// The PromQL of the instant query.
+    pub query: String,
+    /// `/api/v1/query?query=<the query, percent-encoded>`, built once.
+    pub path: String,
+    /// The label of a series that names the version.
+    pub version_label: String,
+    pub poll_ms: u64,
+    pub timeout_ms: u64,
+}
+
+pub const DEFAULT_MESH_POLL_SECONDS: u32 = 5;
+pub const DEFAULT_MESH_TIMEOUT_MS: u32 = 1000;
+pub const MAX_MESH_POLL_SECONDS: u32 = 3600;
+pub const MAX_MESH_QUERY_LEN: usize = 4096;
+/// Envoy clusters a call must never go to: Istio's passthrough clusters are
+/// ORIGINAL_DST, and an HTTP call from a Wasm filter to one has crashed
+/// Envoy (envoy#14878); the black hole answers nothing.
+const REFUSED_CLUSTERS: &[&str] = &[
+    "PassthroughCluster",
+    "InboundPassthroughCluster",
+    "InboundPassthroughClusterIpv4",
+    "InboundPassthroughClusterIpv6",
+    "BlackHoleCluster",
+];
 
 /// The gRPC codes counted as errors by default: the ones Envoy maps to HTTP
 /// 5xx, that is the ones that mean the server failed (UNKNOWN,
@@ -61,20 +112,33 @@ pub(super) fn validate(g: RawGuard, n_versions: usize) -> Result<Guard, ConfigEr
         "guard.maxErrorRateAboveStable",
         g.max_error_rate_above_stable,
     )?;
-    let slow = match (
-        g.slow_response_ms.map(|WholeNumber(n)| n),
-        rate("guard.maxSlowRate", g.max_slow_rate)?,
-    ) {
-        (Some(ms), Some(max)) if ms > 0 => Some((ms, max)),
-        (Some(_), Some(_)) => return err("guard.slowResponseMs", "must be at least 1"),
-        (None, None) => None,
-        (Some(_), None) => return err("guard.maxSlowRate", "is required with slowResponseMs"),
-        (None, Some(_)) => return err("guard.slowResponseMs", "is required with maxSlowRate"),
+    let mesh = match g.mesh {
+        Some(Object(m)) => Some(validate_mesh(m)?),
+        None => None,
     };
-    if max_error_rate.is_none() && max_error_rate_above_stable.is_none() && slow.is_none() {
+    let slow_response_ms = g.slow_response_ms.map(|WholeNumber(n)| n);
+    let max_slow_rate = rate("guard.maxSlowRate", g.max_slow_rate)?;
+    match (slow_response_ms, max_slow_rate) {
+        (Some(0), _) => return err("guard.slowResponseMs", "must be at least 1"),
+        (None, Some(_)) => return err("guard.slowResponseMs", "is required with maxSlowRate"),
+        // Without a local bound, slow responses are still counted: the
+        // mesh's rules read the counters.
+        (Some(_), None) if mesh.is_none() => {
+            return err(
+                "guard.maxSlowRate",
+                "is required with slowResponseMs (or guard.mesh, whose rules read the slow responses counted)",
+            )
+        }
+        _ => {}
+    }
+    if max_error_rate.is_none()
+        && max_error_rate_above_stable.is_none()
+        && max_slow_rate.is_none()
+        && mesh.is_none()
+    {
         return err(
             "guard",
-            "needs a threshold: maxErrorRate, maxErrorRateAboveStable, or slowResponseMs with maxSlowRate",
+            "needs a threshold (maxErrorRate, maxErrorRateAboveStable, or slowResponseMs with maxSlowRate) or a mesh verdict (mesh)",
         );
     }
     let grpc_error_codes = match g.grpc_error_codes {
@@ -100,7 +164,98 @@ pub(super) fn validate(g: RawGuard, n_versions: usize) -> Result<Guard, ConfigEr
         min_requests,
         max_error_rate,
         max_error_rate_above_stable,
-        slow,
+        slow_response_ms,
+        max_slow_rate,
         grpc_error_codes,
+        mesh,
+    })
+}
+
+/// `guard.mesh`.
+fn validate_mesh(m: RawMesh) -> Result<Mesh, ConfigError> {
+    let cluster = m.cluster;
+    if cluster.is_empty() || cluster.len() > 512 || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+        return err(
+            "guard.mesh.cluster",
+            "must be an Envoy cluster name (1 to 512 visible ASCII characters)",
+        );
+    }
+    if REFUSED_CLUSTERS.contains(&cluster.as_str()) {
+        return err(
+            "guard.mesh.cluster",
+            format!(
+                "{cluster:?} is not a cluster a call may go to (original-destination or black hole); \
+                 name Prometheus' own, such as outbound|9090||prometheus.istio-system.svc.cluster.local"
+            ),
+        );
+    }
+    let authority = m.authority;
+    if authority.is_empty()
+        || authority.len() > 255
+        || !authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+    {
+        return err(
+            "guard.mesh.authority",
+            format!("{authority:?} is not a host[:port]"),
+        );
+    }
+    let query = m.query;
+    if query.trim().is_empty() {
+        return err("guard.mesh.query", "is empty");
+    }
+    if query.len() > MAX_MESH_QUERY_LEN {
+        return err(
+            "guard.mesh.query",
+            format!("is longer than {MAX_MESH_QUERY_LEN} bytes"),
+        );
+    }
+    let version_label = m.version_label.unwrap_or_else(|| "version".into());
+    let mut chars = version_label.bytes();
+    let label_ok = chars
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && chars.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && version_label.len() <= 128;
+    if !label_ok {
+        return err(
+            "guard.mesh.versionLabel",
+            format!("{version_label:?} is not a Prometheus label name"),
+        );
+    }
+    let poll_seconds = m
+        .poll_seconds
+        .map_or(DEFAULT_MESH_POLL_SECONDS, |WholeNumber(n)| n);
+    if !(1..=MAX_MESH_POLL_SECONDS).contains(&poll_seconds) {
+        return err(
+            "guard.mesh.pollSeconds",
+            format!("must be 1 to {MAX_MESH_POLL_SECONDS}"),
+        );
+    }
+    let timeout_ms = m
+        .timeout_ms
+        .map_or(DEFAULT_MESH_TIMEOUT_MS, |WholeNumber(n)| n);
+    // One call ends before the next begins: a poll never piles up.
+    if timeout_ms == 0 || u64::from(timeout_ms) >= u64::from(poll_seconds) * 1000 {
+        return err(
+            "guard.mesh.timeoutMs",
+            "must be at least 1 and shorter than pollSeconds",
+        );
+    }
+    let path = format!(
+        "/api/v1/query?{}",
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", &query)
+            .finish()
+    );
+    Ok(Mesh {
+        cluster,
+        authority,
+        query,
+        path,
+        version_label,
+        poll_ms: u64::from(poll_seconds) * 1000,
+        timeout_ms: u64::from(timeout_ms),
     })
 }

@@ -23,12 +23,16 @@ mod scope;
 mod stickiness;
 mod versions;
 
-pub use guard::{Guard, DEFAULT_GRPC_ERROR_CODES, MAX_GUARD_WINDOW_SECONDS};
+pub use guard::{
+    Guard, Mesh, DEFAULT_GRPC_ERROR_CODES, DEFAULT_MESH_POLL_SECONDS, DEFAULT_MESH_TIMEOUT_MS,
+    MAX_GUARD_WINDOW_SECONDS,
+};
 pub use rollout::{AnonymousCookie, Condition, Rollout, Rule, Source, Version};
 pub use rules::whole_value_regex;
 pub use schedule::{rfc3339_ms, Schedule, Step, MAX_SCHEDULE_STEPS};
 pub use scope::{authority_host, HostIndex, HostRollouts, Scope, MAX_AUTHORITY_HOST_LEN};
 
+pub(crate) use raw::OrderedMap;
 use raw::{parse, Object, RawRollout};
 
 pub const DEFAULT_ROUTING_HEADER: &str = "x-canary-version";

@@ -45,6 +45,18 @@ pub(super) struct RawGuard {
     pub slow_response_ms: Option<WholeNumber>,
     pub max_slow_rate: Option<Number>,
     pub grpc_error_codes: Option<Vec<GrpcCode>>,
+    pub mesh: Option<Object<RawMesh>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawMesh {
+    pub cluster: String,
+    pub authority: String,
+    pub query: String,
+    pub version_label: Option<String>,
+    pub poll_seconds: Option<WholeNumber>,
+    pub timeout_ms: Option<WholeNumber>,
 }
 
 #[derive(Deserialize)]
@@ -136,7 +148,8 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
 
 /// A JSON object as (key, value) pairs in the order written, duplicates kept
 /// (validation rejects them), where a map would silently keep the last one.
-pub(super) struct OrderedMap<T>(pub Vec<(String, T)>);
+/// (Also the labels of a series in Prometheus' answer, `crate::mesh`.)
+pub(crate) struct OrderedMap<T>(pub Vec<(String, T)>);
 
 impl<T> Default for OrderedMap<T> {
     fn default() -> Self {

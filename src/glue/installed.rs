@@ -1,7 +1,8 @@
 //! An accepted config and the VM's state for it: per rollout, its counters,
-//! gauges and guard. Built once per push by [`Installed::install`]; streams
-//! hold it by `Rc`, so a stream keeps the config it started with across a
-//! push.
+//! gauges and guard (the local verdict's window, the versions the mesh
+//! verdict tripped), and the polls of Prometheus. Built once per push by
+//! [`Installed::install`]; streams hold it by `Rc`, so a stream keeps the
+//! config it started with across a push.
 
 use std::cell::{Cell, RefCell};
 
@@ -10,14 +11,15 @@ use log::{info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use super::metrics::{define_metric, set_gauge, ByDecision, Gauge, LazyCounter};
+use super::metrics::{add_to_counter, define_metric, set_gauge, ByDecision, Gauge, LazyCounter};
 use super::HostShared;
 use crate::config::{decimal, Config, Guard, Rollout, MAX_ROLLOUTS, MAX_VERSIONS};
 use crate::decision::Live;
 use crate::filter::{self, MetricNames, Outcome};
 use crate::guard::{self, describe_failures, Failure, Guarded, Judged, Trip};
 use crate::hash::murmur3_32;
-use crate::shared::{self, Keys};
+use crate::mesh::{self, Poll, PollFailure, Series};
+use crate::shared::{self, Keys, Push};
 
 /// Kinds of failure the guard tells apart (gRPC codes, no status, HTTP 5xx).
 const FAILURES: usize = 19;
@@ -43,6 +45,26 @@ pub struct Installed {
     pub now_ms: Cell<i64>,
     /// wyrand state for anonymous picks, seeded on first use.
     pub rng: Cell<Option<u64>>,
+    /// The mesh verdict's polls of Prometheus.
+    pub polls: Vec<PollState>,
+}
+
+/// A poll of Prometheus as this VM sees it.
+pub struct PollState {
+    pub poll: Poll,
+    /// When it is next due, as this VM last read it: until then its ticks
+    /// do not ask.
+    due_ms: Cell<i64>,
+    /// The token of this VM's call in flight.
+    pending: Cell<Option<u32>>,
+}
+
+/// The mesh verdict's state of one rollout in the VM.
+struct MeshState {
+    keys: Keys,
+    generation: u32,
+    /// The versions the mesh tripped, latched until the rollout's next push.
+    tripped: Cell<u32>,
 }
 
 /// One rollout's state in the VM.
@@ -58,7 +80,10 @@ pub struct RolloutState {
     /// `version * FAILURES + failure.index()`.
     failures: Vec<LazyCounter>,
     names: MetricNames,
+    /// The local verdict: the guard's window, if it has thresholds.
     guard: Option<RefCell<Guarded>>,
+    /// The mesh verdict, if the guard reads one.
+    mesh: Option<MeshState>,
     /// Per version, the guard's trips (defined with a guard, so that a
     /// count of trips starts at zero).
     trips: Vec<u32>,
@@ -100,6 +125,14 @@ impl Installed {
             .iter()
             .map(|rollout| RolloutState::install(&store, plugin, rollout, scoped))
             .collect();
+        let polls = mesh::polls(&config, plugin)
+            .into_iter()
+            .map(|poll| PollState {
+                poll,
+                due_ms: Cell::new(now_ms),
+                pending: Cell::new(None),
+            })
+            .collect();
         let installed = Installed {
             rollouts,
             no_rollout: LazyCounter::default(),
@@ -108,6 +141,7 @@ impl Installed {
             plugin_keys,
             now_ms: Cell::new(now_ms),
             rng: Cell::new(None),
+            polls,
             config,
         };
         installed.show_weights(false);
@@ -115,12 +149,13 @@ impl Installed {
     }
 
     /// The tick period: once a second, or a few times per slot of the
-    /// shortest guard window.
+    /// shortest guard window that is judged here.
     pub fn tick_ms(&self) -> u64 {
         self.config
             .rollouts
             .iter()
             .filter_map(|r| r.guard.as_ref())
+            .filter(|g| g.judges_locally())
             .map(|g| guard::Window::new(1, g.window_ms).slot_ms())
             .min()
             .map_or(1000, |slot| slot.clamp(100, 1000))
@@ -161,15 +196,18 @@ impl Installed {
         else {
             return Live::default();
         };
-        let needs_clock =
-            rollout.schedule.is_some() || rollout.guard.as_ref().is_some_and(|g| g.slow.is_some());
+        let needs_clock = rollout.schedule.is_some()
+            || rollout
+                .guard
+                .as_ref()
+                .is_some_and(|g| g.slow_response_ms.is_some());
         Live {
             now_ms: if needs_clock {
                 clock()
             } else {
                 self.now_ms.get()
             },
-            guard_tripped: state.tripped(),
+            tripped: state.tripped(),
         }
     }
 
@@ -189,6 +227,13 @@ impl Installed {
         let learn = board != self.trips_seen.replace(board);
         let now = u64::try_from(self.now_ms.get()).unwrap_or(0);
         for (rollout, state) in self.config.rollouts.iter().zip(&self.rollouts) {
+            if let (true, Some(m)) = (learn, &state.mesh) {
+                let recorded = mesh::recorded_trips(&store, &m.keys, m.generation);
+                if recorded & !m.tripped.get() != 0 {
+                    m.tripped.set(m.tripped.get() | recorded);
+                    set_gauge(&state.names.guard_tripped(), 1);
+                }
+            }
             let (Some(cell), Some(config)) = (&state.guard, &rollout.guard) else {
                 continue;
             };
@@ -212,6 +257,127 @@ impl Installed {
                     set_gauge(&state.names.guard_tripped(), 1);
                     log_trip(rollout, config, &trip);
                 }
+            }
+        }
+    }
+}
+
+impl Installed {
+    /// The mesh verdict's tick: each poll that is due and whose turn this
+    /// VM takes is sent with `dispatch` (Envoy's HTTP call: the token, or
+    /// why Envoy refused it).
+    pub fn tick_polls(&self, mut dispatch: impl FnMut(&Poll) -> Option<u32>) {
+        let store = HostShared;
+        let now = self.now_ms.get();
+        for p in &self.polls {
+            if now < p.due_ms.get() {
+                continue;
+            }
+            match mesh::take_turn(&store, &p.poll.turn_key, now, p.poll.interval_ms) {
+                Err(due) => p.due_ms.set(due),
+                Ok(()) => {
+                    p.due_ms.set(
+                        now.saturating_add(i64::try_from(p.poll.interval_ms).unwrap_or(i64::MAX)),
+                    );
+                    match dispatch(&p.poll) {
+                        Some(token) => p.pending.set(Some(token)),
+                        None => self.poll_result(p, Err(PollFailure::Unreachable)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The poll whose call has this token, if it is this config's; its
+    /// call is no longer in flight.
+    pub fn poll_of(&self, token: u32) -> Option<&PollState> {
+        let p = self.polls.iter().find(|p| p.pending.get() == Some(token))?;
+        p.pending.set(None);
+        Some(p)
+    }
+
+    /// A poll's answer, read: counted, and applied to each rollout that
+    /// reads it. A failure changes nothing: the last verdict holds.
+    pub fn poll_result(&self, p: &PollState, answer: Result<Vec<Series>, PollFailure>) {
+        let store = HostShared;
+        let result = answer.as_ref().map_or_else(|f| f.name(), |_| "ok");
+        add_to_counter(&self.plugin_names.mesh_polls(result), 1);
+        let failing = match answer {
+            Ok(failing) => failing,
+            Err(failure) => {
+                if mesh::log_due(&store, &p.poll.logged_key, self.now_ms.get()) {
+                    warn!(
+                        "mesh verdict: the poll of {} (cluster {}) failed ({}); the last verdict holds",
+                        p.poll.authority,
+                        p.poll.cluster,
+                        failure.name()
+                    );
+                }
+                return;
+            }
+        };
+        let scoped = self.config.scope.is_some();
+        let mut unknown = 0;
+        let mut tripped_any = false;
+        for &i in &p.poll.rollouts {
+            let (Some(rollout), Some(state)) = (self.config.rollouts.get(i), self.rollouts.get(i))
+            else {
+                continue;
+            };
+            let (Some(m), Some(config)) = (
+                &state.mesh,
+                rollout.guard.as_ref().and_then(|g| g.mesh.as_ref()),
+            ) else {
+                continue;
+            };
+            let v = mesh::verdict(&failing, rollout, config, scoped);
+            unknown += v.unknown;
+            if v.tripped & !m.tripped.get() == 0 {
+                continue;
+            }
+            let added = mesh::record_trips(&store, &m.keys, m.generation, v.tripped);
+            m.tripped.set(m.tripped.get() | v.tripped);
+            set_gauge(&state.names.guard_tripped(), 1);
+            if added == 0 {
+                continue;
+            }
+            // This VM recorded the trip: it counts it and says so, once for
+            // the proxy.
+            tripped_any = true;
+            let names: Vec<&str> = (1..rollout.versions.len())
+                .filter(|&v| added >> v & 1 == 1)
+                .map(|v| version_name(rollout, v))
+                .collect();
+            for name in &names {
+                add_to_counter(&state.names.mesh_trips(name), 1);
+            }
+            let of = rollout
+                .name()
+                .map(|n| format!(" of rollout {n}"))
+                .unwrap_or_default();
+            warn!(
+                "guard tripped{of} by the mesh verdict: Prometheus names {} failing ({}). Every request no rule \
+                 pins to {} now goes to {} until a new config is pushed",
+                names.join(", "),
+                config.query,
+                names.join(", "),
+                version_name(rollout, 0),
+            );
+        }
+        if tripped_any {
+            // The other VMs read the records when the board moves.
+            shared::bump(&store, &self.plugin_keys.trips());
+        }
+        if unknown > 0 {
+            add_to_counter(
+                &self.plugin_names.mesh_ignored_series(),
+                u64::try_from(unknown).unwrap_or(u64::MAX),
+            );
+            if mesh::log_due(&store, &p.poll.logged_key, self.now_ms.get()) {
+                warn!(
+                    "mesh verdict: {unknown} series of the answer of {} name no version of the rollout they apply to; ignored",
+                    p.poll.authority
+                );
             }
         }
     }
@@ -257,24 +423,36 @@ impl RolloutState {
         for (i, version) in rollout.versions.iter().enumerate() {
             set_gauge(&names.stable(&version.name), u64::from(i == 0));
         }
-        let guard = rollout.guard.as_ref().map(|config| {
-            let g = Guarded::start(
-                store,
-                keys,
-                fingerprint,
-                push,
-                config,
-                rollout.versions.len(),
-            );
-            if push.first {
-                set_gauge(&names.guard_tripped(), 0);
-            }
-            RefCell::new(g)
-        });
+        if push.first && rollout.guard.is_some() {
+            set_gauge(&names.guard_tripped(), 0);
+        }
+        let mesh_state = rollout
+            .guard
+            .as_ref()
+            .and_then(|g| g.mesh.as_ref())
+            .map(|_| MeshState::start(store, keys.clone(), push));
+        let guard = rollout
+            .guard
+            .as_ref()
+            .filter(|g| g.judges_locally())
+            .map(|config| {
+                RefCell::new(Guarded::start(
+                    store,
+                    keys,
+                    fingerprint,
+                    push,
+                    config,
+                    rollout.versions.len(),
+                ))
+            });
         // Responses are counted as the guard judges them: only with one,
-        // which reads each response anyway.
+        // which reads each response anyway (the local verdict's window, or
+        // the counters the mesh verdict's rules read).
         let judged = rollout.guard.is_some();
-        let timed = rollout.guard.as_ref().is_some_and(|g| g.slow.is_some());
+        let timed = rollout
+            .guard
+            .as_ref()
+            .is_some_and(|g| g.slow_response_ms.is_some());
         RolloutState {
             requests: ByDecision::define(rollout, true, |v, r| names.requests(v, r)),
             responses: ByDecision::define(rollout, judged, |v, r| names.responses(v, r)),
@@ -294,7 +472,7 @@ impl RolloutState {
             })
                 .map(|_| LazyCounter::default())
                 .collect(),
-            trips: match &guard {
+            trips: match &rollout.guard {
                 Some(_) => rollout
                     .versions
                     .iter()
@@ -304,20 +482,29 @@ impl RolloutState {
             },
             names,
             guard,
+            mesh: mesh_state,
         }
     }
 
-    fn tripped(&self) -> bool {
-        self.guard
+    /// The versions held back: every canary once the local verdict tripped,
+    /// and those the mesh verdict named.
+    fn tripped(&self) -> u32 {
+        let local = self
+            .guard
             .as_ref()
-            .is_some_and(|g| g.try_borrow().is_ok_and(|g| g.tripped))
+            .is_some_and(|g| g.try_borrow().is_ok_and(|g| g.tripped));
+        let mesh = self.mesh.as_ref().map_or(0, |m| m.tripped.get());
+        if local {
+            Live::ALL_CANARIES | mesh
+        } else {
+            mesh
+        }
     }
 
     fn record(&self, now_ms: i64, o: Outcome) {
-        let Some(cell) = &self.guard else {
-            return;
-        };
-        if let Ok(mut g) = cell.try_borrow_mut() {
+        // The local verdict's window, if the guard judges here; the
+        // counters in any case (the mesh's rules read them).
+        if let Some(Ok(mut g)) = self.guard.as_ref().map(RefCell::try_borrow_mut) {
             let at = u64::try_from(now_ms).unwrap_or(0);
             g.local.record(at, o.version, o.failure, o.slow);
         }
@@ -345,6 +532,24 @@ impl RolloutState {
             .flat_map(|v| Failure::all().map(move |f| (v, f)));
         for (counter, (version, failure)) in self.failures.iter().zip(kinds) {
             counter.flush(|| names.failures(&version.name, failure));
+        }
+    }
+}
+
+impl MeshState {
+    /// The first VM to accept the rollout's push starts its record afresh;
+    /// the others read what the mesh has tripped for it so far.
+    fn start(store: &HostShared, keys: Keys, push: Push) -> MeshState {
+        let tripped = if push.first {
+            mesh::start_trips(store, &keys, push.generation);
+            0
+        } else {
+            mesh::recorded_trips(store, &keys, push.generation)
+        };
+        MeshState {
+            keys,
+            generation: push.generation,
+            tripped: Cell::new(tripped),
         }
     }
 }

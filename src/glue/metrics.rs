@@ -20,6 +20,13 @@ pub fn set_gauge(name: &str, value: u64) {
     let _ = hostcalls::record_metric(define_metric(MetricType::Gauge, name), value);
 }
 
+/// Adds `n` to the counter `name`, defining it if need be: for counts that
+/// change far less often than requests (polls, trips).
+pub fn add_to_counter(name: &str, n: u64) {
+    let id = define_metric(MetricType::Counter, name);
+    let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+}
+
 /// A counter kept in the VM and added to Envoy's on the tick.
 pub struct Counter {
     id: u32,

@@ -9,6 +9,8 @@ use log::error;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
+use crate::mesh;
+
 use super::installed::Installed;
 use super::now_ms;
 use super::stream::Stream;
@@ -21,7 +23,34 @@ pub struct Plugin {
     installed: Option<Rc<Installed>>,
 }
 
-impl Context for Plugin {}
+impl Context for Plugin {
+    /// The answer of a poll of Prometheus (or Envoy's word that none came:
+    /// no headers at all).
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(installed) = self.installed.clone() else {
+            return;
+        };
+        // A call of a config since replaced: its answer is not this one's.
+        let Some(poll) = installed.poll_of(token) else {
+            return;
+        };
+        let status = if headers == 0 {
+            None
+        } else {
+            self.get_http_call_response_header_bytes(":status")
+        };
+        let answer = mesh::read_answer(status.as_deref(), body_size, || {
+            self.get_http_call_response_body(0, body_size)
+        });
+        installed.poll_result(poll, answer);
+    }
+}
 
 impl RootContext for Plugin {
     fn on_configure(&mut self, _config_size: usize) -> bool {
@@ -65,5 +94,16 @@ impl RootContext for Plugin {
         installed.now_ms.set(now_ms(self));
         installed.show_weights(true);
         installed.tick_guards();
+        installed.tick_polls(|poll| {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", poll.path.as_str()),
+                (":authority", poll.authority.as_str()),
+                ("accept", "application/json"),
+            ];
+            let timeout = Duration::from_millis(poll.timeout_ms);
+            self.dispatch_http_call(&poll.cluster, headers, None, vec![], timeout)
+                .ok()
+        });
     }
 }

@@ -1169,8 +1169,14 @@ fn guard_config_defaults_and_errors() {
     let r = rollout(GUARDED);
     let g = r.guard.as_ref().unwrap();
     assert_eq!(
-        (g.window_ms, g.min_requests, g.max_error_rate, g.slow),
-        (10_000, 20, Some(0.1), Some((500, 0.5)))
+        (
+            g.window_ms,
+            g.min_requests,
+            g.max_error_rate,
+            g.slow_response_ms,
+            g.max_slow_rate
+        ),
+        (10_000, 20, Some(0.1), Some(500), Some(0.5))
     );
     let r = rollout(
         r#"{"versions":[{"name":"a","weight":90},{"name":"b","weight":10}],"guard":{"maxErrorRateAboveStable":0.02}}"#,
@@ -1326,10 +1332,7 @@ fn the_schedule_moves_the_split_at_each_step_and_only_forward() {
     .unwrap();
     let start = r.schedule.as_ref().unwrap().start_ms;
     let share = |now_ms: i64| {
-        let live = Live {
-            now_ms,
-            guard_tripped: false,
-        };
+        let live = Live { now_ms, tripped: 0 };
         let on_v2 = (0..20_000)
             .filter(|i| {
                 let id = format!("user-{i}");
@@ -1363,7 +1366,7 @@ fn the_schedule_moves_the_split_at_each_step_and_only_forward() {
                 &mut WyRand(1),
                 Live {
                     now_ms: t,
-                    guard_tripped: false,
+                    tripped: 0,
                 },
             )
             .version;
@@ -1378,7 +1381,7 @@ fn a_tripped_guard_sends_unpinned_traffic_to_stable_but_rules_still_apply() {
     let r = rollout(GUARDED);
     let tripped = Live {
         now_ms: 0,
-        guard_tripped: true,
+        tripped: Live::ALL_CANARIES,
     };
     let v2_user = (0..1000)
         .map(|i| format!("user-{i}"))
@@ -1416,7 +1419,7 @@ fn guarded_streams_report_errors_and_slow_responses() {
     let mut host = FakeRequest::with(&[("x-user-id", v2_user.as_bytes())]);
     let live = Live {
         now_ms: 1_000,
-        guard_tripped: false,
+        tripped: 0,
     };
     let (_, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1), live);
     let pending = pending.expect("the guard counts every response");
@@ -1862,7 +1865,7 @@ fn canary_pending(r: &Rollout) -> filter::Pending {
     let mut host = FakeRequest::with(&[("x-user-id", user.as_bytes())]);
     let live = Live {
         now_ms: 1_000,
-        guard_tripped: false,
+        tripped: 0,
     };
     filter::on_request_headers(r, &mut host, &mut WyRand(1), live)
         .1

@@ -182,7 +182,7 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
     };
     let live = Live {
         now_ms: at.ms,
-        guard_tripped: false,
+        tripped: 0,
     };
     let seed = {
         let mut bytes = [0u8; 8];
