@@ -127,10 +127,12 @@ fn read_i64(value: Option<&[u8]>) -> Option<i64> {
 pub enum PollFailure {
     /// Envoy refused the call: no such cluster, or a bad header.
     Unreachable,
-    /// No answer: Envoy gave up (the timeout, a reset, no healthy host).
+    /// No answer at all: the call was reset.
     NoAnswer,
-    /// An answer whose HTTP status is not 200.
-    HttpStatus,
+    /// An answer whose HTTP status is not 200: Prometheus' own (503 while
+    /// it is not ready), or Envoy's for the call (503 when it cannot
+    /// connect, 504 at the timeout).
+    HttpStatus(u16),
     /// A body larger than [`MAX_ANSWER_BYTES`].
     TooLarge,
     /// A body that is not the API's JSON, or a failed or non-vector query.
@@ -138,13 +140,15 @@ pub enum PollFailure {
 }
 
 impl PollFailure {
-    pub fn name(self) -> &'static str {
+    /// As the poll counter's `result` label says it: `unreachable`,
+    /// `no_answer`, `http_503`, `too_large`, `bad_answer`.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
         match self {
-            PollFailure::Unreachable => "unreachable",
-            PollFailure::NoAnswer => "no_answer",
-            PollFailure::HttpStatus => "http_error",
-            PollFailure::TooLarge => "too_large",
-            PollFailure::BadAnswer => "bad_answer",
+            PollFailure::Unreachable => "unreachable".into(),
+            PollFailure::NoAnswer => "no_answer".into(),
+            PollFailure::HttpStatus(code) => format!("http_{code}").into(),
+            PollFailure::TooLarge => "too_large".into(),
+            PollFailure::BadAnswer => "bad_answer".into(),
         }
     }
 }
@@ -196,7 +200,15 @@ pub fn read_answer(
     match status {
         None => return Err(PollFailure::NoAnswer),
         Some(b"200") => {}
-        Some(_) => return Err(PollFailure::HttpStatus),
+        Some(other) => {
+            // Three digits (Envoy checks), else no code a counter can name.
+            let code = std::str::from_utf8(other)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+                .filter(|c| (100..600).contains(c))
+                .unwrap_or(0);
+            return Err(PollFailure::HttpStatus(code));
+        }
     }
     if body_size > MAX_ANSWER_BYTES {
         return Err(PollFailure::TooLarge);

@@ -300,8 +300,8 @@ impl Installed {
     /// reads it. A failure changes nothing: the last verdict holds.
     pub fn poll_result(&self, p: &PollState, answer: Result<Vec<Series>, PollFailure>) {
         let store = HostShared;
-        let result = answer.as_ref().map_or_else(|f| f.name(), |_| "ok");
-        add_to_counter(&self.plugin_names.mesh_polls(result), 1);
+        let result = answer.as_ref().map_or_else(|f| f.name(), |_| "ok".into());
+        add_to_counter(&self.plugin_names.mesh_polls(&result), 1);
         let failing = match answer {
             Ok(failing) => failing,
             Err(failure) => {

@@ -42,7 +42,8 @@ fn an_answer_is_read_strictly_and_only_its_failing_series_kept() {
     assert_eq!(read(b"200", with_warnings.to_vec()), Ok(vec![]));
 
     for (status, body, failure) in [
-        (&b"503"[..], answer(""), PollFailure::HttpStatus),
+        (&b"503"[..], answer(""), PollFailure::HttpStatus(503)),
+        (b"20x", answer(""), PollFailure::HttpStatus(0)),
         (
             b"200",
             b"<html>gateway</html>".to_vec(),
@@ -84,6 +85,7 @@ fn an_answer_is_read_strictly_and_only_its_failing_series_kept() {
         );
     }
     assert_eq!(read_answer(None, 0, || None), Err(PollFailure::NoAnswer));
+    assert_eq!(PollFailure::HttpStatus(504).name(), "http_504");
     // A huge body is refused by its size, never read.
     let huge = read_answer(Some(b"200"), MAX_ANSWER_BYTES + 1, || {
         panic!("read a huge body")

@@ -136,6 +136,32 @@ def failing_version(version: str, percent: int = 0):
     return hook
 
 
+def prometheus_cluster(port: int, name: str = "prometheus"):
+    """A bootstrap hook: a cluster `name` to a Prometheus on 127.0.0.1:`port`,
+    for the mesh verdict's polls (Istio's would be
+    `outbound|9090||prometheus.istio-system.svc.cluster.local`)."""
+
+    def hook(cfg: dict) -> None:
+        cfg["static_resources"]["clusters"].append({
+            "name": name,
+            "connect_timeout": "0.25s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+        })
+
+    return hook
+
+
+def hooks(*each):
+    """One bootstrap hook that runs each of these in turn."""
+
+    def hook(cfg: dict) -> None:
+        for h in each:
+            h(cfg)
+
+    return hook
+
+
 # --- HTTP -------------------------------------------------------------------
 
 

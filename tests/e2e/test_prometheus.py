@@ -45,16 +45,19 @@ INTERVAL = 1
 
 
 class Prometheus:
-    """A Prometheus server scraping the given Envoys, with the rule file."""
+    """A Prometheus server scraping the given Envoys, with the rule files
+    (by default the alert rules), on `port` (by default a free one)."""
 
-    def __init__(self, workdir, targets: list[tuple[object, dict]]):
+    def __init__(self, workdir, targets: list[tuple[object, dict]], port: int | None = None,
+                 rule_files: list | None = None):
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus not found: apt-get install prometheus (.ci/run does)")
-        self.port = free_port()
+        self.workdir = workdir
+        self.port = port or free_port()
         config = {
             "global": {"scrape_interval": f"{INTERVAL}s", "evaluation_interval": f"{INTERVAL}s"},
-            "rule_files": [str(RULES_FILE)],
+            "rule_files": [str(f) for f in (rule_files if rule_files is not None else [RULES_FILE])],
             "scrape_configs": [{
                 "job_name": "envoy-stats",
                 "metrics_path": "/stats/prometheus",
@@ -66,9 +69,14 @@ class Prometheus:
             }],
         }
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.log = open(workdir / "prometheus.log", "w")
+        self.binary = binary
+        self.start()
+
+    def start(self) -> None:
+        workdir = self.workdir
+        self.log = open(workdir / "prometheus.log", "a")
         self.proc = subprocess.Popen(
-            [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
+            [self.binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
