@@ -156,7 +156,7 @@ $(ENVOY_MATRIX_DIR)/%.installed:
 # ---- end istio ----
 
 # ---- bench (performance) ----
-.PHONY: bench bench-micro bench-envoy bench-grpc bench-memory bench-rollouts bench-tools bench-prev
+.PHONY: bench bench-micro bench-envoy bench-grpc bench-memory bench-rollouts bench-mesh bench-tools bench-prev
 comma := ,
 
 # The module `make bench` compares the current one with: the one the commit
@@ -172,7 +172,7 @@ ALLOCS_WASM := target/bench/canary-selector-alloc-stats.wasm
 ## module's allocations per request (BENCHMARKS.md). Env: ROUNDS, DURATION,
 ## CONNECTIONS, WARMUP, VARIANTS (tests/bench/bench.py lists them),
 ## PREV_REV (a commit, or empty), CANARY_WASM_EXTRA=name=path,... (more builds).
-bench: bench-micro bench-envoy bench-memory bench-rollouts
+bench: bench-micro bench-envoy bench-memory bench-rollouts bench-mesh
 
 ## bench-micro: ns per decision and allocations, natively (tests/bench/decision.rs)
 bench-micro:
@@ -197,6 +197,12 @@ bench-memory: build venv bench-tools $(SDK_FLOOR_WASM)
 ## lists), Envoy's RSS with 1 and 500, and how long a push of 500 takes (tests/bench/rollouts.py)
 bench-rollouts: build venv bench-tools
 	$(VPY) tests/bench/rollouts.py
+
+## bench-mesh: the mesh verdict: time from the first failing response to the last of 3 proxies
+## tripped (a real Prometheus, the shipped rules; SCRAPE, EVAL, POLL), queries/s, and CPU per
+## request with the mesh verdict on against off (tests/bench/mesh.py)
+bench-mesh: build venv bench-tools
+	$(VPY) tests/bench/mesh.py
 
 # The floor reference of the memory figures (tests/bench/sdk_floor/main.rs).
 SDK_FLOOR_WASM := target/bench/sdk-floor.wasm

@@ -266,6 +266,8 @@ class Envoy:
     proc: subprocess.Popen | None = None
     # Top-level bootstrap fields to add (memory.py's MEMORY_RELEASE).
     bootstrap_extra: dict = field(default_factory=dict)
+    # More clusters (mesh.py's Prometheus).
+    extra_clusters: list = field(default_factory=list)
 
     def start(self) -> "Envoy":
         self.workdir = OUT / self.variant.name
@@ -284,6 +286,7 @@ class Envoy:
         if "config_discovery" in (extra or {}):
             cfg["node"] = {"id": "bench", "cluster": "bench"}  # xDS needs a node identity
         cfg.update(self.bootstrap_extra)
+        cfg["static_resources"].setdefault("clusters", []).extend(self.extra_clusters)
         (self.workdir / "envoy.yaml").write_text(yaml.safe_dump(cfg))
         self.log = self.workdir / "envoy.log"
         self.proc = subprocess.Popen(
