@@ -148,3 +148,84 @@ def test_diff_predicts_the_shares_measured_through_envoy(start_envoy, tmp_path):
     diff = json.loads(out.stdout)
     assert diff["saltChanged"]
     assert_measured_shares_match(served[1], served[2], predicted(diff), names)
+
+
+def rollouts_config(rng: random.Random, catch_all: bool) -> dict:
+    """Rollouts on overlapping host patterns and path prefixes (an exact
+    name, wildcards one within the other, `*` or not), each at random
+    weights, its versions named after it."""
+
+    def rollout(name: str, hosts: list[str], prefixes: list[str] | None = None) -> dict:
+        canary = round(rng.uniform(0, 100), rng.choice([0, 2]))
+        entry = {
+            "name": name,
+            "hosts": hosts,
+            "versions": [{"name": f"{name}-v1", "weight": 100 - canary}, {"name": f"{name}-v2", "weight": canary}],
+            "stickiness": {"userIdHeaders": ["x-user-id"]},
+        }
+        if prefixes:
+            entry["pathPrefixes"] = prefixes
+        return entry
+
+    rollouts = [
+        rollout("iris", ["iris.example.com"]),
+        rollout("catalog", ["*.example.com"], ["/v1/"]),
+        rollout("eu", ["*.eu.example.com"]),
+        rollout("api-v2", ["api.example.com"], ["/v2/"]),
+        rollout("api", ["api.example.com"], ["/v1/", "/v2/models/legacy"]),
+    ]
+    if catch_all:
+        rollouts.append(rollout("any", ["*"]))
+    rng.shuffle(rollouts)
+    return {"rollouts": rollouts}
+
+
+HOSTS = [
+    "iris.example.com",
+    "IRIS.Example.com:8080",
+    "iris.example.com.",
+    "a.example.com",
+    "x.eu.example.com",
+    "eu.example.com",
+    "api.example.com",
+    "example.com",
+    "models.other.org",
+]
+PATHS = ["/v1/models/m:predict", "/v2/models/x/infer", "/v2/models/legacy/infer", "/health"]
+
+
+def test_explain_picks_the_rollout_the_filter_in_envoy_picks_for_each_host_and_path(start_envoy, tmp_path):
+    rng = random.Random(SEED)
+    envoy = None
+    for k, catch_all in enumerate([False, True]):
+        config = rollouts_config(rng, catch_all)
+        path = tmp_path / f"rollouts{k}.json"
+        path.write_text(json.dumps(config))
+        if envoy is None:
+            envoy = start_envoy(config)
+        else:
+            assert envoy.push(config), envoy.logs()[-1500:]
+        conn = envoy.connection()
+        picked = Counter()
+        for host in HOSTS:
+            for request_path in PATHS:
+                user = f"user-{rng.randrange(10**6)}"
+                response = envoy.request([("host", host), ("x-user-id", user)], path=request_path, conn=conn)
+                # What the filter wrote in the routing header, as the backend saw it: nothing when untouched.
+                served = response.header("x-upstream-saw-version") or None
+                out = canary_selector(
+                    "explain", str(path), "--host", host, "--path", request_path, "-H", f"x-user-id: {user}", "-o", "json"
+                )
+                assert out.returncode == 0, out.stderr
+                explained = json.loads(out.stdout)
+                where = (SEED, catch_all, host, request_path)
+                assert explained["version"] == served, (where, explained)
+                rollout = explained["rollout"]["name"]
+                if served is None:
+                    assert explained["reason"] == "untouched" and rollout is None, (where, explained)
+                else:
+                    assert served.startswith(f"{rollout}-v"), (where, explained)
+                picked[rollout] += 1
+        # Every rollout was picked somewhere, and some requests passed untouched.
+        names = {r["name"] for r in config["rollouts"]}
+        assert set(picked) == names | {None}, picked

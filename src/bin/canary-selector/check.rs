@@ -1,14 +1,20 @@
 //! `check`: every plugin config through the filter's own parser and
-//! validator, then, when VirtualServices and DestinationRules are among the
-//! files, the rollout's wiring: each version has exactly one route on the
-//! routing header, to a subset a DestinationRule defines, no two versions
-//! share a subset, and the default route goes to the stable version's.
+//! validator (`Config::from_json`); for a config with `rollouts`, a warning
+//! for each rollout that more specific host patterns of other rollouts keep
+//! from some of its hosts; then, when VirtualServices (with their
+//! DestinationRules) or HTTPRoutes are among the files, the wiring of each
+//! rollout with the routes of its hosts that match on its routing header:
+//! each version has exactly one route matching its name (the stable version
+//! may instead take the default route), to a subset a DestinationRule
+//! defines (VirtualService) or one backend (HTTPRoute), no two versions
+//! share one, and the default route goes to the stable version's.
 
 use serde::Serialize;
 use serde_json::Value;
 
-use canary_selector::config::Rollout;
+use canary_selector::config::{Config, Rollout, Scope};
 
+use crate::hosts::{self, Shadowed};
 use crate::input::{self, Manifest, PluginConfig};
 use crate::{Fatal, Report};
 
@@ -29,9 +35,29 @@ struct ConfigVerdict {
     /// The filter's own one-line error, as its log line has it.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
-    /// The filter's summary of an accepted config (its info log line).
+    /// The filter's summary of an accepted config (its info log line); for
+    /// a config with `rollouts`, their number and names.
     #[serde(skip_serializing_if = "Option::is_none")]
     summary: Option<String>,
+    /// Each rollout of a config with `rollouts`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rollouts: Vec<RolloutVerdict>,
+    /// Rollouts that more specific host patterns of others keep from some
+    /// of their hosts (a warning: the config is accepted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shadowed: Vec<Shadowed>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RolloutVerdict {
+    index: usize,
+    name: String,
+    hosts: Vec<String>,
+    /// Empty for every path.
+    path_prefixes: Vec<String>,
+    /// The filter's summary of the rollout (its info log line).
+    summary: String,
 }
 
 #[derive(Serialize)]
@@ -39,13 +65,37 @@ struct ConfigVerdict {
 struct Wiring {
     /// The plugin config whose versions are routed.
     plugin: String,
+    /// The rollout, for a config with `rollouts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout: Option<String>,
     /// The VirtualService that routes on its header, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     virtual_service: Option<String>,
-    /// version -> subset, for the versions that have one route.
-    routes: Vec<(String, String)>,
-    default_subset: Option<String>,
+    /// The HTTPRoute that routes on its header, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_route: Option<String>,
+    /// Each version that reaches one subset (VirtualService) or backend
+    /// (HTTPRoute).
+    routes: Vec<Routed>,
+    /// Where the default route (one without a match) goes.
+    default_to: Option<String>,
     problems: Vec<String>,
 }
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Routed {
+    version: String,
+    /// The subset (VirtualService) or backend (HTTPRoute).
+    to: String,
+    /// No route matches the version: its requests take the default route.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    by_default_route: bool,
+}
+
+/// The most covered host patterns a warning lists in text; `-o json` has
+/// them all.
+const LISTED_PATTERNS: usize = 10;
 
 impl Report for CheckReport {
     fn text(&self) -> String {
@@ -62,22 +112,48 @@ impl Report for CheckReport {
                     summary.as_deref().unwrap_or_default()
                 )),
             }
+            for r in &c.rollouts {
+                out.push_str(&format!(
+                    "{origin}: rollout {} (hosts {}; {}): {}\n",
+                    r.name,
+                    r.hosts.join(", "),
+                    hosts::paths_text(&r.path_prefixes),
+                    r.summary
+                ));
+            }
+            for s in &c.shadowed {
+                out.push_str(&shadowed_text(&origin, s));
+            }
         }
         for w in &self.wiring {
-            let place = match &w.virtual_service {
-                Some(vs) => format!("{} with {vs}", w.plugin),
-                None => w.plugin.clone(),
-            };
+            let mut place = w.plugin.clone();
+            if let Some(rollout) = &w.rollout {
+                place.push_str(&format!(" rollout {rollout}"));
+            }
+            if let Some(routes) = w.virtual_service.as_ref().or(w.http_route.as_ref()) {
+                place.push_str(&format!(" with {routes}"));
+            }
             if w.problems.is_empty() {
                 let routes: Vec<String> = w
                     .routes
                     .iter()
-                    .map(|(v, s)| format!("{v} -> {s}"))
+                    .map(|r| {
+                        let how = if r.by_default_route {
+                            " (default route)"
+                        } else {
+                            ""
+                        };
+                        format!("{} -> {}{how}", r.version, r.to)
+                    })
                     .collect();
+                let default = match (&w.default_to, &w.http_route) {
+                    (Some(to), _) => format!("default route -> {to}"),
+                    (None, Some(_)) => "no rule without matches: a request the filter did not touch is left to other routes".into(),
+                    (None, None) => String::new(),
+                };
                 out.push_str(&format!(
-                    "{place}: wiring ok: {}; default route -> {}\n",
+                    "{place}: wiring ok: {}; {default}\n",
                     routes.join(", "),
-                    w.default_subset.as_deref().unwrap_or_default()
                 ));
             }
             for p in &w.problems {
@@ -92,12 +168,56 @@ impl Report for CheckReport {
     }
 }
 
+/// A shadowed rollout: what happens on the hosts it loses, and why.
+fn shadowed_text(origin: &str, s: &Shadowed) -> String {
+    let mut out = format!(
+        "{origin}: warning: rollout {} (rollouts[{}]; hosts {}; {}) never takes requests to the hosts below, though its hosts match them: \
+         a request goes to the rollouts of its host's most specific pattern (an exact name, then the longest *.suffix, then *) by the longest path prefix, \
+         or passes untouched; it never falls through to a less specific pattern\n",
+        s.name,
+        s.rollout,
+        s.hosts.join(", "),
+        hosts::paths_text(&s.path_prefixes),
+    );
+    for c in s.covered.iter().take(LISTED_PATTERNS) {
+        let within = if s.hosts.len() > 1 {
+            format!(" (within {})", c.within)
+        } else {
+            String::new()
+        };
+        let mut taken: Vec<String> = c
+            .taken_by
+            .iter()
+            .map(|t| format!("{} -> {}", hosts::paths_text(&t.path_prefixes), t.name))
+            .collect();
+        if c.other_paths_untouched {
+            taken.push("any other path -> no rollout, untouched".into());
+        }
+        out.push_str(&format!(
+            "{origin}:   {}{within}: {}\n",
+            c.pattern,
+            taken.join("; ")
+        ));
+    }
+    if let Some(more) = s
+        .covered
+        .len()
+        .checked_sub(LISTED_PATTERNS)
+        .filter(|&n| n > 0)
+    {
+        out.push_str(&format!(
+            "{origin}:   and {more} more host patterns (-o json lists them all)\n"
+        ));
+    }
+    out
+}
+
 pub fn run(files: &[String]) -> Result<CheckReport, Fatal> {
     let inputs = input::load(files)?;
     if inputs.plugins.is_empty() {
         return Err(input::no_plugin_config(&files.join(", ")));
     }
-    let of_kind = |kind: &str| -> Vec<&Manifest> {
+    let of_kind = |kind: &str, api: &str| -> Vec<&Manifest> {
         inputs
             .manifests
             .iter()
@@ -106,35 +226,62 @@ pub fn run(files: &[String]) -> Result<CheckReport, Fatal> {
                     && m.doc
                         .get("apiVersion")
                         .and_then(Value::as_str)
-                        .is_some_and(|v| v.starts_with("networking.istio.io/"))
+                        .is_some_and(|v| v.starts_with(api))
             })
             .collect()
     };
-    let (services, rules) = (of_kind("VirtualService"), of_kind("DestinationRule"));
+    let rules = of_kind("DestinationRule", "networking.istio.io/");
+    // A VirtualService routes to subsets, which need their DestinationRules.
+    let services = if rules.is_empty() {
+        Vec::new()
+    } else {
+        of_kind("VirtualService", "networking.istio.io/")
+    };
+    let http_routes = of_kind("HTTPRoute", "gateway.networking.k8s.io/");
     let mut configs = Vec::new();
     let mut wiring = Vec::new();
     for plugin in &inputs.plugins {
-        match Rollout::from_json(plugin.json.as_bytes()) {
-            Ok(rollout) => {
-                if !services.is_empty() && !rules.is_empty() {
-                    wiring.extend(wire(plugin, &rollout, &services, &rules));
+        let mut verdict = ConfigVerdict {
+            file: plugin.file.clone(),
+            resource: plugin.resource.as_ref().map(ToString::to_string),
+            accepted: false,
+            error: None,
+            summary: None,
+            rollouts: Vec::new(),
+            shadowed: Vec::new(),
+        };
+        match Config::from_json(plugin.json.as_bytes()) {
+            Ok(config) => {
+                let tables = tables(plugin, &services, &http_routes);
+                if !tables.is_empty() {
+                    let defined = subsets_defined(&rules, plugin_namespace(plugin));
+                    let patterns = hosts::patterns(&config);
+                    for rollout in &config.rollouts {
+                        wiring.extend(wire(plugin, rollout, &patterns, &tables, &defined));
+                    }
                 }
-                configs.push(ConfigVerdict {
-                    file: plugin.file.clone(),
-                    resource: plugin.resource.as_ref().map(ToString::to_string),
-                    accepted: true,
-                    error: None,
-                    summary: Some(rollout.summary()),
-                });
+                verdict.accepted = true;
+                verdict.summary = Some(summary(&config));
+                verdict.rollouts = config
+                    .rollouts
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(index, r)| {
+                        let scope = r.scope.as_ref()?;
+                        Some(RolloutVerdict {
+                            index,
+                            name: scope.name.clone(),
+                            hosts: scope.hosts.clone(),
+                            path_prefixes: scope.path_prefixes.clone(),
+                            summary: r.summary(),
+                        })
+                    })
+                    .collect();
+                verdict.shadowed = hosts::shadowed(&config);
             }
-            Err(e) => configs.push(ConfigVerdict {
-                file: plugin.file.clone(),
-                resource: plugin.resource.as_ref().map(ToString::to_string),
-                accepted: false,
-                error: Some(e.to_string()),
-                summary: None,
-            }),
+            Err(e) => verdict.error = Some(e.to_string()),
         }
+        configs.push(verdict);
     }
     let ok = configs.iter().all(|c| c.accepted) && wiring.iter().all(|w| w.problems.is_empty());
     Ok(CheckReport {
@@ -142,6 +289,18 @@ pub fn run(files: &[String]) -> Result<CheckReport, Fatal> {
         wiring,
         ok,
     })
+}
+
+/// The filter's info line for an accepted config: the rollout's summary, or
+/// for a config with `rollouts` their number and names.
+fn summary(config: &Config) -> String {
+    match (&config.scope, config.rollouts.as_slice()) {
+        (None, [one]) => one.summary(),
+        _ => {
+            let names: Vec<&str> = config.rollouts.iter().filter_map(Rollout::name).collect();
+            format!("{} rollouts ({})", names.len(), names.join(", "))
+        }
+    }
 }
 
 /// A Service host as a fully qualified name, as Istio resolves short names
@@ -158,7 +317,180 @@ fn namespace_of<'a>(m: &'a Manifest, fallback: &'a str) -> &'a str {
     m.resource.namespace.as_deref().unwrap_or(fallback)
 }
 
-/// One HTTP route of a VirtualService, as far as the wiring goes.
+fn plugin_namespace(plugin: &PluginConfig) -> &str {
+    plugin
+        .resource
+        .as_ref()
+        .and_then(|r| r.namespace.as_deref())
+        .unwrap_or("default")
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    VirtualService,
+    HttpRoute,
+}
+
+/// How a kind's routes are spoken of in messages.
+struct Words {
+    route: &'static str,
+    target: &'static str,
+    default: &'static str,
+}
+
+impl Kind {
+    fn words(self) -> Words {
+        match self {
+            Kind::VirtualService => Words {
+                route: "route",
+                target: "subset",
+                default: "the default route",
+            },
+            Kind::HttpRoute => Words {
+                route: "rule",
+                target: "backend",
+                default: "the default rule",
+            },
+        }
+    }
+}
+
+/// A VirtualService or HTTPRoute within a plugin's reach.
+struct Table<'a> {
+    manifest: &'a Manifest,
+    kind: Kind,
+    /// Where its short names resolve.
+    namespace: &'a str,
+    /// `spec.hosts` or `spec.hostnames` (none: every host), lowercased.
+    hosts: Vec<String>,
+}
+
+impl Table<'_> {
+    /// Whether the rollout of `scope` takes requests to some host of these
+    /// routes: one of its patterns is the most specific pattern of the
+    /// config (`patterns`) for some of them. A VirtualService's host stands
+    /// for the names a client calls the Service by (`model`,
+    /// `model.models`, ..., resolved in its namespace as Istio does).
+    fn serves(&self, patterns: &[&str], scope: &Scope) -> bool {
+        let names: Vec<String> = self
+            .hosts
+            .iter()
+            .flat_map(|h| match self.kind {
+                Kind::VirtualService => service_names(h, self.namespace),
+                Kind::HttpRoute => vec![h.clone()],
+            })
+            .collect();
+        scope.hosts.iter().any(|pattern| {
+            names
+                .iter()
+                .any(|host| hosts::takes_some(patterns, pattern, host))
+        })
+    }
+}
+
+/// The names a client may call a VirtualService host by: a Kubernetes
+/// Service's short and longer names, or the host itself.
+fn service_names(host: &str, namespace: &str) -> Vec<String> {
+    if host.contains('*') || host.starts_with('[') {
+        return vec![host.to_string()];
+    }
+    let full = fqdn(host, namespace);
+    let Some((name, ns)) = full
+        .strip_suffix(".svc.cluster.local")
+        .and_then(|base| base.split_once('.'))
+        .filter(|(_, ns)| !ns.contains('.'))
+    else {
+        return vec![host.to_string()];
+    };
+    vec![
+        full.clone(),
+        format!("{name}.{ns}.svc"),
+        format!("{name}.{ns}"),
+        name.to_string(),
+    ]
+}
+
+/// The VirtualServices and HTTPRoutes that apply where the plugin runs. A
+/// WasmPlugin acts in its own namespace (in Istio's root namespace, in
+/// every one): a VirtualService of another namespace is another rollout's.
+/// A plugin attached to Gateways by `targetRefs` sees the HTTPRoutes whose
+/// `parentRefs` name one of them, from any namespace; one selecting
+/// workloads by label, the HTTPRoutes of its namespace or attached to a
+/// Gateway there.
+fn tables<'a>(
+    plugin: &'a PluginConfig,
+    services: &[&'a Manifest],
+    http_routes: &[&'a Manifest],
+) -> Vec<Table<'a>> {
+    let plugin_ns = plugin_namespace(plugin);
+    let mesh_wide = plugin.resource.is_none() || plugin_ns == "istio-system";
+    let lowercase = |m: &Manifest, pointer: &str| -> Vec<String> {
+        m.doc
+            .pointer(pointer)
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_ascii_lowercase)
+            .collect()
+    };
+    let mut out: Vec<Table> = services
+        .iter()
+        .filter(|vs| mesh_wide || namespace_of(vs, "default") == plugin_ns)
+        .map(|vs| Table {
+            manifest: vs,
+            kind: Kind::VirtualService,
+            namespace: namespace_of(vs, plugin_ns),
+            hosts: lowercase(vs, "/spec/hosts"),
+        })
+        .collect();
+    for route in http_routes {
+        let route_ns = namespace_of(route, "default");
+        let parents: Vec<(&str, &str)> = route
+            .doc
+            .pointer("/spec/parentRefs")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .filter(|p| p.get("kind").and_then(Value::as_str).unwrap_or("Gateway") == "Gateway")
+            .filter_map(|p| {
+                let text = |k: &str| p.get(k).and_then(Value::as_str);
+                Some((text("namespace").unwrap_or(route_ns), text("name")?))
+            })
+            .collect();
+        let attached = if plugin.target_gateways.is_empty() {
+            mesh_wide || route_ns == plugin_ns || parents.iter().any(|(ns, _)| *ns == plugin_ns)
+        } else {
+            parents.iter().any(|(ns, name)| {
+                *ns == plugin_ns && plugin.target_gateways.iter().any(|g| g == name)
+            })
+        };
+        if attached {
+            let mut hosts = lowercase(route, "/spec/hostnames");
+            if hosts.is_empty() {
+                // No hostnames: every host of the Gateway's listeners.
+                hosts.push("*".into());
+            }
+            out.push(Table {
+                manifest: route,
+                kind: Kind::HttpRoute,
+                namespace: route_ns,
+                hosts,
+            });
+        }
+    }
+    out
+}
+
+/// Where a route sends requests: a VirtualService destination's host and
+/// subset, or an HTTPRoute backend's name.
+struct Destination {
+    host: String,
+    subset: Option<String>,
+}
+
+/// One HTTP route of a VirtualService or rule of an HTTPRoute, as far as
+/// the wiring goes.
 struct Route {
     name: String,
     /// Exact values of the routing header this route matches.
@@ -166,108 +498,136 @@ struct Route {
     /// Whether it matches on the routing header at all.
     on_header: bool,
     has_match: bool,
-    /// (host, subset) of each destination.
-    destinations: Vec<(String, Option<String>)>,
+    destinations: Vec<Destination>,
 }
 
-fn routes(vs: &Manifest, header: &str) -> Vec<Route> {
-    let http = vs
-        .doc
-        .pointer("/spec/http")
-        .and_then(Value::as_array)
-        .map_or(&[][..], Vec::as_slice);
-    http.iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let matches = r
-                .get("match")
-                .and_then(Value::as_array)
-                .map_or(&[][..], Vec::as_slice);
-            let conditions: Vec<&Value> = matches
-                .iter()
-                .filter_map(|m| m.get("headers").and_then(Value::as_object))
-                .flat_map(|h| h.iter())
-                .filter(|(name, _)| name.eq_ignore_ascii_case(header))
-                .map(|(_, cond)| cond)
-                .collect();
-            let destinations = r
-                .get("route")
-                .and_then(Value::as_array)
-                .map_or(&[][..], Vec::as_slice)
-                .iter()
-                .map(|d| {
-                    let text = |p: &str| d.pointer(p).and_then(Value::as_str).map(str::to_string);
-                    (
-                        text("/destination/host").unwrap_or_default(),
-                        text("/destination/subset"),
-                    )
-                })
-                .collect();
-            Route {
-                name: r
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .map_or_else(|| format!("http[{i}]"), str::to_string),
-                header_values: conditions
+fn array(v: Option<&Value>) -> &[Value] {
+    v.and_then(Value::as_array).map_or(&[][..], Vec::as_slice)
+}
+
+fn routes(table: &Table, header: &str) -> Vec<Route> {
+    let doc = &table.manifest.doc;
+    let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    match table.kind {
+        Kind::VirtualService => array(doc.pointer("/spec/http"))
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let matches = array(r.get("match"));
+                let conditions: Vec<&Value> = matches
                     .iter()
-                    .filter_map(|c| c.get("exact").and_then(Value::as_str).map(str::to_string))
-                    .collect(),
-                on_header: !conditions.is_empty(),
-                has_match: !matches.is_empty(),
-                destinations,
-            }
-        })
-        .collect()
+                    .filter_map(|m| m.get("headers").and_then(Value::as_object))
+                    .flat_map(|h| h.iter())
+                    .filter(|(name, _)| name.eq_ignore_ascii_case(header))
+                    .map(|(_, cond)| cond)
+                    .collect();
+                Route {
+                    name: text(r, "/name").unwrap_or_else(|| format!("http[{i}]")),
+                    header_values: conditions
+                        .iter()
+                        .filter_map(|c| text(c, "/exact"))
+                        .collect(),
+                    on_header: !conditions.is_empty(),
+                    has_match: !matches.is_empty(),
+                    destinations: array(r.get("route"))
+                        .iter()
+                        .map(|d| Destination {
+                            host: text(d, "/destination/host").unwrap_or_default(),
+                            subset: text(d, "/destination/subset"),
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+        // Gateway API v1: rules[].matches[].headers[] {type (Exact by
+        // default), name, value}; rules[].backendRefs[].
+        Kind::HttpRoute => array(doc.pointer("/spec/rules"))
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let matches = array(r.get("matches"));
+                let conditions: Vec<&Value> = matches
+                    .iter()
+                    .flat_map(|m| array(m.get("headers")))
+                    .filter(|h| text(h, "/name").is_some_and(|n| n.eq_ignore_ascii_case(header)))
+                    .collect();
+                Route {
+                    name: text(r, "/name").unwrap_or_else(|| format!("rules[{i}]")),
+                    header_values: conditions
+                        .iter()
+                        .filter(|c| text(c, "/type").is_none_or(|t| t == "Exact"))
+                        .filter_map(|c| text(c, "/value"))
+                        .collect(),
+                    on_header: !conditions.is_empty(),
+                    has_match: !matches.is_empty(),
+                    destinations: array(r.get("backendRefs"))
+                        .iter()
+                        .map(|b| {
+                            let name = text(b, "/name").unwrap_or_default();
+                            let host = match text(b, "/namespace") {
+                                Some(ns) if ns != table.namespace => format!("{ns}/{name}"),
+                                _ => name,
+                            };
+                            Destination { host, subset: None }
+                        })
+                        .collect(),
+                }
+            })
+            .collect(),
+    }
 }
 
+/// The wiring of one rollout with each VirtualService and HTTPRoute that
+/// routes its hosts on its routing header, or the problem that none does.
 fn wire(
     plugin: &PluginConfig,
     rollout: &Rollout,
-    services: &[&Manifest],
-    rules: &[&Manifest],
+    patterns: &[&str],
+    tables: &[Table],
+    defined: &[(String, String)],
 ) -> Vec<Wiring> {
     let header = rollout.routing_header.as_str();
-    let plugin_ns = plugin
-        .resource
-        .as_ref()
-        .and_then(|r| r.namespace.as_deref())
-        .unwrap_or("default");
-    let defined = subsets_defined(rules, plugin_ns);
-    // A WasmPlugin acts in its own namespace (in Istio's root namespace, in
-    // every one): a VirtualService of another namespace is another
-    // rollout's, and one of ours with none to check has nothing to wire.
-    let mesh_wide = plugin.resource.is_none() || plugin_ns == "istio-system";
-    let ours: Vec<&Manifest> = services
+    let wirings: Vec<Wiring> = tables
         .iter()
-        .copied()
-        .filter(|vs| mesh_wide || namespace_of(vs, "default") == plugin_ns)
-        .collect();
-    if ours.is_empty() {
-        return Vec::new();
-    }
-    let wirings: Vec<Wiring> = ours
-        .iter()
-        .map(|vs| (*vs, routes(vs, header)))
+        .filter(|t| rollout.scope.as_ref().is_none_or(|s| t.serves(patterns, s)))
+        .map(|t| (t, routes(t, header)))
         .filter(|(_, routes)| routes.iter().any(|r| r.on_header))
-        .map(|(vs, routes)| {
-            let mut wiring = wire_service(rollout, &routes, namespace_of(vs, plugin_ns), &defined);
-            wiring.virtual_service = Some(format!("{}: {}", vs.file, vs.resource));
+        .map(|(t, routes)| {
+            let mut wiring = wire_routes(rollout, t, &routes, defined);
+            let name = format!("{}: {}", t.manifest.file, t.manifest.resource);
+            match t.kind {
+                Kind::VirtualService => wiring.virtual_service = Some(name),
+                Kind::HttpRoute => wiring.http_route = Some(name),
+            }
             wiring.plugin = plugin.origin();
             wiring
         })
         .collect();
-    if wirings.is_empty() {
-        return vec![Wiring {
-            plugin: plugin.origin(),
-            virtual_service: None,
-            routes: Vec::new(),
-            default_subset: None,
-            problems: vec![format!(
-                "no VirtualService among the files routes on the routing header {header}"
-            )],
-        }];
+    if !wirings.is_empty() {
+        return wirings;
     }
-    wirings
+    let has = |kind| tables.iter().any(|t| t.kind == kind);
+    let kinds = match (has(Kind::VirtualService), has(Kind::HttpRoute)) {
+        (true, true) => "VirtualService or HTTPRoute",
+        (true, false) => "VirtualService",
+        _ => "HTTPRoute",
+    };
+    let problem = match &rollout.scope {
+        None => format!("no {kinds} among the files routes on the routing header {header}"),
+        Some(scope) => format!(
+            "no {kinds} among the files routes the rollout's hosts ({}) on its routing header {header}",
+            scope.hosts.join(", ")
+        ),
+    };
+    vec![Wiring {
+        plugin: plugin.origin(),
+        rollout: rollout.name().map(str::to_string),
+        virtual_service: None,
+        http_route: None,
+        routes: Vec::new(),
+        default_to: None,
+        problems: vec![problem],
+    }]
 }
 
 /// (fully qualified host, subset name) for every subset of the
@@ -277,8 +637,7 @@ fn subsets_defined(rules: &[&Manifest], fallback_ns: &str) -> Vec<(String, Strin
     for dr in rules {
         let host = dr.doc.pointer("/spec/host").and_then(Value::as_str);
         let host = fqdn(host.unwrap_or_default(), namespace_of(dr, fallback_ns));
-        let subsets = dr.doc.pointer("/spec/subsets").and_then(Value::as_array);
-        for subset in subsets.map_or(&[][..], Vec::as_slice) {
+        for subset in array(dr.doc.pointer("/spec/subsets")) {
             if let Some(name) = subset.get("name").and_then(Value::as_str) {
                 out.push((host.clone(), name.to_string()));
             }
@@ -287,27 +646,37 @@ fn subsets_defined(rules: &[&Manifest], fallback_ns: &str) -> Vec<(String, Strin
     out
 }
 
-/// The one subset `route` sends to; what is wrong with it goes to `problems`.
-fn route_subset(
+/// Where `route` sends: its one subset (VirtualService) or backend
+/// (HTTPRoute); what is wrong with it goes to `problems`.
+fn route_target(
     what: &str,
     route: &Route,
-    namespace: &str,
+    table: &Table,
     defined: &[(String, String)],
     problems: &mut Vec<String>,
 ) -> Option<String> {
-    let [(host, subset)] = route.destinations.as_slice() else {
+    let noun = table.kind.words().route;
+    let [destination] = route.destinations.as_slice() else {
+        let (many, field) = match table.kind {
+            Kind::VirtualService => ("destinations", "destination"),
+            Kind::HttpRoute => ("backendRefs", "backendRef"),
+        };
+        let count = route.destinations.len();
         problems.push(format!(
-            "{what} (route {}) has {} destinations; it needs exactly one",
+            "{what} ({noun} {}) has {count} {}; it needs exactly one {field}",
             route.name,
-            route.destinations.len()
+            if count == 1 { field } else { many },
         ));
         return None;
     };
-    let Some(subset) = subset else {
+    if table.kind == Kind::HttpRoute {
+        return Some(destination.host.clone());
+    }
+    let Some(subset) = &destination.subset else {
         problems.push(format!("{what} (route {}) names no subset", route.name));
         return None;
     };
-    let host = fqdn(host, namespace);
+    let host = fqdn(&destination.host, table.namespace);
     if !defined.iter().any(|(h, s)| *h == host && s == subset) {
         problems.push(format!(
             "{what} (route {}) goes to subset {subset}, which no DestinationRule for {host} defines",
@@ -317,86 +686,108 @@ fn route_subset(
     Some(subset.clone())
 }
 
-/// The wiring of one VirtualService that routes on the plugin's header (the
-/// caller names the two).
-fn wire_service(
+/// The wiring of one VirtualService or HTTPRoute that routes on the
+/// rollout's header (the caller names the plugin and the routes).
+fn wire_routes(
     rollout: &Rollout,
+    table: &Table,
     routes: &[Route],
-    namespace: &str,
     defined: &[(String, String)],
 ) -> Wiring {
     let header = rollout.routing_header.as_str();
+    let words = table.kind.words();
     let mut problems = Vec::new();
-    let mut routed: Vec<(String, String)> = Vec::new();
-    for version in &rollout.versions {
+    // The first route without a match catches what no route before it
+    // does: a request the filter never touched, and a version no route
+    // matches.
+    let default_to = match routes.iter().find(|r| !r.has_match) {
+        Some(route) => route_target(words.default, route, table, defined, &mut problems),
+        None => {
+            // An HTTPRoute's rules are merged with the other routes of its
+            // hosts (KServe's own catch requests without the header).
+            if table.kind == Kind::VirtualService {
+                problems.push(
+                    "no default route (one without a match): a request the filter never touched matches no route"
+                        .into(),
+                );
+            }
+            None
+        }
+    };
+    let mut routed: Vec<Routed> = Vec::new();
+    for (i, version) in rollout.versions.iter().enumerate() {
         let name = version.name.as_str();
         let found: Vec<&Route> = routes
             .iter()
             .filter(|r| r.header_values.iter().any(|v| v == name))
             .collect();
-        match found.as_slice() {
-            [] => problems.push(format!(
-                "version {name} has no route matching {header}: {name}"
+        match (found.as_slice(), &default_to) {
+            // The stable version's requests take the default route, as
+            // those the filter never touched do: wired.
+            ([], Some(to)) if i == 0 => routed.push(Routed {
+                version: name.to_string(),
+                to: to.clone(),
+                by_default_route: true,
+            }),
+            ([], Some(to)) => problems.push(format!(
+                "version {name} has no {} matching {header}: {name}; its requests take {} to {} {to}",
+                words.route, words.default, words.target
             )),
-            [route] => {
+            ([], None) => problems.push(format!(
+                "version {name} has no {} matching {header}: {name}",
+                words.route
+            )),
+            ([route], _) => {
                 let what = format!("version {name}");
-                if let Some(subset) = route_subset(&what, route, namespace, defined, &mut problems)
-                {
-                    routed.push((name.to_string(), subset));
+                if let Some(to) = route_target(&what, route, table, defined, &mut problems) {
+                    routed.push(Routed {
+                        version: name.to_string(),
+                        to,
+                        by_default_route: false,
+                    });
                 }
             }
-            more => {
+            (more, _) => {
                 let names: Vec<&str> = more.iter().map(|r| r.name.as_str()).collect();
                 problems.push(format!(
-                    "version {name} has {} routes matching {header}: {name} ({})",
+                    "version {name} has {} {}s matching {header}: {name} ({})",
                     more.len(),
+                    words.route,
                     names.join(", ")
                 ));
             }
         }
     }
-    for (i, (version, subset)) in routed.iter().enumerate() {
-        if let Some((other, _)) = routed.iter().take(i).find(|(_, s)| s == subset) {
+    for (i, r) in routed.iter().enumerate() {
+        if let Some(other) = routed.iter().take(i).find(|o| o.to == r.to) {
             problems.push(format!(
-                "versions {other} and {version} both route to subset {subset}"
+                "versions {} and {} both route to {} {}",
+                other.version, r.version, words.target, r.to
             ));
         }
     }
-    // The first route without a match catches everything after the others.
-    let default_subset = match routes.iter().find(|r| !r.has_match) {
-        Some(route) => route_subset(
-            "the default route",
-            route,
-            namespace,
-            defined,
-            &mut problems,
-        ),
-        None => {
-            problems.push(
-                "no default route (one without a match): a request the filter never touched matches no route"
-                    .into(),
-            );
-            None
-        }
-    };
     let stable = rollout
         .versions
         .first()
         .map(|v| v.name.as_str())
         .unwrap_or_default();
-    let stable_subset = routed.iter().find(|(v, _)| v == stable).map(|(_, s)| s);
-    if let (Some(d), Some(s)) = (&default_subset, stable_subset) {
+    let stable_to = routed.iter().find(|r| r.version == stable).map(|r| &r.to);
+    if let (Some(d), Some(s)) = (&default_to, stable_to) {
         if d != s {
             problems.push(format!(
-                "the default route goes to subset {d}, not to the stable version {stable}'s subset {s}"
+                "{} goes to {target} {d}, not to the stable version {stable}'s {target} {s}",
+                words.default,
+                target = words.target
             ));
         }
     }
     Wiring {
         plugin: String::new(),
+        rollout: rollout.name().map(str::to_string),
         virtual_service: None,
+        http_route: None,
         routes: routed,
-        default_subset,
+        default_to,
         problems,
     }
 }

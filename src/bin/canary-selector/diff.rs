@@ -8,9 +8,10 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use canary_selector::config::Rollout;
+use canary_selector::config::{authority_host, Config, Rollout, Scope, MAX_AUTHORITY_HOST_LEN};
 
 use crate::explain::source_name;
+use crate::hosts::{self, paths_text};
 use crate::input::{self, PluginConfig};
 use crate::{percent, share_percent, slice, At, Fatal, Report, BUCKETS};
 
@@ -20,17 +21,13 @@ pub struct DiffReport {
     old: Side,
     new: Side,
     at: Option<String>,
-    salt_changed: bool,
-    /// Users moving to another version (share > 0), OLD's order then NEW's.
-    moves: Vec<Move>,
-    /// Users keeping their version.
-    stays: Vec<Move>,
-    /// The moves to an earlier-listed version (same salt only).
-    backward: Vec<Move>,
     allow_backward: bool,
-    rules: RuleChanges,
-    notes: Vec<String>,
-    verdict: String,
+    /// Two configs without `rollouts`: their one rollout's change.
+    #[serde(flatten)]
+    one: Option<RolloutDiff>,
+    /// A config with `rollouts` on either side: the change of each.
+    #[serde(flatten)]
+    many: Option<RolloutsDiff>,
     /// The filter's error for a config it rejects.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -40,14 +37,160 @@ pub struct DiffReport {
 struct Side {
     file: String,
     resource: Option<String>,
+    /// The salt of a config without `rollouts` (each rollout's is in its
+    /// entry of `rollouts`).
     salt: Option<String>,
+}
+
+/// Who moves when one rollout replaces another.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RolloutDiff {
+    salt_changed: bool,
+    /// Users moving to another version (share > 0), OLD's order then NEW's.
+    moves: Vec<Move>,
+    /// Users keeping their version.
+    stays: Vec<Move>,
+    /// The moves to an earlier-listed version (same salt only).
+    backward: Vec<Move>,
+    rules: RuleChanges,
+    notes: Vec<String>,
+    verdict: String,
+}
+
+/// The change of each rollout, matched by name.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RolloutsDiff {
+    /// NEW's rollouts in its order, then those only OLD has.
+    rollouts: Vec<RolloutChange>,
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+    unchanged: Vec<String>,
+    notes: Vec<String>,
+    verdict: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RolloutChange {
+    name: String,
+    /// `added`, `removed`, `unchanged` (the same behaviour: the filter's
+    /// `Rollout::fingerprint`) or `changed`.
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old: Option<Place>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new: Option<Place>,
+    /// For an added rollout, where OLD sent the requests it takes; for a
+    /// removed one, where NEW sends them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elsewhere: Option<Elsewhere>,
+    /// For a changed rollout: who moves.
+    #[serde(flatten)]
+    diff: Option<RolloutDiff>,
+}
+
+/// Where the other config sends a rollout's requests, by the filter's own
+/// lookup of a host of each of its patterns and each of its path prefixes.
+#[derive(Serialize)]
+struct Elsewhere {
+    /// The other config's rollouts that take some of them.
+    rollouts: Vec<String>,
+    /// Some of them pass untouched there.
+    untouched: bool,
+}
+
+impl Elsewhere {
+    fn find(other: &Config, scope: &Scope, patterns: &[&str]) -> Elsewhere {
+        let mut out = Elsewhere {
+            rollouts: Vec::new(),
+            untouched: false,
+        };
+        let every_path = ["/".to_string()];
+        let paths = match scope.path_prefixes.as_slice() {
+            [] => &every_path[..],
+            prefixes => prefixes,
+        };
+        for pattern in &scope.hosts {
+            let host = hosts::representative(patterns, pattern);
+            for path in paths {
+                let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+                let host = authority_host(host.as_bytes(), &mut buf);
+                match other.rollout_for(host, || Some(path.as_bytes())) {
+                    Some(i) => {
+                        let name = other.rollouts.get(i).and_then(Rollout::name).unwrap_or("?");
+                        if !out.rollouts.iter().any(|n| n == name) {
+                            out.rollouts.push(name.to_string());
+                        }
+                    }
+                    None => out.untouched = true,
+                }
+            }
+        }
+        out
+    }
+
+    /// `rollout a, b or passed untouched`.
+    fn text(&self, untouched: &str) -> String {
+        let mut parts = Vec::new();
+        if !self.rollouts.is_empty() {
+            parts.push(format!("rollout {}", self.rollouts.join(", ")));
+        }
+        if self.untouched {
+            parts.push(untouched.to_string());
+        }
+        parts.join(" or ")
+    }
+}
+
+/// A rollout in its config.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Place {
+    /// Its index in `rollouts` (0 for the one rollout of a config without).
+    index: usize,
+    /// Its host patterns; `None` for a config without `rollouts`, whose
+    /// one rollout takes every host.
+    hosts: Option<Vec<String>>,
+    /// Empty for every path.
+    path_prefixes: Vec<String>,
+    salt: String,
+}
+
+impl Place {
+    fn of(index: usize, rollout: &Rollout) -> Place {
+        Place {
+            index,
+            hosts: rollout.scope.as_ref().map(|s| s.hosts.clone()),
+            path_prefixes: rollout
+                .scope
+                .as_ref()
+                .map(|s| s.path_prefixes.clone())
+                .unwrap_or_default(),
+            salt: rollout.salt.clone(),
+        }
+    }
+
+    /// `hosts a, b; every path`.
+    fn text(&self) -> String {
+        match &self.hosts {
+            Some(hosts) => format!(
+                "hosts {}; {}",
+                hosts.join(", "),
+                paths_text(&self.path_prefixes)
+            ),
+            None => "every host".into(),
+        }
+    }
 }
 
 #[derive(Serialize, Clone)]
 struct Move {
     from: String,
     to: String,
-    /// Of all sticky users, 0 to 1.
+    /// Of all sticky users (of the rollout), 0 to 1.
     share: f64,
     percent: String,
     /// Exact, on the 2^32 bucket scale (same salt only).
@@ -70,31 +213,27 @@ pub fn run(old: &str, new: &str, at: At, allow_backward: bool) -> Result<DiffRep
     Ok(diff(&old, &new, &at, allow_backward))
 }
 
-fn side(p: &PluginConfig, rollout: Option<&Rollout>) -> Side {
+fn side(p: &PluginConfig, config: Option<&Config>) -> Side {
+    let one = config.filter(|c| c.scope.is_none());
     Side {
         file: p.file.clone(),
         resource: p.resource.as_ref().map(ToString::to_string),
-        salt: rollout.map(|r| r.salt.clone()),
+        salt: one.and_then(|c| c.rollouts.first()).map(|r| r.salt.clone()),
     }
 }
 
 fn diff(old_p: &PluginConfig, new_p: &PluginConfig, at: &At, allow_backward: bool) -> DiffReport {
     let parsed = (
-        Rollout::from_json(old_p.json.as_bytes()),
-        Rollout::from_json(new_p.json.as_bytes()),
+        Config::from_json(old_p.json.as_bytes()),
+        Config::from_json(new_p.json.as_bytes()),
     );
     let mut report = DiffReport {
         old: side(old_p, parsed.0.as_ref().ok()),
         new: side(new_p, parsed.1.as_ref().ok()),
         at: at.text.clone(),
-        salt_changed: false,
-        moves: Vec::new(),
-        stays: Vec::new(),
-        backward: Vec::new(),
         allow_backward,
-        rules: RuleChanges::default(),
-        notes: Vec::new(),
-        verdict: String::new(),
+        one: None,
+        many: None,
         error: None,
     };
     let (old, new) = match parsed {
@@ -108,8 +247,208 @@ fn diff(old_p: &PluginConfig, new_p: &PluginConfig, at: &At, allow_backward: boo
             return report;
         }
     };
-    let same_salt = old.salt == new.salt;
-    report.salt_changed = !same_salt;
+    let sides = (Sides::new(old_p, &old), Sides::new(new_p, &new));
+    match (
+        old.scope.is_some(),
+        new.scope.is_some(),
+        old.rollouts.first(),
+        new.rollouts.first(),
+    ) {
+        (false, false, Some(o), Some(n)) => {
+            let rules = (sides.0.rules(0), sides.1.rules(0));
+            report.one = Some(analyse(o, n, rules, at, allow_backward));
+        }
+        _ => report.many = Some(per_rollout(&old, &new, &sides, at, allow_backward)),
+    }
+    report
+}
+
+/// A config's rollouts as JSON, for what the compiled rollout does not
+/// keep (a rule's conditions as written).
+struct Sides(Vec<Value>);
+
+impl Sides {
+    fn new(p: &PluginConfig, config: &Config) -> Sides {
+        // Both configs were accepted, so both are JSON objects.
+        let doc = serde_json::from_str::<Value>(&p.json).unwrap_or(Value::Null);
+        Sides(match (&config.scope, doc.get("rollouts")) {
+            (Some(_), Some(Value::Array(entries))) => entries.clone(),
+            _ => vec![doc],
+        })
+    }
+
+    fn rules(&self, index: usize) -> Vec<Value> {
+        self.0
+            .get(index)
+            .and_then(|r| r.get("rules").and_then(Value::as_array).cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// Each rollout of NEW against the rollout of OLD it replaces: the one of
+/// the same name, or, when one side has no `rollouts`, its one rollout
+/// (which took, or takes, every request).
+fn per_rollout(
+    old: &Config,
+    new: &Config,
+    sides: &(Sides, Sides),
+    at: &At,
+    allow_backward: bool,
+) -> RolloutsDiff {
+    let find = |config: &Config, name: &str| match &config.scope {
+        None => Some(0),
+        Some(_) => config.rollouts.iter().position(|r| r.name() == Some(name)),
+    };
+    let mut pairs: Vec<(String, Option<usize>, Option<usize>)> = new
+        .rollouts
+        .iter()
+        .enumerate()
+        .filter_map(|(j, r)| {
+            let name = r.name()?;
+            Some((name.to_string(), find(old, name), Some(j)))
+        })
+        .collect();
+    for (i, r) in old.rollouts.iter().enumerate() {
+        if let Some(name) = r.name() {
+            let kept = find(new, name);
+            if new.scope.is_some() && kept.is_none() {
+                pairs.push((name.to_string(), Some(i), None));
+            } else if new.scope.is_none() {
+                pairs.push((name.to_string(), Some(i), kept));
+            }
+        }
+    }
+    let mut out = RolloutsDiff {
+        rollouts: Vec::new(),
+        added: Vec::new(),
+        removed: Vec::new(),
+        changed: Vec::new(),
+        unchanged: Vec::new(),
+        notes: Vec::new(),
+        verdict: String::new(),
+    };
+    if old.scope.is_none() {
+        out.notes.push("OLD has no `rollouts`: its one rollout took every request; each rollout is compared with it, and a request no rollout takes now passes untouched".into());
+    }
+    if new.scope.is_none() {
+        out.notes.push("NEW has no `rollouts`: its one rollout takes every request, those that passed untouched too; each rollout is compared with it".into());
+    }
+    // Sample hosts are picked clear of both configs' exact names.
+    let mut patterns = hosts::patterns(old);
+    patterns.extend(hosts::patterns(new));
+    for (name, i, j) in pairs {
+        let o = i.and_then(|i| Some((i, old.rollouts.get(i)?)));
+        let n = j.and_then(|j| Some((j, new.rollouts.get(j)?)));
+        let mut change = RolloutChange {
+            name: name.clone(),
+            status: "changed",
+            old: o.map(|(i, r)| Place::of(i, r)),
+            new: n.map(|(j, r)| Place::of(j, r)),
+            elsewhere: None,
+            diff: None,
+        };
+        match (o, n) {
+            (None, _) => {
+                change.status = "added";
+                change.elsewhere = n
+                    .and_then(|(_, r)| r.scope.as_ref())
+                    .map(|s| Elsewhere::find(old, s, &patterns));
+                out.added.push(name);
+            }
+            (_, None) => {
+                change.status = "removed";
+                change.elsewhere = o
+                    .and_then(|(_, r)| r.scope.as_ref())
+                    .map(|s| Elsewhere::find(new, s, &patterns));
+                out.removed.push(name);
+            }
+            (Some((_, a)), Some((_, b))) if a.fingerprint() == b.fingerprint() => {
+                change.status = "unchanged";
+                out.unchanged.push(name);
+            }
+            (Some((i, a)), Some((j, b))) => {
+                let rules = (sides.0.rules(i), sides.1.rules(j));
+                let mut diff = analyse(a, b, rules, at, allow_backward);
+                if let (Some(was), Some(is)) = (&a.scope, &b.scope) {
+                    if was.hosts != is.hosts || was.path_prefixes != is.path_prefixes {
+                        diff.notes.push(format!(
+                            "its scope changes (hosts {}; {} -> hosts {}; {}): requests to a host or path it takes or leaves change rollout, or pass untouched, and their users are bucketed by that rollout",
+                            was.hosts.join(", "),
+                            paths_text(&was.path_prefixes),
+                            is.hosts.join(", "),
+                            paths_text(&is.path_prefixes),
+                        ));
+                    }
+                }
+                change.diff = Some(diff);
+                out.changed.push(name);
+            }
+        }
+        out.rollouts.push(change);
+    }
+    out.verdict = overall_verdict(&out.rollouts, allow_backward);
+    out
+}
+
+/// The verdict over every changed rollout: any backward move, any salt
+/// changed, or forward only.
+fn overall_verdict(rollouts: &[RolloutChange], allow_backward: bool) -> String {
+    let diffs = || {
+        rollouts
+            .iter()
+            .filter_map(|r| Some((r.name.as_str(), r.diff.as_ref()?)))
+    };
+    let backward: Vec<String> = diffs()
+        .filter(|(_, d)| !d.backward.is_empty())
+        .map(|(name, d)| format!("{name} ({})", total(&d.backward)))
+        .collect();
+    let salted: Vec<&str> = diffs()
+        .filter(|(_, d)| d.salt_changed)
+        .map(|(name, _)| name)
+        .collect();
+    let mut parts = Vec::new();
+    match (backward.is_empty(), allow_backward) {
+        (true, _) => {}
+        (false, false) => parts.push(format!(
+            "BACKWARD: users move to an earlier-listed version in rollout {}; pass --allow-backward if this is a rollback",
+            backward.join(", ")
+        )),
+        (false, true) => parts.push(format!(
+            "backward allowed: users move to an earlier-listed version in rollout {}",
+            backward.join(", ")
+        )),
+    }
+    if !salted.is_empty() {
+        parts.push(format!(
+            "salt changed in rollout {}: the ramp guarantee does not carry across this change for its users",
+            salted.join(", ")
+        ));
+    }
+    if parts.is_empty() {
+        parts
+            .push("forward only: no user of any rollout moves to an earlier-listed version".into());
+    }
+    parts.join("; ")
+}
+
+/// Who moves between versions when `new` replaces `old`.
+fn analyse(
+    old: &Rollout,
+    new: &Rollout,
+    rules: (Vec<Value>, Vec<Value>),
+    at: &At,
+    allow_backward: bool,
+) -> RolloutDiff {
+    let mut report = RolloutDiff {
+        salt_changed: old.salt != new.salt,
+        moves: Vec::new(),
+        stays: Vec::new(),
+        backward: Vec::new(),
+        rules: rule_changes(&rules.0, &rules.1),
+        notes: notes(old, new, at),
+        verdict: String::new(),
+    };
+    let same_salt = !report.salt_changed;
     let (t_old, t_new) = (old.thresholds_at(at.ms), new.thresholds_at(at.ms));
     for (i, from) in old.versions.iter().enumerate() {
         let (lo, hi) = slice(t_old, i);
@@ -135,16 +474,14 @@ fn diff(old_p: &PluginConfig, new_p: &PluginConfig, at: &At, allow_backward: boo
             if from.name == to.name {
                 report.stays.push(m);
             } else {
-                if same_salt && backward(&old, &new, &from.name, &to.name) {
+                if same_salt && backward(old, new, &from.name, &to.name) {
                     report.backward.push(m.clone());
                 }
                 report.moves.push(m);
             }
         }
     }
-    report.rules = rule_changes(old_p, new_p);
-    report.notes = notes(&old, &new, at);
-    report.verdict = verdict(&report, &old);
+    report.verdict = verdict(&report, old, allow_backward);
     report
 }
 
@@ -174,11 +511,11 @@ fn listed(moves: &[Move]) -> String {
         .join(", ")
 }
 
-fn verdict(r: &DiffReport, old: &Rollout) -> String {
+fn verdict(r: &RolloutDiff, old: &Rollout, allow_backward: bool) -> String {
     if r.salt_changed {
         return "salt changed: the ramp guarantee does not carry across this change".into();
     }
-    match (r.backward.is_empty(), r.allow_backward) {
+    match (r.backward.is_empty(), allow_backward) {
         (true, _) => format!(
             "forward only: no user moves to an earlier-listed version (salt {:?} unchanged)",
             old.salt
@@ -199,15 +536,7 @@ fn verdict(r: &DiffReport, old: &Rollout) -> String {
 /// Rules by name: added, removed, changed (version, conditions or
 /// position). Who a rule catches depends on traffic, so they are listed, not
 /// counted.
-fn rule_changes(old: &PluginConfig, new: &PluginConfig) -> RuleChanges {
-    // Both configs were accepted, so both are JSON objects.
-    let rules = |p: &PluginConfig| -> Vec<Value> {
-        serde_json::from_str::<Value>(&p.json)
-            .ok()
-            .and_then(|v| v.get("rules").and_then(Value::as_array).cloned())
-            .unwrap_or_default()
-    };
-    let (before, after) = (rules(old), rules(new));
+fn rule_changes(before: &[Value], after: &[Value]) -> RuleChanges {
     let name = |r: &Value| {
         r.get("name")
             .and_then(Value::as_str)
@@ -223,7 +552,7 @@ fn rule_changes(old: &PluginConfig, new: &PluginConfig) -> RuleChanges {
     let find = |list: &[Value], n: &str| list.iter().position(|r| name(r) == n);
     let mut out = RuleChanges::default();
     for (j, rule) in after.iter().enumerate() {
-        match find(&before, &name(rule)).and_then(|i| Some((i, before.get(i)?))) {
+        match find(before, &name(rule)).and_then(|i| Some((i, before.get(i)?))) {
             None => out
                 .added
                 .push(format!("{} -> {}", name(rule), version(rule))),
@@ -245,8 +574,8 @@ fn rule_changes(old: &PluginConfig, new: &PluginConfig) -> RuleChanges {
             }
         }
     }
-    for rule in &before {
-        if find(&after, &name(rule)).is_none() {
+    for rule in before {
+        if find(after, &name(rule)).is_none() {
             out.removed.push(name(rule));
         }
     }
@@ -279,32 +608,29 @@ fn notes(old: &Rollout, new: &Rollout, at: &At) -> Vec<String> {
     notes
 }
 
-impl Report for DiffReport {
-    fn text(&self) -> String {
-        if let Some(e) = &self.error {
-            return format!("{e}\n");
-        }
-        let mut out = String::new();
+impl RolloutDiff {
+    /// What a person reads, one line each; `salts` are OLD's and NEW's.
+    fn lines(&self, salts: (&str, &str)) -> Vec<String> {
+        let mut out = Vec::new();
         if self.salt_changed {
-            out.push_str(&format!(
-                "every user is drawn again (salt {:?} -> {:?}): the shares below are those of independent draws\n",
-                self.old.salt.as_deref().unwrap_or_default(),
-                self.new.salt.as_deref().unwrap_or_default()
+            out.push(format!(
+                "every user is drawn again (salt {:?} -> {:?}): the shares below are those of independent draws",
+                salts.0, salts.1
             ));
         }
         for m in &self.moves {
-            out.push_str(&format!("{} -> {}: {} of users\n", m.from, m.to, m.percent));
+            out.push(format!("{} -> {}: {} of users", m.from, m.to, m.percent));
         }
         if self.moves.is_empty() {
-            out.push_str("no user moves\n");
+            out.push("no user moves".into());
         }
         let stays: Vec<String> = self
             .stays
             .iter()
             .map(|m| format!("{} {}", m.from, m.percent))
             .collect();
-        out.push_str(&format!(
-            "stay: {}\n",
+        out.push(format!(
+            "stay: {}",
             if stays.is_empty() {
                 "nobody".into()
             } else {
@@ -317,11 +643,82 @@ impl Report for DiffReport {
             ("changed", &self.rules.changed),
         ] {
             for rule in list {
-                out.push_str(&format!(
-                    "rule {what}: {rule} (its share of traffic is not knowable)\n"
+                out.push(format!(
+                    "rule {what}: {rule} (its share of traffic is not knowable)"
                 ));
             }
         }
+        for note in &self.notes {
+            out.push(format!("note: {note}"));
+        }
+        out.push(self.verdict.clone());
+        out
+    }
+}
+
+impl RolloutsDiff {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for r in &self.rollouts {
+            let place = |p: &Option<Place>| p.as_ref().map(Place::text).unwrap_or_default();
+            match (r.status, &r.diff) {
+                ("changed", Some(diff)) => {
+                    let hosts = |p: &Option<Place>| p.as_ref().is_some_and(|p| p.hosts.is_some());
+                    let against = match (hosts(&r.old), hosts(&r.new)) {
+                        (false, _) => " (against OLD's one rollout, which took every request)",
+                        (_, false) => " (against NEW's one rollout, which takes every request)",
+                        _ => "",
+                    };
+                    out.push_str(&format!("rollout {}: changed{against}\n", r.name));
+                    let salt =
+                        |p: &Option<Place>| p.as_ref().map(|p| p.salt.clone()).unwrap_or_default();
+                    let (old_salt, new_salt) = (salt(&r.old), salt(&r.new));
+                    for line in diff.lines((&old_salt, &new_salt)) {
+                        out.push_str(&format!("  {line}\n"));
+                    }
+                }
+                ("added", _) => {
+                    let before = match &r.elsewhere {
+                        Some(e) if !e.rollouts.is_empty() => format!(
+                            ": its requests went to {} before; their users now get its versions, by its salt and weights",
+                            e.text("passed untouched")
+                        ),
+                        _ => ": its requests passed untouched before".into(),
+                    };
+                    out.push_str(&format!(
+                        "rollout {}: added ({}){before}\n",
+                        r.name,
+                        place(&r.new)
+                    ));
+                }
+                ("removed", _) => {
+                    let after = match &r.elsewhere {
+                        Some(e) if !e.rollouts.is_empty() => format!(
+                            ": its requests go to {} now; their users get the versions of the rollout that takes them",
+                            e.text("pass untouched")
+                        ),
+                        _ => ": its requests pass untouched now".into(),
+                    };
+                    out.push_str(&format!(
+                        "rollout {}: removed ({}){after}\n",
+                        r.name,
+                        place(&r.old)
+                    ));
+                }
+                (status, _) => out.push_str(&format!("rollout {}: {status}\n", r.name)),
+            }
+        }
+        let counts: Vec<String> = [
+            ("changed", &self.changed),
+            ("unchanged", &self.unchanged),
+            ("added", &self.added),
+            ("removed", &self.removed),
+        ]
+        .iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(what, names)| format!("{} {what} ({})", names.len(), names.join(", ")))
+        .collect();
+        out.push_str(&format!("rollouts: {}\n", counts.join(", ")));
         for note in &self.notes {
             out.push_str(&format!("note: {note}\n"));
         }
@@ -330,7 +727,44 @@ impl Report for DiffReport {
         out
     }
 
+    fn failed(&self, allow_backward: bool) -> bool {
+        !allow_backward
+            && self
+                .rollouts
+                .iter()
+                .filter_map(|r| r.diff.as_ref())
+                .any(|d| !d.backward.is_empty())
+    }
+}
+
+impl Report for DiffReport {
+    fn text(&self) -> String {
+        if let Some(e) = &self.error {
+            return format!("{e}\n");
+        }
+        match (&self.one, &self.many) {
+            (Some(one), _) => {
+                let salt = |s: &Side| s.salt.clone().unwrap_or_default();
+                let (old, new) = (salt(&self.old), salt(&self.new));
+                one.lines((&old, &new))
+                    .into_iter()
+                    .map(|l| l + "\n")
+                    .collect()
+            }
+            (None, Some(many)) => many.text(),
+            (None, None) => String::new(),
+        }
+    }
+
     fn failed(&self) -> bool {
-        self.error.is_some() || (!self.backward.is_empty() && !self.allow_backward)
+        self.error.is_some()
+            || self
+                .one
+                .as_ref()
+                .is_some_and(|d| !d.backward.is_empty() && !self.allow_backward)
+            || self
+                .many
+                .as_ref()
+                .is_some_and(|m| m.failed(self.allow_backward))
     }
 }

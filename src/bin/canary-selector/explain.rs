@@ -1,12 +1,15 @@
 //! `explain`: the version one request gets and why, from the filter's own
 //! `decision::decide` (the guard taken as untripped), with the request given
-//! as `-H` headers and `--cookie`s.
+//! as `-H` headers and `--cookie`s, and, for a config with `rollouts`, the
+//! rollout the filter's own `Config::rollout_for` picks by `--host` and
+//! `--path`.
 
 use serde::Serialize;
 
-use canary_selector::config::{Rollout, Source};
+use canary_selector::config::{authority_host, Config, Rollout, Source, MAX_AUTHORITY_HOST_LEN};
 use canary_selector::decision::{decide, Basis, Live, Reason, Request, WyRand};
 
+use crate::hosts::{self, Taker};
 use crate::input::{self, PluginConfig};
 use crate::{percent, slice, At, Fatal, Report};
 
@@ -23,8 +26,35 @@ impl Request for Given {
     }
 }
 
-fn request(headers: &[String], cookies: &[String]) -> Result<Given, Fatal> {
+/// What the request is made of: `-H` headers, `--cookie`s, and `--host` and
+/// `--path`, which are its `:authority` and `:path`.
+pub struct RequestArgs<'a> {
+    pub headers: &'a [String],
+    pub cookies: &'a [String],
+    pub host: Option<&'a str>,
+    pub path: Option<&'a str>,
+}
+
+fn request(args: &RequestArgs) -> Result<Given, Fatal> {
     let mut out = Vec::new();
+    for (name, flag, value) in [
+        (":authority", "--host", args.host),
+        (":path", "--path", args.path),
+    ] {
+        if let Some(value) = value {
+            out.push((name.to_string(), value.as_bytes().to_vec()));
+            if args
+                .headers
+                .iter()
+                .any(|h| header_name(h).as_deref() == Some(name))
+            {
+                return Err(Fatal(format!(
+                    "{flag} and -H '{name}: ...' both give the request's {name}; give it once"
+                )));
+            }
+        }
+    }
+    let (headers, cookies) = (args.headers, args.cookies);
     let mut cookie_parts = Vec::new();
     for h in headers {
         // A pseudo-header (`:path: /v1/...`) starts with a colon of its own.
@@ -36,7 +66,7 @@ fn request(headers: &[String], cookies: &[String]) -> Result<Given, Fatal> {
         else {
             return Err(Fatal(format!("-H {h:?}: expected `name: value`")));
         };
-        let name = name.trim().to_ascii_lowercase();
+        let name = header_name_of(name);
         let value = value.trim_matches([' ', '\t']);
         if name == "cookie" {
             cookie_parts.push(value.to_string());
@@ -56,13 +86,35 @@ fn request(headers: &[String], cookies: &[String]) -> Result<Given, Fatal> {
     Ok(Given(out))
 }
 
+/// A header name as the filter sees it: lowercase, and `Host` as Envoy
+/// hands it over, `:authority`.
+fn header_name_of(written: &str) -> String {
+    match written.trim().to_ascii_lowercase() {
+        host if host == "host" => ":authority".into(),
+        name => name,
+    }
+}
+
+/// The name of a `-H name: value` argument, if it has one.
+fn header_name(h: &str) -> Option<String> {
+    let skip = usize::from(h.starts_with(':'));
+    let (name, _) = h.get(skip..)?.split_once(':')?;
+    Some(header_name_of(h.get(..skip + name.len())?))
+}
+
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Explanation {
     file: String,
     resource: Option<String>,
-    /// The chosen version; `None` when the choice is random (anonymous).
+    /// The rollout that takes the request, for a config with `rollouts`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout: Option<Pick>,
+    /// The chosen version; `None` when the choice is random (anonymous) or
+    /// no rollout takes the request.
     version: Option<String>,
+    /// `rule`, `sticky`, `anonymous`; `untouched` when no rollout takes the
+    /// request; `rejected` for a config the filter rejects.
     reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<RuleHit>,
@@ -81,6 +133,32 @@ pub struct Explanation {
     /// The filter's one-line error when it rejects the config.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+}
+
+/// How a config with `rollouts` takes the request: its host's most specific
+/// pattern, then that pattern's rollout with the longest matching path
+/// prefix.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Pick {
+    /// The `:authority` as given.
+    authority: Option<String>,
+    /// The host as the filter looks it up (no port, lowercase); `None`
+    /// without a usable `:authority` (none, empty, or longer than a host).
+    host: Option<String>,
+    path: Option<String>,
+    /// The most specific host pattern matching the host; `None` if none does.
+    pattern: Option<String>,
+    /// The rollout that takes the request (its index in `rollouts`); `None`:
+    /// no rollout does, and the request passes untouched.
+    index: Option<usize>,
+    name: Option<String>,
+    /// The prefix that took it; `None` when the rollout takes every path.
+    path_prefix: Option<String>,
+    /// The rollouts `pattern` holds.
+    pattern_rollouts: Vec<Taker>,
+    /// Less specific patterns that match the host too: never tried.
+    passed_over: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -147,21 +225,84 @@ fn live_step(rollout: &Rollout, at: &At) -> Option<usize> {
         .rposition(|s| at.ms >= s.at_ms)
 }
 
-pub fn run(
-    file: &str,
-    headers: &[String],
-    cookies: &[String],
-    at: At,
-) -> Result<Explanation, Fatal> {
+pub fn run(file: &str, args: &RequestArgs, at: At) -> Result<Explanation, Fatal> {
     let plugin = input::load_one(file)?;
-    let mut req = request(headers, cookies)?;
+    let mut req = request(args)?;
     Ok(explain(&plugin, &mut req, at))
+}
+
+/// The rollout `config` gives the request, by the filter's own lookup, and
+/// what to tell about it.
+fn pick(config: &Config, req: &mut Given) -> Pick {
+    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    let authority = req.header(0, ":authority").map(<[u8]>::to_vec);
+    let host = authority
+        .as_deref()
+        .and_then(|a| authority_host(a, &mut buf))
+        .map(<[u8]>::to_vec);
+    let path = req.header(0, ":path").map(<[u8]>::to_vec);
+    let index = config.rollout_for(host.as_deref(), || path.as_deref());
+    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
+    let (authority, host) = (authority.map(text), host.map(text));
+    let scopes = || {
+        config
+            .rollouts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, r.scope.as_ref()?)))
+    };
+    let patterns = scopes().flat_map(|(_, s)| s.hosts.iter().map(String::as_str));
+    // Without a host, only `*` takes a request.
+    let pattern = match &host {
+        Some(host) => hosts::most_specific(patterns, host),
+        None => patterns.into_iter().find(|p| *p == "*"),
+    }
+    .map(str::to_string);
+    let pattern_rollouts = scopes()
+        .filter(|(_, s)| pattern.as_ref().is_some_and(|p| s.hosts.contains(p)))
+        .map(|(i, s)| Taker {
+            rollout: i,
+            name: s.name.clone(),
+            path_prefixes: s.path_prefixes.clone(),
+        })
+        .collect();
+    let mut passed_over: Vec<String> = Vec::new();
+    for p in scopes().flat_map(|(_, s)| &s.hosts) {
+        let matching = match &host {
+            Some(host) => hosts::matches(p, host),
+            None => p == "*",
+        };
+        if matching && Some(p) != pattern.as_ref() && !passed_over.contains(p) {
+            passed_over.push(p.clone());
+        }
+    }
+    let path = path.map(text);
+    let chosen = index.and_then(|i| config.rollouts.get(i)?.scope.as_ref());
+    Pick {
+        name: chosen.map(|s| s.name.clone()),
+        path_prefix: chosen.and_then(|s| {
+            let path = path.as_deref().unwrap_or_default();
+            s.path_prefixes
+                .iter()
+                .filter(|p| path.starts_with(p.as_str()))
+                .max_by_key(|p| p.len())
+                .cloned()
+        }),
+        authority,
+        host,
+        path,
+        pattern,
+        index,
+        pattern_rollouts,
+        passed_over,
+    }
 }
 
 fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
     let mut out = Explanation {
         file: plugin.file.clone(),
         resource: plugin.resource.as_ref().map(ToString::to_string),
+        rollout: None,
         version: None,
         reason: "rejected",
         rule: None,
@@ -173,12 +314,26 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
         guard_would_divert: false,
         error: None,
     };
-    let rollout = match Rollout::from_json(plugin.json.as_bytes()) {
-        Ok(r) => r,
+    let config = match Config::from_json(plugin.json.as_bytes()) {
+        Ok(c) => c,
         Err(e) => {
             out.error = Some(e.to_string());
             return out;
         }
+    };
+    let chosen = match config.scope {
+        // No `rollouts`: its one rollout takes every request.
+        None => config.rollouts.first(),
+        Some(_) => {
+            let picked = pick(&config, req);
+            let chosen = picked.index.and_then(|i| config.rollouts.get(i));
+            out.rollout = Some(picked);
+            chosen
+        }
+    };
+    let Some(rollout) = chosen else {
+        out.reason = "untouched";
+        return out;
     };
     let live = Live {
         now_ms: at.ms,
@@ -189,18 +344,18 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
         let _ = getrandom::fill(&mut bytes);
         u64::from_le_bytes(bytes)
     };
-    let d = decide(&rollout, req, &mut WyRand(seed), live);
+    let d = decide(rollout, req, &mut WyRand(seed), live);
     let thresholds = rollout.thresholds_at(at.ms);
     out.version = rollout.versions.get(d.version).map(|v| v.name.clone());
     out.reason = d.reason.as_str();
-    out.weights = shares(&rollout, thresholds)
+    out.weights = shares(rollout, thresholds)
         .into_iter()
         .map(|(version, buckets)| Share {
             version,
             percent: percent(buckets),
         })
         .collect();
-    out.schedule_step = live_step(&rollout, &at);
+    out.schedule_step = live_step(rollout, &at);
     out.guard_would_divert = rollout.guard.is_some() && d.reason != Reason::Rule && d.version != 0;
     match d.basis {
         Basis::Rule { index } => {
@@ -212,10 +367,10 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
         Basis::UserId { source, bucket } => {
             let from = rollout.user_ids.get(source);
             let value = from
-                .and_then(|s| id_value(&rollout, req, s))
+                .and_then(|s| id_value(rollout, req, s))
                 .unwrap_or_default();
             out.user_id = Some(UserId {
-                source: from.map(|s| source_name(&rollout, s)).unwrap_or_default(),
+                source: from.map(|s| source_name(rollout, s)).unwrap_or_default(),
                 value,
                 bucket,
                 slice: slice(thresholds, d.version),
@@ -228,7 +383,7 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
                 tried: rollout
                     .user_ids
                     .iter()
-                    .map(|s| source_name(&rollout, s))
+                    .map(|s| source_name(rollout, s))
                     .collect(),
                 cookie: rollout.anonymous_cookie.as_ref().map(|c| c.name.clone()),
             });
@@ -251,15 +406,76 @@ fn id_value(rollout: &Rollout, req: &mut Given, source: &Source) -> Option<Strin
     Some(String::from_utf8_lossy(id).into_owned())
 }
 
+/// The untouched request's fate, as the filter's contract says it.
+const UNTOUCHED: &str = "the request passes untouched (no routing header written or removed, no cookie, no response header)";
+
+impl Pick {
+    /// One line: the rollout and why, or why none.
+    fn text(&self) -> String {
+        let host = match (&self.host, &self.authority) {
+            (Some(host), _) => format!("host {host}"),
+            (None, Some(authority)) => {
+                format!("the unusable :authority {authority:?} (empty, or longer than a host name)")
+            }
+            (None, None) => "no :authority (--host)".to_string(),
+        };
+        let path = self.path.as_deref().unwrap_or_default();
+        let Some(pattern) = &self.pattern else {
+            return match &self.host {
+                Some(_) => format!("no rollout: {host} matches no rollout's hosts: {UNTOUCHED}\n"),
+                None => format!("no rollout: {host} given, which only a rollout of hosts * takes, and none lists *: {UNTOUCHED}\n"),
+            };
+        };
+        let matched = match &self.host {
+            Some(_) => format!("{host} matches {pattern}"),
+            None => format!("{host} given, which only * takes"),
+        };
+        match (self.index, &self.name) {
+            (Some(index), Some(name)) => {
+                let paths = match &self.path_prefix {
+                    Some(prefix) => format!("path {path} starts with {prefix}"),
+                    None => "every path".into(),
+                };
+                format!("rollout {name} (rollouts[{index}]): {matched}, {paths}\n")
+            }
+            _ => {
+                let held: Vec<String> = self
+                    .pattern_rollouts
+                    .iter()
+                    .map(|t| format!("{} ({})", hosts::paths_text(&t.path_prefixes), t.name))
+                    .collect();
+                let path = match &self.path {
+                    Some(path) => format!("not path {path}"),
+                    None => "and no :path given (--path)".into(),
+                };
+                let passed_over = match self.passed_over.as_slice() {
+                    [] => String::new(),
+                    [one] => format!("; the less specific {one} is not tried"),
+                    more => format!("; the less specific {} are not tried", more.join(", ")),
+                };
+                format!(
+                    "no rollout: {matched}, whose rollouts take {}, {path}: {UNTOUCHED}{passed_over}\n",
+                    held.join(" and ")
+                )
+            }
+        }
+    }
+}
+
 impl Report for Explanation {
     fn text(&self) -> String {
+        let picked = self.rollout.as_ref().map(Pick::text).unwrap_or_default();
+        if self.reason == "untouched" {
+            return picked;
+        }
         let weights = self
             .weights
             .iter()
             .map(|s| format!("{} {}", s.version, s.percent))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut out = match (&self.error, &self.rule, &self.user_id, &self.anonymous) {
+        let mut out = picked;
+        out += &match (&self.error, &self.rule, &self.user_id, &self.anonymous) {
             (Some(e), ..) => format!("rejected: {e}\n"),
             (None, Some(rule), ..) => format!(
                 "{}: rule {} (rules[{}]) matched\n",
@@ -320,23 +536,148 @@ impl Report for Explanation {
 mod tests {
     use super::*;
 
+    fn args<'a>(headers: &'a [String], cookies: &'a [String]) -> RequestArgs<'a> {
+        RequestArgs {
+            headers,
+            cookies,
+            host: None,
+            path: None,
+        }
+    }
+
     #[test]
     fn headers_are_read_as_curl_sends_them() {
-        let mut req = request(
+        let mut req = request(&args(
             &[
                 "X-User-Id:  alice ".into(),
                 ":path: /v1/x".into(),
                 "Cookie: a=1".into(),
+                "Host: Models.Example.com:8080".into(),
             ],
             &["user_id=42".into()],
-        )
+        ))
         .unwrap();
         assert_eq!(req.header(0, "x-user-id"), Some(&b"alice"[..]));
         assert_eq!(req.header(0, ":path"), Some(&b"/v1/x"[..]));
         assert_eq!(req.header(0, "cookie"), Some(&b"a=1; user_id=42"[..]));
+        // Envoy hands `Host` over as `:authority`.
+        assert_eq!(
+            req.header(0, ":authority"),
+            Some(&b"Models.Example.com:8080"[..])
+        );
         for bad in ["no-colon", ":path", ": x"] {
-            assert!(request(&[bad.into()], &[]).is_err(), "{bad}");
+            assert!(request(&args(&[bad.into()], &[])).is_err(), "{bad}");
         }
-        assert!(request(&[], &["novalue".into()]).is_err());
+        assert!(request(&args(&[], &["novalue".into()])).is_err());
+    }
+
+    #[test]
+    fn host_and_path_are_the_pseudo_headers_given_once() {
+        let mut req = request(&RequestArgs {
+            host: Some("api.example.com"),
+            path: Some("/v2/x"),
+            ..args(&[], &[])
+        })
+        .unwrap();
+        assert_eq!(req.header(0, ":authority"), Some(&b"api.example.com"[..]));
+        assert_eq!(req.header(0, ":path"), Some(&b"/v2/x"[..]));
+        let twice = ["host: b.example.com".to_string()];
+        let Err(Fatal(msg)) = request(&RequestArgs {
+            host: Some("a.example.com"),
+            ..args(&twice, &[])
+        }) else {
+            panic!("both accepted")
+        };
+        assert_eq!(
+            msg,
+            "--host and -H ':authority: ...' both give the request's :authority; give it once"
+        );
+    }
+
+    fn explained(config: &str, host: Option<&str>, path: Option<&str>) -> Explanation {
+        let plugin = PluginConfig {
+            file: "c.json".into(),
+            resource: None,
+            json: config.into(),
+            target_gateways: Vec::new(),
+        };
+        let headers = ["x-user-id: u1".to_string()];
+        let mut req = request(&RequestArgs {
+            host,
+            path,
+            ..args(&headers, &[])
+        })
+        .unwrap();
+        explain(&plugin, &mut req, At { text: None, ms: 0 })
+    }
+
+    const ROLLOUTS: &str = r#"{"rollouts":[
+        {"name":"iris","hosts":["iris.example.com"],"versions":[{"name":"iris-v1","weight":100}],"stickiness":{"userIdHeaders":["x-user-id"]}},
+        {"name":"flowers","hosts":["*.flowers.example.com"],"versions":[{"name":"flowers-v1","weight":100}],"stickiness":{"userIdHeaders":["x-user-id"]}},
+        {"name":"api-v2","hosts":["api.example.com"],"pathPrefixes":["/v2/"],"versions":[{"name":"api-v2","weight":100}],"stickiness":{"userIdHeaders":["x-user-id"]}},
+        {"name":"api","hosts":["api.example.com"],"pathPrefixes":["/v1/","/v2/models/legacy"],"versions":[{"name":"api-v1","weight":100}],"stickiness":{"userIdHeaders":["x-user-id"]}}]}"#;
+
+    #[test]
+    fn the_rollout_is_named_with_the_pattern_and_prefix_that_took_the_request() {
+        let e = explained(ROLLOUTS, Some("IRIS.example.com:443"), None);
+        assert_eq!(
+            e.text(),
+            format!(
+                "rollout iris (rollouts[0]): host iris.example.com matches iris.example.com, every path\n\
+                 iris-v1: sticky: header x-user-id is \"u1\", bucket {b} of 2^32 ({}), in iris-v1's slice [0%, 100%)\n",
+                percent(u64::from(canary_selector::hash::murmur3_32(b"iris-v1:u1", 0))),
+                b = canary_selector::hash::murmur3_32(b"iris-v1:u1", 0),
+            )
+        );
+        let e = explained(ROLLOUTS, Some("a.b.flowers.example.com"), Some("/x"));
+        assert!(
+            e.text().starts_with("rollout flowers (rollouts[1]): host a.b.flowers.example.com matches *.flowers.example.com, every path\nflowers-v1: sticky"),
+            "{}",
+            e.text()
+        );
+        let e = explained(
+            ROLLOUTS,
+            Some("api.example.com"),
+            Some("/v2/models/legacy/infer"),
+        );
+        assert_eq!(e.version.as_deref(), Some("api-v1"));
+        assert!(e.text().starts_with("rollout api (rollouts[3]): host api.example.com matches api.example.com, path /v2/models/legacy/infer starts with /v2/models/legacy\n"), "{}", e.text());
+    }
+
+    #[test]
+    fn a_request_no_rollout_takes_is_said_to_pass_untouched() {
+        let cases = [
+            (Some("models.other.org"), Some("/v1/"), "no rollout: host models.other.org matches no rollout's hosts: the request passes untouched (no routing header written or removed, no cookie, no response header)\n"),
+            (Some("api.example.com"), Some("/health"), "no rollout: host api.example.com matches api.example.com, whose rollouts take /v2/ (api-v2) and /v1/, /v2/models/legacy (api), not path /health: the request passes untouched (no routing header written or removed, no cookie, no response header)\n"),
+            (Some("api.example.com"), None, "no rollout: host api.example.com matches api.example.com, whose rollouts take /v2/ (api-v2) and /v1/, /v2/models/legacy (api), and no :path given (--path): the request passes untouched (no routing header written or removed, no cookie, no response header)\n"),
+            (None, None, "no rollout: no :authority (--host) given, which only a rollout of hosts * takes, and none lists *: the request passes untouched (no routing header written or removed, no cookie, no response header)\n"),
+        ];
+        for (host, path, text) in cases {
+            let e = explained(ROLLOUTS, host, path);
+            assert_eq!(e.text(), text);
+            assert_eq!((e.reason, e.version.as_deref()), ("untouched", None));
+            assert!(!e.failed());
+        }
+        // `*` takes a request without a host.
+        let any = ROLLOUTS.replace(r#"["iris.example.com"]"#, r#"["iris.example.com","*"]"#);
+        let e = explained(&any, None, None);
+        assert!(e.text().starts_with("rollout iris (rollouts[0]): no :authority (--host) given, which only * takes, every path\n"), "{}", e.text());
+        // Nor does `*` take the api host's other paths: there is no fall-through.
+        let e = explained(&any, Some("api.example.com"), Some("/health"));
+        assert!(e.text().ends_with("not path /health: the request passes untouched (no routing header written or removed, no cookie, no response header); the less specific * is not tried\n"), "{}", e.text());
+        assert_eq!(e.rollout.as_ref().unwrap().passed_over, ["*"]);
+        let long = "a".repeat(300);
+        let e = explained(ROLLOUTS, Some(&long), None);
+        assert!(e.text().starts_with(&format!("no rollout: the unusable :authority \"{long}\" (empty, or longer than a host name) given, which only")), "{}", e.text());
+    }
+
+    #[test]
+    fn without_rollouts_host_and_path_pick_nothing() {
+        let one = r#"{"versions":[{"name":"v1","weight":100}],"stickiness":{"userIdHeaders":["x-user-id"]}}"#;
+        let with = explained(one, Some("anything.example.org"), Some("/x"));
+        let without = explained(one, None, None);
+        assert!(with.rollout.is_none());
+        assert_eq!(with.text(), without.text());
+        assert!(with.text().starts_with("v1: sticky"), "{}", with.text());
     }
 }

@@ -71,8 +71,11 @@ pub struct PluginConfig {
     /// The WasmPlugin or TrafficExtension holding it; `None` for a
     /// plugin-config JSON file.
     pub resource: Option<Resource>,
-    /// The text `Rollout::from_json` gets.
+    /// The text `Config::from_json` gets.
     pub json: String,
+    /// The Gateways (of its own namespace) the resource attaches the plugin
+    /// to with `targetRefs`; empty for one that selects workloads by label.
+    pub target_gateways: Vec<String>,
 }
 
 impl PluginConfig {
@@ -225,6 +228,7 @@ fn parse(file: &str, text: &str, plugin_json: bool, inputs: &mut Inputs) -> Resu
                     file: file.into(),
                     resource: None,
                     json: text.into(),
+                    target_gateways: Vec::new(),
                 });
                 return Ok(());
             }
@@ -310,8 +314,25 @@ fn collect(file: &str, doc: Value, inputs: &mut Inputs) -> Result<(), Fatal> {
         file: file.into(),
         resource: Some(resource),
         json,
+        target_gateways: target_gateways(&doc),
     });
     Ok(())
+}
+
+/// The names of the Gateways a WasmPlugin's or TrafficExtension's
+/// `targetRefs` (or WasmPlugin's older `targetRef`) name.
+fn target_gateways(doc: &Value) -> Vec<String> {
+    let spec = doc.get("spec");
+    let refs = spec
+        .and_then(|s| s.get("targetRefs"))
+        .and_then(Value::as_array)
+        .map(|refs| refs.iter().collect::<Vec<_>>())
+        .or_else(|| spec.and_then(|s| s.get("targetRef")).map(|r| vec![r]))
+        .unwrap_or_default();
+    refs.into_iter()
+        .filter(|r| r.get("kind").and_then(Value::as_str) == Some("Gateway"))
+        .filter_map(|r| r.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect()
 }
 
 /// `pluginConfig` as Istio delivers it: a protobuf Struct, so every number is

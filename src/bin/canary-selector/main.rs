@@ -1,8 +1,8 @@
 //! `canary-selector`: check, explain and diff a rollout before it reaches a
 //! sidecar, with the filter's own code: configs go through
-//! `Rollout::from_json` as Istio delivers them, requests through
-//! `decision::decide`, weight changes through the rollout's slice
-//! thresholds. Nothing here re-implements the filter.
+//! `Config::from_json` as Istio delivers them, requests through
+//! `Config::rollout_for` and `decision::decide`, weight changes through each
+//! rollout's slice thresholds. Nothing here re-implements the filter.
 //!
 //! Exit status: 0 when everything is fine, 1 for a finding (a config the
 //! filter rejects, broken wiring, a user moving backwards), 2 for input that
@@ -25,6 +25,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod check;
 mod diff;
 mod explain;
+mod hosts;
 mod input;
 
 #[derive(Parser)]
@@ -51,14 +52,15 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check every plugin config as the filter's on_configure would, and the
-    /// routes and subsets of any VirtualService and DestinationRule given
+    /// Check every plugin config as the filter's on_configure would, warn about rollouts a
+    /// more specific host pattern keeps from some hosts, and check the routes of each rollout
+    /// in any VirtualService (with its DestinationRules' subsets) or HTTPRoute given
     Check {
         /// Plugin-config JSON, Kubernetes YAML, directories (read recursively), or `-`
         #[arg(required = true)]
         files: Vec<String>,
     },
-    /// The version a request gets, and why
+    /// The rollout (for a config with `rollouts`) and version a request gets, and why
     Explain {
         /// Plugin-config JSON or a YAML file with one WasmPlugin or TrafficExtension, or `-`
         file: String,
@@ -68,11 +70,22 @@ enum Command {
         /// A cookie, `name=value` (repeatable)
         #[arg(long = "cookie", value_name = "NAME=VALUE")]
         cookies: Vec<String>,
+        /// The request's host (its :authority, a port allowed): picks the rollout of a config
+        /// with `rollouts`. A config without `rollouts` takes every host: there it picks
+        /// nothing (only a rule on :authority would see it)
+        #[arg(long, value_name = "HOST")]
+        host: Option<String>,
+        /// The request's path (its :path): picks among the rollouts of the host by path
+        /// prefix. A config without `rollouts` takes every path: there it picks nothing
+        /// (only a rule on :path would see it)
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
         /// Evaluate a schedule at this RFC 3339 time instead of now
         #[arg(long, value_name = "RFC3339", value_parser = At::parse)]
         at: Option<At>,
     },
-    /// Who moves between versions when NEW replaces OLD
+    /// Who moves between versions when NEW replaces OLD; with `rollouts`, per rollout,
+    /// and which rollouts are added, removed or unchanged
     Diff {
         /// The config in force (JSON or YAML, or `-`)
         old: String,
@@ -136,9 +149,18 @@ fn main() -> ExitCode {
             file,
             headers,
             cookies,
+            host,
+            path,
             at,
-        } => explain::run(&file, &headers, &cookies, at.unwrap_or_else(At::now))
-            .map(|r| emit(&r, output)),
+        } => {
+            let request = explain::RequestArgs {
+                headers: &headers,
+                cookies: &cookies,
+                host: host.as_deref(),
+                path: path.as_deref(),
+            };
+            explain::run(&file, &request, at.unwrap_or_else(At::now)).map(|r| emit(&r, output))
+        }
         Command::Diff {
             old,
             new,
