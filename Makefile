@@ -25,6 +25,14 @@ WASM_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_alloc
   proxy_on_configure proxy_on_tick proxy_on_request_headers proxy_on_response_headers \
   proxy_on_response_trailers proxy_on_http_call_response
 
+# The CRD schemas tests/istio and tests/kserve check manifests against (and
+# default objects with, as the API server does): a folder holding
+# istio-crds/, gateway-crds/ and kserve-crds/, each with the CRDs as YAML
+# (`kubectl get crd <name> -o yaml` from your cluster will do). Where it is
+# absent, those checks are skipped and say so; everything else runs.
+CRD_DIR ?= $(abspath $(CURDIR)/../shared)
+export CANARY_SELECTOR_CRDS := $(abspath $(CRD_DIR))
+
 # The operator's CLI (src/bin/canary-selector/), native.
 CLI := target/release/canary-selector
 
@@ -130,13 +138,13 @@ push:
 ## istio-test: istio/ against Istio's and Kubernetes' schemas, its consistency, the Dockerfile, and the
 ##             real Envoy shaped like Istio's client sidecar running the README's rollout commands
 istio-test: build cli venv
-	$(VPY) -m pytest -q tests/istio
+	$(VPY) -m pytest -q -rs tests/istio
 
 ## kserve-test: istio/kserve/ and envoy/gateway/ against KServe's, Gateway API's, Envoy Gateway's and Istio's
 ##              schemas and what KServe writes, and the real Envoy shaped like each gateway running the README's
 ##              KServe commands
 kserve-test: build venv
-	$(VPY) -m pytest -q tests/kserve
+	$(VPY) -m pytest -q -rs tests/kserve
 
 ## test-matrix: the end-to-end suites (tests/e2e, the Envoy part of tests/istio) on every Envoy in ENVOY_MATRIX
 test-matrix: build cli venv $(foreach v,$(ENVOY_MATRIX),$(ENVOY_MATRIX_DIR)/$(v).installed)

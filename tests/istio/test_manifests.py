@@ -59,7 +59,7 @@ MISTAKES = [
     ("wasmplugin.yaml", _set("spec.selector.matchLabels", {"app*": "x"}), "wildcard not allowed"),
     ("wasmplugin.yaml", _set("spec.targetRefs", [{"kind": "Service", "name": "model"}]), "only one of"),
     ("wasmplugin.yaml", _set("metadata.name", "Canary_Selector"), "does not match"),
-    ("wasmplugin.yaml", _set("kind", "WasmPlugins"), "no CRD in ../shared serves"),
+    ("wasmplugin.yaml", _set("kind", "WasmPlugins"), "serves WasmPlugins extensions.istio.io/v1alpha1"),
     ("trafficextension/canary-selector.yaml", _set("spec.lua", {"inlineCode": "x"}), "exactly one of wasm or lua"),
     ("trafficextension/canary-selector.yaml", _set("spec.wasm.pluginName", ""), "should be non-empty"),
     ("virtualservice.yaml", _set("spec.http.0.route.0.destination.subset", 2), "is not of type 'string'"),
@@ -186,3 +186,11 @@ def test_the_rule_file_passes_promtool_and_the_prometheus_rule_holds_it():
     assert mesh.promtool_check_rules(mesh.RULES) == []
     (rule,) = mesh.load(mesh.OBSERVABILITY_DIR / "prometheusrule.yaml")
     assert rule["spec"] == mesh.load(mesh.RULES)[0]
+
+
+def test_the_crd_groups_are_those_the_schemas_serve():
+    """mesh.CRD_GROUPS (which manifests go to a CRD) is what the schemas in
+    CRD_DIR serve."""
+    if mesh.CRDS_MISSING:
+        pytest.skip(mesh.CRDS_MISSING)
+    assert {api.split("/")[0] for api, _ in mesh.CRDS} == mesh.CRD_GROUPS

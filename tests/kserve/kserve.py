@@ -246,7 +246,7 @@ def _host_matches(pattern: str | None, hostname: str) -> bool:
 def attached(cluster: mesh.Cluster) -> list[tuple[dict, list[str]]]:
     """The HTTPRoutes attached to KServe's Gateway, in creation order, each
     with the hostnames it serves there."""
-    gw = mesh.defaulted(mesh.CRDS[("gateway.networking.k8s.io/v1", "Gateway")], gateway(cluster))
+    gw = mesh.defaulted(mesh.crd(("gateway.networking.k8s.io/v1", "Gateway")), gateway(cluster))
     out = []
     for (kind, ns, _), route in cluster.objects.items():
         if kind != "HTTPRoute":
@@ -300,7 +300,7 @@ def _precedence(implementation: str):
 def entries(cluster: mesh.Cluster, implementation: str) -> dict[str, list[Entry]]:
     """hostname -> the matches of every attached rule for it, in the order
     the implementation's Envoy tries them."""
-    schema = mesh.CRDS[("gateway.networking.k8s.io/v1", "HTTPRoute")]
+    schema = mesh.crd(("gateway.networking.k8s.io/v1", "HTTPRoute"))
     by_host: dict[str, list[Entry]] = {}
     for route, hostnames in attached(cluster):
         route = mesh.defaulted(schema, route)
