@@ -11,15 +11,16 @@ use log::{info, warn};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use super::metrics::{add_to_counter, define_metric, set_gauge, ByDecision, Gauge, LazyCounter};
+use super::metrics::{define_metric, set_gauge, ByDecision, Gauge, LazyCounter};
+use super::poll::{MeshState, PollState};
 use super::HostShared;
 use crate::config::{decimal, Config, Guard, Rollout, MAX_ROLLOUTS, MAX_VERSIONS};
 use crate::decision::Live;
 use crate::filter::{self, MetricNames, Outcome};
 use crate::guard::{self, describe_failures, Failure, Guarded, Judged, Trip};
 use crate::hash::murmur3_32;
-use crate::mesh::{self, Poll, PollFailure, Series};
-use crate::shared::{self, Keys, Push};
+use crate::mesh;
+use crate::shared::{self, Keys};
 
 /// Kinds of failure the guard tells apart (gRPC codes, no status, HTTP 5xx).
 const FAILURES: usize = 19;
@@ -35,36 +36,19 @@ pub struct Installed {
     pub rollouts: Vec<RolloutState>,
     /// Requests no rollout takes (a config that lists `rollouts`).
     pub no_rollout: LazyCounter,
-    plugin_names: MetricNames,
-    plugin_keys: Keys,
+    pub(super) plugin_names: MetricNames,
+    pub(super) plugin_keys: Keys,
     /// The plugin's trip board as this VM last read it: when it moves,
     /// another VM tripped a guard, and this VM reads the windows of the
     /// rollouts it counted nothing for.
     trips_seen: Cell<u32>,
-    /// Unix ms at the last tick: the clock the guard's windows use.
+    /// Unix ms at the last tick: the clock the guard's windows and the
+    /// polls use.
     pub now_ms: Cell<i64>,
     /// wyrand state for anonymous picks, seeded on first use.
     pub rng: Cell<Option<u64>>,
     /// The mesh verdict's polls of Prometheus.
     pub polls: Vec<PollState>,
-}
-
-/// A poll of Prometheus as this VM sees it.
-pub struct PollState {
-    pub poll: Poll,
-    /// When it is next due, as this VM last read it: until then its ticks
-    /// do not ask.
-    due_ms: Cell<i64>,
-    /// The token of this VM's call in flight.
-    pending: Cell<Option<u32>>,
-}
-
-/// The mesh verdict's state of one rollout in the VM.
-struct MeshState {
-    keys: Keys,
-    generation: u32,
-    /// The versions the mesh tripped, latched until the rollout's next push.
-    tripped: Cell<u32>,
 }
 
 /// One rollout's state in the VM.
@@ -79,11 +63,11 @@ pub struct RolloutState {
     /// The failed responses by kind, per (version, failure): at
     /// `version * FAILURES + failure.index()`.
     failures: Vec<LazyCounter>,
-    names: MetricNames,
+    pub(super) names: MetricNames,
     /// The local verdict: the guard's window, if it has thresholds.
     guard: Option<RefCell<Guarded>>,
     /// The mesh verdict, if the guard reads one.
-    mesh: Option<MeshState>,
+    pub(super) mesh: Option<MeshState>,
     /// Per version, the guard's trips (defined with a guard, so that a
     /// count of trips starts at zero).
     trips: Vec<u32>,
@@ -101,15 +85,14 @@ impl Installed {
         if scoped {
             let push =
                 shared::accept_push(&store, &plugin_keys.last_config(), murmur3_32(text, 0x5eed));
+            let names: Vec<&str> = config.rollouts.iter().filter_map(Rollout::name).collect();
             if push.first {
-                let names: Vec<&str> = config.rollouts.iter().filter_map(Rollout::name).collect();
                 info!(
                     "config accepted: {} rollouts ({})",
                     names.len(),
                     names.join(", ")
                 );
             }
-            let names: Vec<&str> = config.rollouts.iter().filter_map(Rollout::name).collect();
             let dropped = shared::update_gauged(
                 &store,
                 &plugin_keys.gauged_rollouts(),
@@ -127,11 +110,7 @@ impl Installed {
             .collect();
         let polls = mesh::polls(&config, plugin)
             .into_iter()
-            .map(|poll| PollState {
-                poll,
-                due_ms: Cell::new(now_ms),
-                pending: Cell::new(None),
-            })
+            .map(|poll| PollState::new(poll, now_ms))
             .collect();
         let installed = Installed {
             rollouts,
@@ -228,9 +207,7 @@ impl Installed {
         let now = u64::try_from(self.now_ms.get()).unwrap_or(0);
         for (rollout, state) in self.config.rollouts.iter().zip(&self.rollouts) {
             if let (true, Some(m)) = (learn, &state.mesh) {
-                let recorded = mesh::recorded_trips(&store, &m.keys, m.generation);
-                if recorded & !m.tripped.get() != 0 {
-                    m.tripped.set(m.tripped.get() | recorded);
+                if m.learn(&store) {
                     set_gauge(&state.names.guard_tripped(), 1);
                 }
             }
@@ -257,127 +234,6 @@ impl Installed {
                     set_gauge(&state.names.guard_tripped(), 1);
                     log_trip(rollout, config, &trip);
                 }
-            }
-        }
-    }
-}
-
-impl Installed {
-    /// The mesh verdict's tick: each poll that is due and whose turn this
-    /// VM takes is sent with `dispatch` (Envoy's HTTP call: the token, or
-    /// why Envoy refused it).
-    pub fn tick_polls(&self, mut dispatch: impl FnMut(&Poll) -> Option<u32>) {
-        let store = HostShared;
-        let now = self.now_ms.get();
-        for p in &self.polls {
-            if now < p.due_ms.get() {
-                continue;
-            }
-            match mesh::take_turn(&store, &p.poll.turn_key, now, p.poll.interval_ms) {
-                Err(due) => p.due_ms.set(due),
-                Ok(()) => {
-                    p.due_ms.set(
-                        now.saturating_add(i64::try_from(p.poll.interval_ms).unwrap_or(i64::MAX)),
-                    );
-                    match dispatch(&p.poll) {
-                        Some(token) => p.pending.set(Some(token)),
-                        None => self.poll_result(p, Err(PollFailure::Unreachable)),
-                    }
-                }
-            }
-        }
-    }
-
-    /// The poll whose call has this token, if it is this config's; its
-    /// call is no longer in flight.
-    pub fn poll_of(&self, token: u32) -> Option<&PollState> {
-        let p = self.polls.iter().find(|p| p.pending.get() == Some(token))?;
-        p.pending.set(None);
-        Some(p)
-    }
-
-    /// A poll's answer, read: counted, and applied to each rollout that
-    /// reads it. A failure changes nothing: the last verdict holds.
-    pub fn poll_result(&self, p: &PollState, answer: Result<Vec<Series>, PollFailure>) {
-        let store = HostShared;
-        let result = answer.as_ref().map_or_else(|f| f.name(), |_| "ok".into());
-        add_to_counter(&self.plugin_names.mesh_polls(&result), 1);
-        let failing = match answer {
-            Ok(failing) => failing,
-            Err(failure) => {
-                if mesh::log_due(&store, &p.poll.logged_key, self.now_ms.get()) {
-                    warn!(
-                        "mesh verdict: the poll of {} (cluster {}) failed ({}); the last verdict holds",
-                        p.poll.authority,
-                        p.poll.cluster,
-                        failure.name()
-                    );
-                }
-                return;
-            }
-        };
-        let scoped = self.config.scope.is_some();
-        let mut unknown = 0;
-        let mut tripped_any = false;
-        for &i in &p.poll.rollouts {
-            let (Some(rollout), Some(state)) = (self.config.rollouts.get(i), self.rollouts.get(i))
-            else {
-                continue;
-            };
-            let (Some(m), Some(config)) = (
-                &state.mesh,
-                rollout.guard.as_ref().and_then(|g| g.mesh.as_ref()),
-            ) else {
-                continue;
-            };
-            let v = mesh::verdict(&failing, rollout, config, scoped);
-            unknown += v.unknown;
-            if v.tripped & !m.tripped.get() == 0 {
-                continue;
-            }
-            let added = mesh::record_trips(&store, &m.keys, m.generation, v.tripped);
-            m.tripped.set(m.tripped.get() | v.tripped);
-            set_gauge(&state.names.guard_tripped(), 1);
-            if added == 0 {
-                continue;
-            }
-            // This VM recorded the trip: it counts it and says so, once for
-            // the proxy.
-            tripped_any = true;
-            let names: Vec<&str> = (1..rollout.versions.len())
-                .filter(|&v| added >> v & 1 == 1)
-                .map(|v| version_name(rollout, v))
-                .collect();
-            for name in &names {
-                add_to_counter(&state.names.mesh_trips(name), 1);
-            }
-            let of = rollout
-                .name()
-                .map(|n| format!(" of rollout {n}"))
-                .unwrap_or_default();
-            warn!(
-                "guard tripped{of} by the mesh verdict: Prometheus names {} failing ({}). Every request no rule \
-                 pins to {} now goes to {} until a new config is pushed",
-                names.join(", "),
-                config.query,
-                names.join(", "),
-                version_name(rollout, 0),
-            );
-        }
-        if tripped_any {
-            // The other VMs read the records when the board moves.
-            shared::bump(&store, &self.plugin_keys.trips());
-        }
-        if unknown > 0 {
-            add_to_counter(
-                &self.plugin_names.mesh_ignored_series(),
-                u64::try_from(unknown).unwrap_or(u64::MAX),
-            );
-            if mesh::log_due(&store, &p.poll.logged_key, self.now_ms.get()) {
-                warn!(
-                    "mesh verdict: {unknown} series of the answer of {} name no version of the rollout they apply to; ignored",
-                    p.poll.authority
-                );
             }
         }
     }
@@ -536,24 +392,6 @@ impl RolloutState {
     }
 }
 
-impl MeshState {
-    /// The first VM to accept the rollout's push starts its record afresh;
-    /// the others read what the mesh has tripped for it so far.
-    fn start(store: &HostShared, keys: Keys, push: Push) -> MeshState {
-        let tripped = if push.first {
-            mesh::start_trips(store, &keys, push.generation);
-            0
-        } else {
-            mesh::recorded_trips(store, &keys, push.generation)
-        };
-        MeshState {
-            keys,
-            generation: push.generation,
-            tripped: Cell::new(tripped),
-        }
-    }
-}
-
 /// Zeroes the gauges of a rollout the config no longer lists: its versions'
 /// weight and stable gauges, and its guard's.
 fn zero_dropped_rollout(store: &HostShared, plugin: &str, rollout: &str) {
@@ -566,7 +404,7 @@ fn zero_dropped_rollout(store: &HostShared, plugin: &str, rollout: &str) {
     set_gauge(&names.guard_tripped(), 0);
 }
 
-fn version_name(rollout: &Rollout, i: usize) -> &str {
+pub(super) fn version_name(rollout: &Rollout, i: usize) -> &str {
     rollout.versions.get(i).map_or("?", |v| v.name.as_str())
 }
 

@@ -7,6 +7,8 @@
 //! - `stream`: the HTTP context, one per request, which implements the
 //!   core's `Host` and `ResponseHost` with SDK calls and does nothing else
 //!   (the decision itself is `filter`'s);
+//! - `poll`: the mesh verdict's polls of Prometheus and what each
+//!   rollout learnt from them;
 //! - `metrics`: Envoy's counters and gauges, flushed on the tick.
 //!
 //! Envoy calls every callback a module exports on every request, so `make
@@ -23,6 +25,7 @@ use crate::shared::SharedData;
 
 mod installed;
 mod metrics;
+mod poll;
 mod root;
 mod stream;
 
