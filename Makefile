@@ -36,7 +36,7 @@ export CANARY_SELECTOR_CRDS := $(abspath $(CRD_DIR))
 # The operator's CLI (src/bin/canary-selector/), native.
 CLI := target/release/canary-selector
 
-.PHONY: all build cli wasm-target venv run test lint unit e2e compose-check clean
+.PHONY: all build cli wasm-target venv run test lint unit e2e docs-test compose-check clean
 
 all: build
 
@@ -80,7 +80,7 @@ run: build venv
 	    -l warning --component-log-level wasm:info
 
 ## test: everything CI runs
-test: lint unit e2e compose-check istio-test kserve-test
+test: lint unit docs-test e2e compose-check istio-test kserve-test
 
 ## lint: rustfmt, clippy (natively and for wasm32), panics on the request path denied
 lint: wasm-target
@@ -95,6 +95,10 @@ unit:
 ## e2e: the built module in the real Envoy, real HTTP, configs pushed over ECDS
 e2e: build cli venv
 	$(VPY) -m pytest -q tests/e2e
+
+## docs-test: every relative link and anchor in README.md, docs/ and BENCHMARKS.md leads somewhere
+docs-test: venv
+	$(VPY) -m pytest -q tests/docs
 
 ## compose-check: envoy/docker-compose.yaml is valid (no Docker engine needed)
 compose-check:
