@@ -96,7 +96,7 @@ unit:
 e2e: build cli venv
 	$(VPY) -m pytest -q tests/e2e
 
-## docs-test: every relative link and anchor in README.md, docs/ and BENCHMARKS.md leads somewhere
+## docs-test: every relative link and anchor in README.md, docs/ and BENCHMARKS.md leads somewhere; the formula snippet runs
 docs-test: venv
 	$(VPY) -m pytest -q tests/docs
 

@@ -48,7 +48,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# --- The documented assignment formula (README), used as the oracle. ---------
+# --- The documented assignment formula (docs/config.md), used as the oracle. -
 
 
 def bucket(salt: str, user_id: str | bytes) -> int:

@@ -7,8 +7,11 @@ import json
 import math
 import os
 import random
+import re
+import shlex
 from collections import Counter
 
+import harness
 from harness import canary_selector
 
 SEED = int(os.environ.get("CLI_PROPERTY_SEED", "20261201"))
@@ -229,3 +232,30 @@ def test_explain_picks_the_rollout_the_filter_in_envoy_picks_for_each_host_and_p
         # Every rollout was picked somewhere, and some requests passed untouched.
         names = {r["name"] for r in config["rollouts"]}
         assert set(picked) == names | {None}, picked
+
+
+# --- docs/cli.md's examples, run ----------------------------------------------
+
+
+def _cli_page() -> str:
+    return (harness.ROOT / "docs" / "cli.md").read_text()
+
+
+def test_check_on_istio_prints_what_docs_cli_shows():
+    """The page's `check istio/` output is what the CLI prints today, line
+    for line, so the manual cannot fall behind the shipped manifests."""
+    page = _cli_page()
+    shown = re.search(r"On `istio/`:\n\n```\n(.*?)```", page, re.S)
+    assert shown, "docs/cli.md shows no output of `check istio/`"
+    result = canary_selector("check", "istio/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == shown.group(1).splitlines()
+
+
+def test_every_dollar_line_of_docs_cli_prints_what_it_shows():
+    """Each `$ canary-selector ...` example prints the lines below it."""
+    examples = re.findall(r"^\$ canary-selector (.*)\n((?:(?!\$ |```).*\n)*)", _cli_page(), re.M)
+    assert len(examples) >= 3
+    for line, output in examples:
+        result = canary_selector(*shlex.split(line))
+        assert result.stdout.splitlines() == output.splitlines(), line

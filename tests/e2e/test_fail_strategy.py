@@ -130,11 +130,12 @@ def test_fail_close_without_the_module_denies_every_request(start_envoy, demo_co
 
 
 def early_strip() -> dict:
-    """The README's `early_header_mutation_extensions` block (Fail strategy),
-    as a user would paste it into envoy/envoy.yaml's connection manager."""
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"```yaml\n(early_header_mutation_extensions:\n.*?)```", readme, re.S)
-    assert block, "README shows no early_header_mutation_extensions block"
+    """The `early_header_mutation_extensions` block of docs/operations.md
+    (Fail strategy), as a user would paste it into envoy/envoy.yaml's
+    connection manager."""
+    page = (ROOT / "docs" / "operations.md").read_text()
+    block = re.search(r"```yaml\n(early_header_mutation_extensions:\n.*?)```", page, re.S)
+    assert block, "docs/operations.md shows no early_header_mutation_extensions block"
     return yaml.safe_load(block.group(1))
 
 

@@ -54,6 +54,8 @@ CRD_DIRS = [CRD_ROOT / d for d in ("istio-crds", "gateway-crds", "kserve-crds")]
 CRD_GROUPS = {"networking.istio.io", "extensions.istio.io", "gateway.networking.k8s.io",
               "gateway.envoyproxy.io", "serving.kserve.io"}
 README = ROOT / "README.md"
+# The pages whose marked sections the tests run: the README and the manual beside it.
+DOC_PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 OBSERVABILITY_DIR = ISTIO_DIR / "observability"
 DASHBOARD = OBSERVABILITY_DIR / "canary-selector-dashboard.json"
 RULES = OBSERVABILITY_DIR / "canary-selector-rules.yaml"
@@ -982,10 +984,15 @@ def flag(args: list[str], name: str) -> str:
 
 
 def readme_section(name: str = "istio") -> str:
-    text = README.read_text()
+    """The text between `<!-- section: name -->` and its end marker, on
+    whichever page of the docs holds it (README.md or docs/)."""
     start, end = f"<!-- section: {name} -->", f"<!-- end section: {name} -->"
-    assert start in text and end in text, f"README.md lacks the {name} section markers"
-    return text.split(start, 1)[1].split(end, 1)[0]
+    for page in DOC_PAGES:
+        text = page.read_text()
+        if start in text:
+            assert end in text, f"{page.name} opens the {name} section but never ends it"
+            return text.split(start, 1)[1].split(end, 1)[0]
+    raise AssertionError(f"no page of the docs has the {name} section markers")
 
 
 @dataclass
