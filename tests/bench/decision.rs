@@ -3,7 +3,11 @@
 //! hit, a rule hit and an anonymous request, with the bench's rollout (90/10,
 //! one header rule, sticky on `x-user-id`), and the heap allocations each
 //! decision makes (counted by a wrapping global allocator; the target is
-//! zero for a sticky decision).
+//! zero for a sticky decision). Then the same sticky request through a
+//! config of 1, 50 and 500 rollouts (two hosts each, requests spread over
+//! every host, as `make bench-rollouts` sends them through Envoy): the
+//! `:authority` reduced to its host, the rollout looked up, and its decision
+//! (the part of a request's cost that could grow with the rollouts).
 //!
 //! No framework: each case runs in batches timed with `Instant`; the figure is
 //! the median batch, per decision (the fastest batch is shown too).
@@ -15,7 +19,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use canary_selector::config::Rollout;
+use canary_selector::config::{authority_host, Config, Rollout, MAX_AUTHORITY_HOST_LEN};
 use canary_selector::decision::{decide, Live, Request, WyRand};
 
 struct Counting;
@@ -67,11 +71,39 @@ const BATCHES: usize = 31;
 fn run(requests: &mut [Headers], rollout: &Rollout) -> (f64, f64, f64) {
     let mut rng = WyRand(0x5eed);
     let live = Live::default();
-    let mut once = |i: u64| {
+    time(|i: u64| {
         let n = requests.len();
         let req = &mut requests[i as usize % n];
         black_box(decide(rollout, black_box(req), &mut rng, live));
-    };
+    })
+}
+
+/// (median ns, fastest ns, allocations) per request through a config with
+/// `rollouts`: host, lookup, decision. `requests` pairs an `:authority`
+/// with its headers.
+fn run_scoped(requests: &mut [(&[u8], Headers)], config: &Config) -> (f64, f64, f64) {
+    let mut rng = WyRand(0x5eed);
+    let live = Live::default();
+    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    time(|i: u64| {
+        let n = requests.len();
+        let (authority, req) = &mut requests[i as usize % n];
+        let host = authority_host(black_box(authority), &mut buf);
+        let index = config
+            .rollout_for(host, || None)
+            .expect("every host has a rollout");
+        black_box(decide(
+            &config.rollouts[index],
+            black_box(req),
+            &mut rng,
+            live,
+        ));
+    })
+}
+
+/// Times `once(i)` in batches after a warm-up: (median ns, fastest ns,
+/// allocations) per call.
+fn time(mut once: impl FnMut(u64)) -> (f64, f64, f64) {
     let warm = Instant::now();
     let mut i = 0;
     while warm.elapsed() < Duration::from_millis(200) {
@@ -137,5 +169,42 @@ fn main() {
     ] {
         let (median, fastest, allocs) = run(requests, &rollout);
         println!("{name:<28} {median:>12.1} {fastest:>12.1} {allocs:>16.3}");
+    }
+
+    println!("\nthe same sticky request through a config of N rollouts, two hosts each, spread over every host:");
+    println!(
+        "{:<28} {:>12} {:>12} {:>16}",
+        "rollouts", "ns/request", "fastest", "allocs/request"
+    );
+    let rollout_json = |i: usize| {
+        format!(
+            r#"{{"name": "m{i}", "hosts": ["m{i}.models.example.com", "m{i}-predictor.models.example.com"],
+                "routingHeader": "x-canary-version",
+                "versions": [{{ "name": "model-v1", "weight": 90 }}, {{ "name": "model-v2", "weight": 10 }}],
+                "stickiness": {{ "userIdHeaders": ["x-user-id"] }},
+                "rules": [{{ "name": "testers", "match": {{ "headers": {{ "x-canary-tester": {{ "exact": "true" }} }} }},
+                             "version": "model-v2" }}]}}"#
+        )
+    };
+    for n in [1usize, 50, 500] {
+        let json = format!(
+            r#"{{"rollouts": [{}]}}"#,
+            (0..n).map(rollout_json).collect::<Vec<_>>().join(",")
+        );
+        let config = Config::from_json(json.as_bytes()).expect("the bench config is valid");
+        let mut requests: Vec<(&[u8], Headers)> = (0..4096)
+            .map(|k| {
+                let host = match k % 2 {
+                    0 => format!("m{}.models.example.com:80", k / 2 % n),
+                    _ => format!("M{}-Predictor.models.example.com", k / 2 % n),
+                };
+                (
+                    leak(&host),
+                    Headers(common(vec![("x-user-id", leak(&ids[k % ids.len()]))])),
+                )
+            })
+            .collect();
+        let (median, fastest, allocs) = run_scoped(&mut requests, &config);
+        println!("{n:<28} {median:>12.1} {fastest:>12.1} {allocs:>16.3}");
     }
 }
