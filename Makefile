@@ -252,7 +252,7 @@ bench-tools:
 # ---- reliability (fuzz, soak) ----
 .PHONY: fuzz soak
 
-# The fuzz targets (tests/fuzz.rs) also run in `make unit`, a few hundred
+# The fuzz targets (tests/fuzz/, one file each) also run in `make unit`, a few hundred
 # cases each with a fixed seed. `make fuzz` runs each for FUZZ_SECONDS in
 # release mode, with overflow checks and debug assertions on, from a fresh
 # seed (printed, with how to replay a failing case).
