@@ -59,9 +59,10 @@ DOC_PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 OBSERVABILITY_DIR = ISTIO_DIR / "observability"
 DASHBOARD = OBSERVABILITY_DIR / "canary-selector-dashboard.json"
 RULES = OBSERVABILITY_DIR / "canary-selector-rules.yaml"
+MESH_RULES = OBSERVABILITY_DIR / "canary-selector-mesh-rules.yaml"
 # Files under istio/ that are no Kubernetes object: the Grafana dashboard and
 # the plain Prometheus rule file.
-NOT_MANIFESTS = (DASHBOARD, RULES)
+NOT_MANIFESTS = (DASHBOARD, RULES, MESH_RULES)
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import harness  # noqa: E402

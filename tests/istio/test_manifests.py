@@ -31,6 +31,7 @@ def test_the_manifests_are_the_documented_set():
         ("DestinationRule", "model"),
         ("Namespace", "models"),
         ("PrometheusRule", "canary-selector"),
+        ("PrometheusRule", "canary-selector-mesh"),
         ("Service", "model"),
         ("TrafficExtension", "canary-selector"),
         ("VirtualService", "model"),
