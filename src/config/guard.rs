@@ -60,16 +60,41 @@ pub const DEFAULT_MESH_POLL_SECONDS: u32 = 5;
 pub const DEFAULT_MESH_TIMEOUT_MS: u32 = 1000;
 pub const MAX_MESH_POLL_SECONDS: u32 = 3600;
 pub const MAX_MESH_QUERY_LEN: usize = 4096;
-/// Envoy clusters a call must never go to: Istio's passthrough clusters are
-/// ORIGINAL_DST, and an HTTP call from a Wasm filter to one has crashed
-/// Envoy (envoy#14878); the black hole answers nothing.
+/// Envoy clusters a call must never go to, by name: Istio's passthrough
+/// clusters are ORIGINAL_DST, and an HTTP call from a Wasm filter to one has
+/// crashed Envoy (envoy#14878); so are an ambient waypoint's HBONE clusters
+/// (`connect_originate`, `outer_connect_originate`, `forward_inner_connect`,
+/// Istio's pilot/pkg/networking/core/waypoint.go), and `encap` leads into the
+/// waypoint's own tunnel listener. `AllowAnyDynamicDNSCluster` (mesh mode
+/// ALLOW_ANY_DYNAMIC_DNS) is a dynamic forward proxy: it resolves hosts the
+/// HTTP filter of the request path found, which a call made from the tick
+/// never passes. The black hole answers nothing.
 const REFUSED_CLUSTERS: &[&str] = &[
     "PassthroughCluster",
     "InboundPassthroughCluster",
     "InboundPassthroughClusterIpv4",
     "InboundPassthroughClusterIpv6",
     "BlackHoleCluster",
+    "AllowAnyDynamicDNSCluster",
+    "connect_originate",
+    "outer_connect_originate",
+    "forward_inner_connect",
+    "encap",
 ];
+/// Istio's inbound clusters (`inbound|<port>||`, `inbound|<port>|<name>|`)
+/// lead to the pod's own workload, and since Istio 1.10 are ORIGINAL_DST.
+const REFUSED_CLUSTER_PREFIX: &str = "inbound|";
+
+/// Why a call may not go to `cluster`, if it may not.
+fn refused_cluster(cluster: &str) -> Option<&'static str> {
+    if REFUSED_CLUSTERS.contains(&cluster) {
+        Some("original-destination, dynamic forward proxy, tunnel or black hole")
+    } else if cluster.starts_with(REFUSED_CLUSTER_PREFIX) {
+        Some("Istio's inbound cluster: original-destination, to the pod's own workload")
+    } else {
+        None
+    }
+}
 
 /// The gRPC codes counted as errors by default: the ones Envoy maps to HTTP
 /// 5xx, that is the ones that mean the server failed (UNKNOWN,
@@ -180,11 +205,11 @@ fn validate_mesh(m: RawMesh) -> Result<Mesh, ConfigError> {
             "must be an Envoy cluster name (1 to 512 visible ASCII characters)",
         );
     }
-    if REFUSED_CLUSTERS.contains(&cluster.as_str()) {
+    if let Some(why) = refused_cluster(&cluster) {
         return err(
             "guard.mesh.cluster",
             format!(
-                "{cluster:?} is not a cluster a call may go to (original-destination or black hole); \
+                "{cluster:?} is not a cluster a call may go to ({why}); \
                  name Prometheus' own, such as outbound|9090||prometheus.istio-system.svc.cluster.local"
             ),
         );
@@ -258,4 +283,65 @@ fn validate_mesh(m: RawMesh) -> Result<Mesh, ConfigError> {
         poll_ms: u64::from(poll_seconds) * 1000,
         timeout_ms: u64::from(timeout_ms),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refused_cluster;
+    use crate::config::Config;
+
+    fn mesh_cluster_error(cluster: &str) -> Option<String> {
+        let json = format!(
+            r#"{{"versions":[{{"name":"v1","weight":90}},{{"name":"v2","weight":10}}],
+               "guard":{{"mesh":{{"cluster":{cluster:?},"authority":"prometheus:9090","query":"q"}}}}}}"#
+        );
+        match Config::from_json(json.as_bytes()) {
+            Ok(_) => None,
+            Err(e) => {
+                assert_eq!(e.field, "guard.mesh.cluster", "{e}");
+                Some(e.to_string())
+            }
+        }
+    }
+
+    #[test]
+    fn istio_clusters_a_call_must_not_reach_are_refused() {
+        for cluster in [
+            "PassthroughCluster",
+            "InboundPassthroughClusterIpv4",
+            "BlackHoleCluster",
+            "AllowAnyDynamicDNSCluster",
+            "connect_originate",
+            "outer_connect_originate",
+            "forward_inner_connect",
+            "encap",
+            "inbound|8080||",
+            "inbound|9090|http|prometheus.istio-system.svc.cluster.local",
+        ] {
+            let e = mesh_cluster_error(cluster).unwrap_or_else(|| panic!("{cluster} was accepted"));
+            assert!(e.contains("is not a cluster a call may go to"), "{e}");
+            assert!(
+                e.contains("outbound|9090||prometheus.istio-system.svc.cluster.local"),
+                "{e}"
+            );
+        }
+        assert!(mesh_cluster_error("inbound|8080||")
+            .is_some_and(|e| e.contains("Istio's inbound cluster")));
+    }
+
+    #[test]
+    fn clusters_that_reach_prometheus_are_taken() {
+        for cluster in [
+            "outbound|9090||prometheus.istio-system.svc.cluster.local",
+            "canary-selector-prometheus",
+            "prometheus",
+            // Only the names themselves are refused, not names that contain them.
+            "outbound|9090||inbound.example.com",
+            "my-connect_originate",
+            "Encap",
+        ] {
+            assert_eq!(refused_cluster(cluster), None, "{cluster}");
+            assert_eq!(mesh_cluster_error(cluster), None, "{cluster}");
+        }
+    }
 }
