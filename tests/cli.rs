@@ -132,15 +132,50 @@ fn check_accepts_the_shipped_manifests_and_their_wiring() {
             .lines()
             .filter(|l| l.starts_with(&format!("{plugin} with")))
             .collect();
+        // One rollout for every host: the routes of both models are its.
+        // xgboost-iris's has a gRPC and a REST rule per version, both to
+        // the version's Service: wired.
         assert_eq!(
             wired,
-            [format!("{plugin} with istio/kserve/httproute.yaml: HTTPRoute kserve-test/sklearn-iris-canary-selector: \
-                 wiring ok: model-v1 -> sklearn-iris-model-v1-predictor, model-v2 -> sklearn-iris-model-v2-predictor; \
-                 no rule without matches: a request the filter did not touch is left to other routes")],
+            [
+                format!("{plugin} with istio/kserve/httproute.yaml: HTTPRoute kserve-test/sklearn-iris-canary-selector: \
+                     wiring ok: model-v1 -> sklearn-iris-model-v1-predictor, model-v2 -> sklearn-iris-model-v2-predictor; \
+                     no rule without matches: a request the filter did not touch is left to other routes"),
+                format!("{plugin} with istio/kserve/many-models/httproute.yaml: HTTPRoute kserve-test/xgboost-iris-canary-selector: \
+                     wiring ok: model-v1 -> xgboost-iris-model-v1-predictor, model-v2 -> xgboost-iris-model-v2-predictor; \
+                     no rule without matches: a request the filter did not touch is left to other routes"),
+            ],
             "{}",
             r.stdout
         );
     }
+    // The many-models plugin: each rollout wired to its own model's route alone.
+    let plugin = "istio/kserve/many-models/wasmplugin.yaml: WasmPlugin kserve/canary-selector";
+    assert!(
+        r.stdout.contains(&format!(
+            "{plugin}: accepted: 2 rollouts (sklearn-iris, xgboost-iris)"
+        )),
+        "{}",
+        r.stdout
+    );
+    let wired: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("{plugin} rollout")) && l.contains(" with "))
+        .collect();
+    assert_eq!(
+        wired,
+        [
+            format!("{plugin} rollout sklearn-iris with istio/kserve/httproute.yaml: HTTPRoute kserve-test/sklearn-iris-canary-selector: \
+                 wiring ok: model-v1 -> sklearn-iris-model-v1-predictor, model-v2 -> sklearn-iris-model-v2-predictor; \
+                 no rule without matches: a request the filter did not touch is left to other routes"),
+            format!("{plugin} rollout xgboost-iris with istio/kserve/many-models/httproute.yaml: HTTPRoute kserve-test/xgboost-iris-canary-selector: \
+                 wiring ok: model-v1 -> xgboost-iris-model-v1-predictor, model-v2 -> xgboost-iris-model-v2-predictor; \
+                 no rule without matches: a request the filter did not touch is left to other routes"),
+        ],
+        "{}",
+        r.stdout
+    );
     assert!(!r.stdout.contains("dashboard"), "{}", r.stdout);
     let r = run(&["check", "envoy/plugin-config.json", "-o", "json"]);
     assert_eq!(r.code, 0);
@@ -1306,4 +1341,35 @@ fn diff_compares_a_config_without_rollouts_with_each_rollout_that_replaces_it() 
         "json",
     ]));
     assert!(d.get("rollouts").is_none() && d["moves"].is_array(), "{d}");
+}
+
+#[test]
+fn check_wires_a_version_s_grpc_and_rest_rules_to_one_service_and_no_more() {
+    // KServe's predictors that serve REST and gRPC take two rules of ours
+    // per version (istio/kserve/many-models/httproute.yaml): to the one
+    // Service, on its gRPC and its REST port. Two rules to two Services
+    // still leave the version's requests to chance.
+    let plugin = "istio/kserve/many-models/wasmplugin.yaml";
+    let route = shipped("istio/kserve/many-models/httproute.yaml");
+    let sklearn = "istio/kserve/httproute.yaml";
+    let r = run(&["check", plugin, sklearn, &file("grpc-route.yaml", &route)]);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    assert!(r.stdout.contains("wiring ok: model-v1 -> xgboost-iris-model-v1-predictor, model-v2 -> xgboost-iris-model-v2-predictor"), "{}", r.stdout);
+    let split = route.replacen(
+        "name: xgboost-iris-model-v1-predictor, port: 8081",
+        "name: xgboost-iris-model-v2-predictor, port: 8081",
+        1,
+    );
+    let r = run(&[
+        "check",
+        plugin,
+        sklearn,
+        &file("grpc-route-split.yaml", &split),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(
+        r.stdout.contains("wiring: version model-v1 has 2 rules matching x-canary-version: model-v1 (model-v1-grpc, model-v1)"),
+        "{}",
+        r.stdout
+    );
 }

@@ -29,8 +29,12 @@ def test_the_manifests_are_the_documented_set():
     )
     assert kinds == [
         ("envoy/gateway/envoyextensionpolicy.yaml", "EnvoyExtensionPolicy", "canary-selector"),
+        ("envoy/gateway/many-models/envoyextensionpolicy.yaml", "EnvoyExtensionPolicy", "canary-selector"),
         ("istio/kserve/httproute.yaml", "HTTPRoute", "sklearn-iris-canary-selector"),
         ("istio/kserve/inferenceservice.yaml", "InferenceService", "sklearn-iris"),
+        ("istio/kserve/many-models/httproute.yaml", "HTTPRoute", "xgboost-iris-canary-selector"),
+        ("istio/kserve/many-models/inferenceservice.yaml", "InferenceService", "xgboost-iris"),
+        ("istio/kserve/many-models/wasmplugin.yaml", "WasmPlugin", "canary-selector"),
         ("istio/kserve/namespace.yaml", "Namespace", "kserve-test"),
         ("istio/kserve/trafficextension/canary-selector.yaml", "TrafficExtension", "canary-selector"),
         ("istio/kserve/wasmplugin.yaml", "WasmPlugin", "canary-selector"),

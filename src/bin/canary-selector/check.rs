@@ -4,7 +4,8 @@
 //! from some of its hosts; then, when VirtualServices (with their
 //! DestinationRules) or HTTPRoutes are among the files, the wiring of each
 //! rollout with the routes of its hosts that match on its routing header:
-//! each version has exactly one route matching its name (the stable version
+//! each version has exactly one route matching its name (or HTTPRoute rules
+//! to one Service, as a REST and a gRPC rule are; the stable version
 //! may instead take the default route), to a subset a DestinationRule
 //! defines (VirtualService) or one backend (HTTPRoute), no two versions
 //! share one, and the default route goes to the stable version's.
@@ -646,6 +647,17 @@ fn subsets_defined(rules: &[&Manifest], fallback_ns: &str) -> Vec<(String, Strin
     out
 }
 
+/// Whether every route has one backend and all are the same Service (its
+/// ports may differ).
+fn one_service(routes: &[&Route]) -> bool {
+    let mut hosts = routes.iter().map(|r| match r.destinations.as_slice() {
+        [d] => Some(d.host.as_str()),
+        _ => None,
+    });
+    let first = hosts.next().flatten();
+    first.is_some() && hosts.all(|h| h == first)
+}
+
 /// Where `route` sends: its one subset (VirtualService) or backend
 /// (HTTPRoute); what is wrong with it goes to `problems`.
 fn route_target(
@@ -740,6 +752,20 @@ fn wire_routes(
             ([route], _) => {
                 let what = format!("version {name}");
                 if let Some(to) = route_target(&what, route, table, defined, &mut problems) {
+                    routed.push(Routed {
+                        version: name.to_string(),
+                        to,
+                        by_default_route: false,
+                    });
+                }
+            }
+            // Several HTTPRoute rules of one version to the one Service
+            // are wired: KServe's predictors that serve REST and gRPC
+            // take a gRPC rule (to the Service's gRPC port) beside the
+            // REST rule (docs/kserve-many-models.md, gRPC).
+            (more, _) if table.kind == Kind::HttpRoute && one_service(more) => {
+                let what = format!("version {name}");
+                if let Some(to) = route_target(&what, more[0], table, defined, &mut problems) {
                     routed.push(Routed {
                         version: name.to_string(),
                         to,
