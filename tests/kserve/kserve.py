@@ -36,6 +36,10 @@ import ecds  # noqa: E402
 
 KSERVE_DIR = ROOT / "istio" / "kserve"
 ENVOY_GATEWAY_DIR = ROOT / "envoy" / "gateway"
+# The second model beside sklearn-iris, and the one plugin for both
+# (docs/kserve-many-models.md).
+MANY_MODELS_DIR = KSERVE_DIR / "many-models"
+ENVOY_GATEWAY_MANY_MODELS_DIR = ENVOY_GATEWAY_DIR / "many-models"
 # The Gateway KServe's quick install creates (gatewayClassName envoy; Istio's is istio).
 GATEWAY_FIXTURE = Path(__file__).resolve().parent / "kserve-ingress-gateway.yaml"
 
@@ -44,6 +48,11 @@ GATEWAY_NAMESPACE, GATEWAY_NAME = "kserve", "kserve-ingress-gateway"
 INGRESS_DOMAIN = "example.com"
 SERVICE_PORT = 80  # a predictor Service's port (to the container's 8080)
 FALLBACK_PATH = "^/.*$"  # KServe's one path match, a RegularExpression
+# KServe's gRPC rule, first in its HTTPRoutes when a predictor's Service has
+# a REST and a gRPC port (its HTTPRoute reconciler, createGRPCRouteMatches).
+GRPC_PATH = r"^/inference\.GRPCInferenceService/.*$"
+GRPC_CONTENT_TYPE = {"type": "RegularExpression", "name": "content-type", "value": "^application/grpc.*"}
+GRPC_APP_PROTOCOL = "kubernetes.io/h2c"
 REQUEST_TIMEOUT = "60s"
 OWNER = "serving.kserve.io/inferenceservice"  # the label on what KServe writes
 
@@ -84,6 +93,23 @@ def shipped(gateway_class: str) -> mesh.Cluster:
     return cluster
 
 
+def shipped_many_models(gateway_class: str) -> mesh.Cluster:
+    """The cluster after the many-models runbook's deploy step for that
+    gateway: sklearn-iris and xgboost-iris, their HTTPRoutes, and the one
+    plugin resource holding both rollouts, with KServe's objects written."""
+    cluster = installed(gateway_class)
+    cluster.apply(KSERVE_DIR / "namespace.yaml")
+    for directory in (KSERVE_DIR, MANY_MODELS_DIR):
+        cluster.apply(directory / "inferenceservice.yaml")
+        cluster.apply(directory / "httproute.yaml")
+    if gateway_class == ISTIO:
+        cluster.apply(MANY_MODELS_DIR / "wasmplugin.yaml")
+    else:
+        cluster.apply(ENVOY_GATEWAY_MANY_MODELS_DIR)
+    reconcile(cluster)
+    return cluster
+
+
 def gateway(cluster: mesh.Cluster) -> dict:
     return cluster.get("Gateway", GATEWAY_NAMESPACE, GATEWAY_NAME)
 
@@ -115,6 +141,35 @@ def predictors(isvc: dict) -> list[tuple[str, str, int]]:
     return [(stable.get("name", ""), predictor_service(isvc, stable), 100 - sum(w for *_, w in canaries))] + canaries
 
 
+def service_ports(predictor: dict) -> list[dict]:
+    """The ports of the Service KServe makes for a predictor: the
+    container's first port on 80 (to 8080 when it lists none), each other
+    one on its own number; a port whose name holds grpc or h2c gets
+    appProtocol kubernetes.io/h2c (its service reconciler)."""
+    listed = predictor.get("model", {}).get("ports", [])
+    first = listed[0] if listed else {"name": "http", "containerPort": 8080}
+    ports = [{"name": first.get("name", "http"), "port": SERVICE_PORT, "targetPort": first["containerPort"]}]
+    for p in listed[1:]:
+        ports.append({"name": p["name"], "port": p["containerPort"], "targetPort": p["containerPort"]})
+    for port in ports:
+        if _is_grpc_port(port):
+            port["appProtocol"] = GRPC_APP_PROTOCOL
+    return ports
+
+
+def _is_grpc_port(port: dict) -> bool:
+    name = port.get("name", "").lower()
+    return port.get("appProtocol") == GRPC_APP_PROTOCOL or "grpc" in name or "h2c" in name
+
+
+def protocol_ports(ports: list[dict]) -> tuple[int | None, int | None]:
+    """(REST port, gRPC port) of a Service, the first of each kind
+    (detectServiceProtocolPorts)."""
+    rest = next((p["port"] for p in ports if not _is_grpc_port(p)), None)
+    grpc = next((p["port"] for p in ports if _is_grpc_port(p)), None)
+    return rest, grpc
+
+
 def isvc_headers(isvc: dict) -> dict:
     """The filter KServe puts on its rules (KServe-Isvc-Name, -Namespace)."""
     meta = isvc["metadata"]
@@ -138,7 +193,10 @@ def kserve_objects(isvc: dict) -> list[dict]:
     labels = {OWNER: name}
     out = []
     backends = []
-    for predictor, service, weight in predictors(isvc):
+    specs = [isvc["spec"]["predictor"]] + [c["predictor"] for c in isvc["spec"].get("canary", [])]
+    # The ports of the stable predictor's Service decide the rules.
+    rest_port, grpc_port = protocol_ports(service_ports(specs[0]))
+    for (predictor, service, weight), spec in zip(predictors(isvc), specs):
         out.append(
             {
                 "apiVersion": "v1",
@@ -150,13 +208,35 @@ def kserve_objects(isvc: dict) -> list[dict]:
                 },
                 "spec": {
                     "selector": {"app": f"isvc.{service}"},
-                    "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": 8080}],
+                    "ports": service_ports(spec),
                 },
             }
         )
         backends.append({"kind": "Service", "name": service, "namespace": ns, "port": SERVICE_PORT, "weight": weight})
     if len(backends) == 1:
         del backends[0]["weight"]  # no canary: one backend, no split
+    rules = [
+        {
+            "matches": [{"path": {"type": "RegularExpression", "value": FALLBACK_PATH}}],
+            "filters": [isvc_headers(isvc)],
+            "backendRefs": backends,
+            "timeouts": {"request": REQUEST_TIMEOUT},
+        }
+    ]
+    if rest_port is not None and grpc_port is not None:
+        # REST and gRPC: the gRPC rule first, to the gRPC port; the REST
+        # rule to the REST port.
+        rules = [
+            {
+                "matches": [
+                    {"path": {"type": "RegularExpression", "value": GRPC_PATH}, "headers": [dict(GRPC_CONTENT_TYPE)]}
+                ],
+                "filters": [isvc_headers(isvc)],
+                "backendRefs": [{**b, "port": grpc_port} for b in backends],
+                "timeouts": {"request": REQUEST_TIMEOUT},
+            },
+            {**rules[0], "backendRefs": [{**b, "port": rest_port} for b in backends]},
+        ]
     for route_name in (name, f"{name}-predictor"):
         out.append(
             {
@@ -173,14 +253,7 @@ def kserve_objects(isvc: dict) -> list[dict]:
                         }
                     ],
                     "hostnames": [host(route_name, ns)],
-                    "rules": [
-                        {
-                            "matches": [{"path": {"type": "RegularExpression", "value": FALLBACK_PATH}}],
-                            "filters": [isvc_headers(isvc)],
-                            "backendRefs": backends,
-                            "timeouts": {"request": REQUEST_TIMEOUT},
-                        }
-                    ],
+                    "rules": copy.deepcopy(rules),
                 },
             }
         )
@@ -355,9 +428,19 @@ def backends(entry: Entry) -> dict[str, int]:
 # --- The Envoy routes a gateway builds from them -----------------------------
 
 
-def cluster_name(service: str) -> str:
-    """The Envoy cluster of a Service "ns/name", port 80."""
-    return f"{service}:{SERVICE_PORT}"
+def cluster_name(service: str, port: int = SERVICE_PORT) -> str:
+    """The Envoy cluster of a Service "ns/name" and port."""
+    return f"{service}:{port}"
+
+
+def weighted_clusters(entry: Entry) -> dict[str, int]:
+    """Envoy cluster -> weight, of a rule's backendRefs that get traffic."""
+    ns = entry.route["metadata"]["namespace"]
+    return {
+        cluster_name(f"{b.get('namespace', ns)}/{b['name']}", b.get("port", SERVICE_PORT)): b.get("weight", 1)
+        for b in entry.rule.get("backendRefs", [])
+        if b.get("weight", 1) > 0
+    }
 
 
 def _envoy_match(match: dict) -> dict:
@@ -387,17 +470,15 @@ def route_config(cluster: mesh.Cluster, implementation: str, services: set[str])
         routes = []
         for e in es:
             route = {"name": e.name, "match": _envoy_match(e.match)}
-            weights = backends(e)
-            if not weights or not set(weights) <= services:
+            weights = weighted_clusters(e)
+            if not weights or not set(backends(e)) <= services:
                 route["direct_response"] = {"status": 500}
             else:
                 action: dict = {"timeout": e.rule.get("timeouts", {}).get("request", "15s")}
                 if len(weights) == 1:
-                    action["cluster"] = cluster_name(next(iter(weights)))
+                    action["cluster"] = next(iter(weights))
                 else:
-                    action["weighted_clusters"] = {
-                        "clusters": [{"name": cluster_name(s), "weight": w} for s, w in weights.items()]
-                    }
+                    action["weighted_clusters"] = {"clusters": [{"name": c, "weight": w} for c, w in weights.items()]}
                 route["route"] = action
             sets = [
                 h
@@ -418,14 +499,18 @@ def route_config(cluster: mesh.Cluster, implementation: str, services: set[str])
 def upstreams(cluster: mesh.Cluster) -> dict[str, str]:
     """Envoy cluster -> the demo server that plays it: each predictor's
     Service is played by the server of the predictor's name (model-v1 or
-    model-v2, envoy/envoy.yaml)."""
-    return {
-        cluster_name(f"{doc['metadata']['namespace']}/{doc['metadata']['name']}"): doc["metadata"]["labels"][
-            "serving.kserve.io/predictor"
-        ]
-        for doc in cluster.all("Service")
-        if is_kserve_owned(doc)
-    }
+    model-v2, envoy/envoy.yaml), its gRPC port by that version's gRPC
+    server (model-v1-grpc, model-v2-grpc: envoy/grpc_models.py, which the
+    test starts)."""
+    out = {}
+    for doc in cluster.all("Service"):
+        if not is_kserve_owned(doc):
+            continue
+        service = f"{doc['metadata']['namespace']}/{doc['metadata']['name']}"
+        server = doc["metadata"]["labels"]["serving.kserve.io/predictor"]
+        for port in doc["spec"]["ports"]:
+            out[cluster_name(service, port["port"])] = f"{server}-grpc" if _is_grpc_port(port) else server
+    return out
 
 
 def services(cluster: mesh.Cluster) -> set[str]:
@@ -849,3 +934,35 @@ def push(envoy, config: dict) -> None:
     Envoy Gateway's config in a listener update."""
     text = eg_config_text(config) if isinstance(envoy, EnvoyGatewayProxy) else mesh.plugin_config_json(config)
     assert envoy.push(text), envoy.logs()[-2000:]
+
+
+# --- Many models: one plugin, a rollout per InferenceService ------------------
+
+
+def rollout_for(config: dict, authority: str) -> dict | None:
+    """The rollout a request for `authority` takes (docs/many-models.md):
+    the most specific host pattern (exact, the longest `*.` suffix, `*`),
+    port and letter case ignored; the whole config when it has no
+    `rollouts`; None when no rollout takes it. Path prefixes are not
+    modelled (the manifests here have none)."""
+    if "rollouts" not in config:
+        return config
+    hostname = authority.rsplit(":", 1)[0] if ":" in authority else authority
+    hostname = hostname.lower().rstrip(".")
+
+    def rank(pattern: str) -> int | None:
+        if pattern == hostname:
+            return 1 << 20
+        if pattern.startswith("*.") and hostname.endswith(pattern[1:]):
+            return len(pattern)
+        return 0 if pattern == "*" else None
+
+    ranked = [(rank(p.lower()), r) for r in config["rollouts"] for p in r["hosts"]]
+    ranked = [(k, r) for k, r in ranked if k is not None]
+    return max(ranked, key=lambda kr: kr[0])[1] if ranked else None
+
+
+def isvc_hosts(isvc: dict) -> list[str]:
+    """KServe's two host names for an InferenceService: its URL's, the predictor's."""
+    name, ns = isvc["metadata"]["name"], isvc["metadata"]["namespace"]
+    return [host(name, ns), host(f"{name}-predictor", ns)]
