@@ -93,13 +93,15 @@ def demo_bootstrap() -> dict:
 
 
 # Scenarios of their own inside istio/, which other tests check.
-OTHER_SCENARIOS = (ISTIO_DIR / "kserve",)
+# The mesh verdict's EnvoyProxy is applied on its own (docs/mesh-verdict.md),
+# not with the KServe steps' `kubectl apply -f envoy/gateway/`.
+OTHER_SCENARIOS = (ISTIO_DIR / "kserve", ROOT / "envoy" / "gateway" / "mesh-verdict")
 
 
 def manifest_files(directory: Path = ISTIO_DIR) -> list[Path]:
     """Every manifest under `directory`, subdirectories included, but those
     of another scenario inside it (istio/kserve/ is tests/kserve's) and the
-    files that are not Kubernetes objects (the dashboard, the rule file)."""
+    files that are not Kubernetes objects (the dashboard, the rule files)."""
     others = [d for d in OTHER_SCENARIOS if d != directory and d.is_relative_to(directory)]
     return sorted(
         p
