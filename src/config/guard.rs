@@ -63,9 +63,10 @@ pub const MAX_MESH_QUERY_LEN: usize = 4096;
 /// Envoy clusters a call must never go to, by name: Istio's passthrough
 /// clusters are ORIGINAL_DST, and an HTTP call from a Wasm filter to one has
 /// crashed Envoy (envoy#14878); so are an ambient waypoint's HBONE clusters
-/// (`connect_originate`, `outer_connect_originate`, `forward_inner_connect`,
-/// Istio's pilot/pkg/networking/core/waypoint.go), and `encap` leads into the
-/// waypoint's own tunnel listener. `AllowAnyDynamicDNSCluster` (mesh mode
+/// (`connect_originate`, `inner_connect_originate`, `outer_connect_originate`,
+/// `forward_inner_connect`, Istio's pilot/pkg/networking/core/waypoint.go),
+/// and `encap` and `main_internal` lead into the waypoint's own internal
+/// listeners (its tunnel and its inbound). `AllowAnyDynamicDNSCluster` (mesh mode
 /// ALLOW_ANY_DYNAMIC_DNS) is a dynamic forward proxy: it resolves hosts the
 /// HTTP filter of the request path found, which a call made from the tick
 /// never passes. The black hole answers nothing.
@@ -77,12 +78,16 @@ const REFUSED_CLUSTERS: &[&str] = &[
     "BlackHoleCluster",
     "AllowAnyDynamicDNSCluster",
     "connect_originate",
+    "inner_connect_originate",
     "outer_connect_originate",
     "forward_inner_connect",
     "encap",
+    "main_internal",
 ];
 /// Istio's inbound clusters (`inbound|<port>||`, `inbound|<port>|<name>|`)
 /// lead to the pod's own workload, and since Istio 1.10 are ORIGINAL_DST.
+/// A waypoint's `inbound-vip|...` clusters are not among them: they lead to a
+/// service the waypoint serves, which may be Prometheus.
 const REFUSED_CLUSTER_PREFIX: &str = "inbound|";
 
 /// Why a call may not go to `cluster`, if it may not.
@@ -312,9 +317,11 @@ mod tests {
             "BlackHoleCluster",
             "AllowAnyDynamicDNSCluster",
             "connect_originate",
+            "inner_connect_originate",
             "outer_connect_originate",
             "forward_inner_connect",
             "encap",
+            "main_internal",
             "inbound|8080||",
             "inbound|9090|http|prometheus.istio-system.svc.cluster.local",
         ] {
@@ -339,6 +346,8 @@ mod tests {
             "outbound|9090||inbound.example.com",
             "my-connect_originate",
             "Encap",
+            // A waypoint's cluster for a service it serves.
+            "inbound-vip|9090|http|prometheus.istio-system.svc.cluster.local",
         ] {
             assert_eq!(refused_cluster(cluster), None, "{cluster}");
             assert_eq!(mesh_cluster_error(cluster), None, "{cluster}");
