@@ -70,6 +70,10 @@ def test_the_pages_mesh_config_is_accepted(tmp_path):
     assert fields["query"] == 'canary_selector:canary_failing{plugin="models.canary-selector"}'
     assert check(tmp_path, mesh_config(fields)).startswith("config.json: accepted")
     assert check(tmp_path, mesh_config(fields | {"cluster": OWN_CLUSTER})).startswith("config.json: accepted")
+    # A waypoint's cluster for a service it serves is taken, as the page says.
+    waypoint = "inbound-vip|9090|http|prometheus.istio-system.svc.cluster.local"
+    assert "`inbound-vip|...` clusters are taken" in PAGE.read_text()
+    assert check(tmp_path, mesh_config(fields | {"cluster": waypoint})).startswith("config.json: accepted")
 
 
 def test_the_pages_check_output_is_what_check_prints(tmp_path):
@@ -82,7 +86,7 @@ def test_the_pages_check_output_is_what_check_prints(tmp_path):
 
 
 @pytest.mark.parametrize("cluster", ["PassthroughCluster", "AllowAnyDynamicDNSCluster", "outer_connect_originate",
-                                     "inbound|8080||"])
+                                     "inner_connect_originate", "main_internal", "inbound|8080||"])
 def test_every_cluster_the_page_says_is_refused_is_refused(tmp_path, cluster):
     assert f"`{cluster.split('|')[0]}" in PAGE.read_text()
     printed = check(tmp_path, mesh_config({"cluster": cluster, "authority": "p:9090", "query": "q"}))
