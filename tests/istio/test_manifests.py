@@ -36,6 +36,7 @@ def test_the_manifests_are_the_documented_set():
         ("TrafficExtension", "canary-selector"),
         ("VirtualService", "model"),
         ("WasmPlugin", "canary-selector"),
+        ("WasmPlugin", "canary-selector"),  # rollouts/wasmplugin.yaml, the same plugin scoped by host
     ]
 
 
