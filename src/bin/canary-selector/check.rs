@@ -763,9 +763,9 @@ fn wire_routes(
             // are wired: KServe's predictors that serve REST and gRPC
             // take a gRPC rule (to the Service's gRPC port) beside the
             // REST rule (docs/kserve-many-models.md, gRPC).
-            (more, _) if table.kind == Kind::HttpRoute && one_service(more) => {
+            (more @ [first, ..], _) if table.kind == Kind::HttpRoute && one_service(more) => {
                 let what = format!("version {name}");
-                if let Some(to) = route_target(&what, more[0], table, defined, &mut problems) {
+                if let Some(to) = route_target(&what, first, table, defined, &mut problems) {
                     routed.push(Routed {
                         version: name.to_string(),
                         to,
