@@ -1,10 +1,10 @@
-"""Two InferenceServices behind KServe's one Gateway (sklearn-iris, and
-xgboost-iris with REST and gRPC), one plugin resource holding a rollout for
-each (istio/kserve/many-models/, envoy/gateway/many-models/), in the real
-Envoy shaped like each gateway: each model split, stuck and pinned by its
-own rollout; a model with no rollout untouched; gRPC calls reaching our
-routes past KServe's gRPC rule; a failing model tripping only its own
-canary, and a push of the other model keeping that trip."""
+"""Two InferenceServices on KServe's one Gateway, one plugin holding a
+rollout for each (istio/kserve/many-models/, envoy/gateway/many-models/),
+on both gateway shapes: the wiring of both models' routes, KServe's gRPC
+rule outranked by ours, and in the real Envoy each model's split,
+stickiness, testers and gRPC calls following its own rollout, a request for
+a third model passing untouched, and a failing model tripping its own
+canary alone, across a push of the other rollout."""
 
 import copy
 import time
@@ -16,214 +16,290 @@ from tritonclient.grpc import service_pb2_grpc
 
 import kserve
 import mesh
-from harness import expected_version, hooks
-from kserve import TESTER, USERS, push, route_users
-
+from harness import hooks
 import grpc_models  # noqa: E402  (envoy/grpc_models.py, on the path through harness)
 
 SKLEARN, XGBOOST = "sklearn-iris", "xgboost-iris"
-SKLEARN_HOSTS = ["sklearn-iris-kserve-test.example.com", "sklearn-iris-predictor-kserve-test.example.com"]
-XGBOOST_HOSTS = ["xgboost-iris-kserve-test.example.com", "xgboost-iris-predictor-kserve-test.example.com"]
-# A third model on the Gateway that no rollout names.
-OTHER = "lightgbm-iris"
-OTHER_HOST = "lightgbm-iris-kserve-test.example.com"
-
-
-def rollout(config: dict, name: str) -> dict:
-    (found,) = [r for r in config["rollouts"] if r["name"] == name]
-    return found
-
-
-def ramped(config: dict, name: str, v2: float) -> dict:
-    """The config with one rollout's canary at v2 percent, the rest as it was."""
-    config = copy.deepcopy(config)
-    rollout(config, name)["versions"] = [
-        {"name": "model-v1", "weight": 100 - v2},
-        {"name": "model-v2", "weight": v2},
-    ]
-    return config
-
-
-def canary_share(served: dict[str, str]) -> int:
-    return sum(v == "model-v2" for v in served.values())
+USERS = kserve.USERS[:200]
+TESTER = kserve.TESTER
+# A V2 gRPC call as a client sends it: KServe's gRPC rule matches its path
+# and content-type.
+GRPC_PATH = "/inference.GRPCInferenceService/ModelInfer"
+GRPC_HEADERS = {"content-type": "application/grpc"}
 
 
 @pytest.fixture
-def many_models(gateway_class):
-    """The cluster after the many-models deploy step on that gateway."""
+def many_models(gateway_class) -> mesh.Cluster:
+    """The cluster after the many-models runbook's deploy step on that gateway."""
     return kserve.shipped_many_models(gateway_class)
 
 
 @pytest.fixture
-def start_with_hook(tmp_path: Path):
-    """Start the gateway's Envoy with one more bootstrap hook (after the
-    gateway's own shape); stopped after the test."""
+def start(tmp_path: Path):
+    """Start the gateway's Envoy for a cluster (with one more bootstrap
+    hook, if given) and the gRPC model servers behind it; all stopped
+    after the test."""
     started = []
 
-    def start(cluster, hook):
-        envoy = kserve.gateway_proxy(cluster, tmp_path / f"gateway{len(started)}")
-        envoy.bootstrap_hook = hooks(*[h for h in (envoy.bootstrap_hook, hook) if h])
+    def start(cluster, hook=None, **kwargs):
+        envoy = kserve.gateway_proxy(cluster, tmp_path / f"gateway{len(started)}", **kwargs)
+        if hook:
+            envoy.bootstrap_hook = hooks(envoy.bootstrap_hook, hook) if envoy.bootstrap_hook else hook
         started.append(envoy)
-        return envoy.start()
+        envoy.start()
+        envoy.grpc_servers = [grpc_models.serve(v, envoy.ports[f"{v}-grpc"]) for v in ("model-v1", "model-v2")]
+        return envoy
 
     yield start
     for envoy in started:
+        for server, _ in getattr(envoy, "grpc_servers", []):
+            server.stop(0)
         envoy.stop()
 
 
-def test_one_plugin_splits_sticks_and_pins_each_model_by_its_own_rollout(start_gateway, many_models):
-    shipped = kserve.plugin_config(kserve.plugin(many_models))
-    assert [r["name"] for r in shipped["rollouts"]] == [SKLEARN, XGBOOST]
-    envoy = start_gateway(many_models)
-    # As applied: both dark launches. Everyone on model-v1, testers on model-v2.
-    for name, hosts in ((SKLEARN, SKLEARN_HOSTS), (XGBOOST, XGBOOST_HOSTS)):
-        for hostname in hosts:
-            assert set(route_users(envoy, rollout(shipped, name), USERS[:50], hostname=hostname).values()) == {
-                "model-v1"
-            }
-            assert set(route_users(envoy, rollout(shipped, name), USERS[:20], TESTER, hostname=hostname).values()) == {
-                "model-v2"
-            }
-
-    # sklearn-iris at 10%, xgboost-iris at 50%: each by its own rollout.
-    config = ramped(ramped(shipped, SKLEARN, 10), XGBOOST, 50)
-    push(envoy, config)
-    served = {}
-    for name, hosts, share in ((SKLEARN, SKLEARN_HOSTS, 10), (XGBOOST, XGBOOST_HOSTS, 50)):
-        for hostname in hosts:
-            served[hostname] = route_users(envoy, rollout(config, name), hostname=hostname)
-            mesh.assert_share(canary_share(served[hostname]), len(USERS), share)
-        # Sticky: a user's second request lands where the first did.
-        assert route_users(envoy, rollout(config, name), USERS[:100], hostname=hosts[1]) == {
-            u: served[hosts[0]][u] for u in USERS[:100]
-        }
-    # Each rollout hashes with its own salt: at 50%, xgboost-iris' canary
-    # users are not sklearn-iris' 10% plus some.
-    sklearn_canary = {u for u, v in served[SKLEARN_HOSTS[0]].items() if v == "model-v2"}
-    xgboost_canary = {u for u, v in served[XGBOOST_HOSTS[0]].items() if v == "model-v2"}
-    assert not sklearn_canary <= xgboost_canary
+def rollout(config: dict, name: str) -> dict:
+    (entry,) = [r for r in config["rollouts"] if r["name"] == name]
+    return entry
 
 
-def test_a_model_no_rollout_names_is_untouched(start_gateway, many_models):
-    """A third InferenceService on the Gateway, with KServe's routes only:
-    its requests keep what the client sent (a routing header too), get no
-    response header, and KServe's rule sends them to its stable predictor."""
-    isvc = copy.deepcopy(many_models.get("InferenceService", "kserve-test", SKLEARN))
-    isvc["metadata"]["name"] = OTHER
-    isvc["spec"]["canary"][0]["trafficPercent"] = 0
-    many_models.objects[("InferenceService", "kserve-test", OTHER)] = isvc
-    kserve.reconcile(many_models)
-    config = ramped(ramped(kserve.plugin_config(kserve.plugin(many_models)), SKLEARN, 0.0001), XGBOOST, 100)
-    envoy = start_gateway(kserve.configured(many_models, config))
-    for user in USERS[:50]:
-        r = envoy.request({"host": OTHER_HOST, "x-user-id": user, **TESTER})
-        assert (r.status, r.served_by, r.header("x-upstream-saw-version"), r.header("x-canary-version")) == (
-            200,
-            "model-v1",
-            None,
-            None,
-        ), user
-        assert r.header("set-cookie") is None
-        # The routing header as the client sent it, not the filter's pick.
-        r = envoy.request({"host": OTHER_HOST, "x-user-id": user, "x-canary-version": "model-v7"})
-        assert (r.header("x-upstream-saw-version"), r.header("x-canary-version")) == ("model-v7", None)
-        # The same user on a model with a rollout is decided.
-        assert envoy.request({"host": XGBOOST_HOSTS[0], "x-user-id": user}).header("x-canary-version") == "model-v2"
+def weighted(config: dict, **canary_weights: float) -> dict:
+    """The config with each named rollout's canary (model-v2) at that weight."""
+    config = copy.deepcopy(config)
+    for name, weight in canary_weights.items():
+        rollout(config, name)["versions"] = [
+            {"name": "model-v1", "weight": 100 - weight},
+            {"name": "model-v2", "weight": weight},
+        ]
+    return config
 
 
-# --- gRPC: KServe's gRPC rule and ours ----------------------------------------
+def shipped_config(cluster) -> dict:
+    return copy.deepcopy(kserve.plugin_config(kserve.plugin(cluster)))
 
 
-class GrpcModels:
-    """The gRPC model servers behind the gateway's model-v1-grpc and
-    model-v2-grpc clusters, and a client calling through the gateway with
-    a host name as its :authority."""
-
-    def __init__(self, envoy, hostname: str):
-        self.servers = [grpc_models.serve(v, envoy.ports[f"{v}-grpc"])[0] for v in ("model-v1", "model-v2")]
-        self.channel = grpc.insecure_channel(
-            f"127.0.0.1:{envoy.ports['ingress']}", options=[("grpc.default_authority", hostname)]
-        )
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-
-    def infer(self, **metadata) -> dict:
-        """One ModelInfer call; its initial metadata (who served it, the
-        routing header it saw)."""
-        _, call = self.stub.ModelInfer.with_call(
-            grpc_models.infer_request(), metadata=list(metadata.items()), timeout=5
-        )
-        return dict(call.initial_metadata())
-
-    def close(self) -> None:
-        self.channel.close()
-        for server in self.servers:
-            server.stop(0)
+def hosts_of(cluster, name: str) -> list[str]:
+    return kserve.isvc_hosts(cluster.get("InferenceService", "kserve-test", name))
 
 
-@pytest.fixture
-def grpc_models_for():
-    opened = []
+def route_model(envoy, cluster, config: dict, name: str, users=USERS, extra=None) -> dict[str, str]:
+    """One request per user on each of the model's host names: each lands
+    where its own rollout decides (kserve.route_users checks the server,
+    the header upstream and the response header); user -> version, the
+    same on both host names."""
+    (first, second) = hosts_of(cluster, name)
+    entry = kserve.rollout_for(config, first)
+    assert entry is rollout(config, name)
+    served = kserve.route_users(envoy, entry, users, extra, hostname=first)
+    assert kserve.route_users(envoy, entry, users, extra, hostname=second) == served
+    return served
 
-    def open_(envoy, hostname):
-        opened.append(GrpcModels(envoy, hostname))
-        return opened[-1]
 
-    yield open_
-    for m in opened:
-        m.close()
+def canaries(served: dict[str, str]) -> set[str]:
+    return {u for u, v in served.items() if v == "model-v2"}
 
 
-def test_kserves_grpc_rule_comes_first_in_its_routes_for_a_rest_and_grpc_predictor(many_models):
-    (rest, grpc_rule) = [
-        kserve.resolve(many_models, kserve.ISTIO, XGBOOST_HOSTS[0], headers, path)
-        for headers, path in (
-            ({}, "/v2/models/xgboost-iris/infer"),
-            ({"content-type": "application/grpc"}, "/inference.GRPCInferenceService/ModelInfer"),
-        )
+# --- The wiring, as each gateway orders the routes ---------------------------
+
+
+def test_kserve_writes_a_grpc_rule_first_for_the_model_that_serves_grpc(many_models):
+    """xgboost-iris lists a REST and a gRPC port: its Services have both,
+    and KServe's HTTPRoutes put the gRPC rule first (to port 8081), the REST
+    rule second (to port 80); sklearn-iris keeps its one rule. All of it
+    passes the schemas."""
+    for doc in many_models.objects.values():
+        assert mesh.validate(doc) == [], (doc["kind"], doc["metadata"]["name"])
+    service = many_models.get("Service", "kserve-test", "xgboost-iris-model-v2-predictor")
+    assert [(p["name"], p["port"], p.get("appProtocol")) for p in service["spec"]["ports"]] == [
+        ("http", 80, None),
+        ("grpc-port", 8081, "kubernetes.io/h2c"),
     ]
-    assert kserve.is_kserve_owned(rest.route) and kserve.is_kserve_owned(grpc_rule.route)
-    assert grpc_rule.match["path"]["value"] == kserve.GRPC_PATH
-    assert kserve.weighted_clusters(grpc_rule) == {"kserve-test/xgboost-iris-model-v1-predictor:8081": 100}
-    assert kserve.weighted_clusters(rest) == {"kserve-test/xgboost-iris-model-v1-predictor:80": 100}
+    route = many_models.get("HTTPRoute", "kserve-test", "xgboost-iris")
+    assert [
+        (r["matches"][0]["path"]["value"], r["matches"][0].get("headers"), {b["port"] for b in r["backendRefs"]})
+        for r in route["spec"]["rules"]
+    ] == [
+        (kserve.GRPC_PATH, [kserve.GRPC_CONTENT_TYPE], {8081}),
+        (kserve.FALLBACK_PATH, None, {80}),
+    ]
+    assert len(many_models.get("HTTPRoute", "kserve-test", "sklearn-iris")["spec"]["rules"]) == 1
 
 
-def test_grpc_calls_follow_the_rollout_past_kserves_grpc_rule(start_gateway, many_models, gateway_class, grpc_models_for):
-    config = ramped(kserve.plugin_config(kserve.plugin(many_models)), XGBOOST, 50)
-    envoy = start_gateway(kserve.configured(many_models, config))
-    models = grpc_models_for(envoy, XGBOOST_HOSTS[1])
-    xgboost = rollout(config, XGBOOST)
-    served = []
-    for user in USERS[:200]:
-        md = models.infer(**{"x-user-id": user})
-        want = expected_version(xgboost, user)
-        assert (md["x-served-by"], md["x-upstream-saw-version"], md.get("x-canary-version")) == (want,) * 3, user
-        served.append(md["x-served-by"])
-    mesh.assert_share(served.count("model-v2"), len(served), 50)
-    assert {models.infer(**{"x-user-id": u, **TESTER})["x-served-by"] for u in USERS[:20]} == {"model-v2"}
+def landing(cluster, gateway_class, hostname, headers, path="/v2/models/m/infer") -> tuple[str, int] | None:
+    """(Service, port) a request lands on, None for a 404."""
+    e = kserve.resolve(cluster, gateway_class, hostname, headers, path)
+    if e is None:
+        return None
+    (backend,) = [b for b in e.rule["backendRefs"] if b.get("weight", 1) > 0]
+    return backend["name"], backend["port"]
 
 
-def test_without_our_grpc_rules_kserves_grpc_rule_takes_every_grpc_call(
-    start_gateway, many_models, gateway_class, grpc_models_for
-):
-    """Why our HTTPRoute repeats KServe's gRPC match: with our ^/.*$ rules
-    alone, both gateways rank KServe's longer path regex first, and testers'
-    calls land on model-v1 though the filter chose model-v2."""
+@pytest.mark.parametrize("name", [SKLEARN, XGBOOST])
+def test_each_models_versions_reach_its_own_services_over_rest_and_grpc(many_models, gateway_class, name):
+    grpc_port = 8081 if name == XGBOOST else 80  # sklearn-iris serves REST alone
+    for hostname in hosts_of(many_models, name):
+        for version in ("model-v1", "model-v2"):
+            service = f"{name}-{version}-predictor"
+            header = {"x-canary-version": version}
+            assert landing(many_models, gateway_class, hostname, header) == (service, 80)
+            assert landing(many_models, gateway_class, hostname, {**header, **GRPC_HEADERS}, GRPC_PATH) == (
+                service,
+                grpc_port,
+            )
+        # What the filter never touched: KServe's rules, all weight on model-v1.
+        assert landing(many_models, gateway_class, hostname, {}) == (f"{name}-model-v1-predictor", 80)
+        assert landing(many_models, gateway_class, hostname, GRPC_HEADERS, GRPC_PATH) == (
+            f"{name}-model-v1-predictor",
+            grpc_port,
+        )
+
+
+def test_without_our_grpc_rules_kserves_grpc_rule_takes_every_grpc_call(many_models, gateway_class):
+    """The gap: KServe's gRPC rule has the longer path regex, which both
+    gateways rank above our one-header ^/.*$ rules, so a gRPC call for
+    model-v2 (a tester's, say) lands on KServe's split, model-v1. Our gRPC
+    rules (the same regex and content-type match, plus the routing header)
+    are what take it."""
     ours = many_models.get("HTTPRoute", "kserve-test", "xgboost-iris-canary-selector")
     ours["spec"]["rules"] = [r for r in ours["spec"]["rules"] if not r["name"].endswith("-grpc")]
-    envoy = start_gateway(many_models)
-    models = grpc_models_for(envoy, XGBOOST_HOSTS[0])
-    md = models.infer(**{"x-user-id": "alice", **TESTER})
-    assert (md["x-upstream-saw-version"], md["x-served-by"]) == ("model-v2", "model-v1")
+    hostname = hosts_of(many_models, XGBOOST)[0]
+    call = {"x-canary-version": "model-v2", **GRPC_HEADERS}
+    assert landing(many_models, gateway_class, hostname, call, GRPC_PATH) == ("xgboost-iris-model-v1-predictor", 8081)
+    # REST still reaches model-v2 by our rule.
+    assert landing(many_models, gateway_class, hostname, {"x-canary-version": "model-v2"}) == (
+        "xgboost-iris-model-v2-predictor",
+        80,
+    )
 
 
-# --- The guard: per model ----------------------------------------------------
+def test_the_plugin_resources_hold_one_rollout_per_model_keyed_by_kserves_host_names():
+    (wp,) = mesh.load(kserve.MANY_MODELS_DIR / "wasmplugin.yaml")
+    (eep,) = mesh.load(kserve.ENVOY_GATEWAY_MANY_MODELS_DIR / "envoyextensionpolicy.yaml")
+    (single_wp,) = mesh.load(kserve.KSERVE_DIR / "wasmplugin.yaml")
+    (single_eep,) = mesh.load(kserve.ENVOY_GATEWAY_DIR / "envoyextensionpolicy.yaml")
+    # The same resources as the single model's (applying replaces them),
+    # the same config on both gateways.
+    assert wp["metadata"] == single_wp["metadata"] and eep["metadata"] == single_eep["metadata"]
+    assert {k: v for k, v in wp["spec"].items() if k != "pluginConfig"} == {
+        k: v for k, v in single_wp["spec"].items() if k != "pluginConfig"
+    }
+    assert kserve.plugin_config(eep) == kserve.plugin_config(wp)
+    config = kserve.plugin_config(wp)
+    for entry, isvc_file in zip(config["rollouts"], (kserve.KSERVE_DIR, kserve.MANY_MODELS_DIR)):
+        (isvc,) = mesh.load(isvc_file / "inferenceservice.yaml")
+        assert entry["name"] == isvc["metadata"]["name"]
+        assert entry["hosts"] == kserve.isvc_hosts(isvc)
+        assert [v["name"] for v in entry["versions"]] == [p for p, *_ in kserve.predictors(isvc)]
+        assert entry["routingHeader"] == "x-canary-version"
+    # sklearn-iris's rollout is the single model's config, scoped: moving
+    # to this file moves none of its users.
+    single = kserve.plugin_config(single_wp)
+    assert {k: v for k, v in rollout(config, SKLEARN).items() if k not in ("name", "hosts", "guard")} == {
+        "routingHeader": "x-canary-version",
+        **single,
+    }
 
 
-def failing_model(isvc: str, version: str, percent: int):
-    """A bootstrap hook: the demo server playing `version` answers 503 to
-    `percent`% of the requests for InferenceService `isvc` (the
-    KServe-Isvc-Name header the routes set), the other models' beside it
-    stay healthy."""
+# --- In the real Envoy --------------------------------------------------------
+
+
+def test_one_filter_splits_each_model_by_its_own_rollout_and_leaves_a_third_model_untouched(
+    start, many_models, gateway_class
+):
+    config = weighted(shipped_config(many_models), **{SKLEARN: 10, XGBOOST: 50})
+    # A third model behind the Gateway, no rollout of ours: KServe's routes alone.
+    other = copy.deepcopy(many_models.get("InferenceService", "kserve-test", SKLEARN))
+    other["metadata"]["name"] = "other-iris"
+    del other["spec"]["canary"]
+    many_models.objects[("InferenceService", "kserve-test", "other-iris")] = other
+    kserve.reconcile(many_models)
+    envoy = start(kserve.configured(many_models, config))
+
+    sklearn = route_model(envoy, many_models, config, SKLEARN)
+    xgboost = route_model(envoy, many_models, config, XGBOOST)
+    mesh.assert_share(len(canaries(sklearn)), len(USERS), 10)
+    mesh.assert_share(len(canaries(xgboost)), len(USERS), 50)
+    # Its own salt: xgboost-iris's canary users are a draw of their own.
+    assert not canaries(sklearn) <= canaries(xgboost)
+    for name in (SKLEARN, XGBOOST):
+        assert set(route_model(envoy, many_models, config, name, USERS[:30], TESTER).values()) == {"model-v2"}
+
+    # The third model: what the client sent reaches it as sent, nothing added.
+    for sent in ({}, {"x-canary-version": "model-v2"}):
+        for user in USERS[:30]:
+            r = envoy.request({"host": "other-iris-kserve-test.example.com", "x-user-id": user, **TESTER, **sent})
+            assert (r.status, r.served_by, r.header("x-upstream-saw-version"), r.header("x-canary-version")) == (
+                200,
+                "model-v1",
+                sent.get("x-canary-version"),
+                None,
+            )
+    # A host behind no route at all: 404, untouched too.
+    r = envoy.request({"host": "nobody-kserve-test.example.com", "x-user-id": "u"})
+    assert (r.status, r.header("x-canary-version")) == (404, None)
+
+
+def test_ramping_one_model_moves_its_users_forward_and_no_user_of_the_other(start, many_models):
+    config = shipped_config(many_models)
+    envoy = start(many_models)
+    before = {name: route_model(envoy, many_models, config, name) for name in (SKLEARN, XGBOOST)}
+    assert set(before[SKLEARN].values()) == set(before[XGBOOST].values()) == {"model-v1"}
+    steps = []
+    for weight in (10, 50):
+        config = weighted(config, **{SKLEARN: weight})
+        kserve.push(envoy, config)
+        steps.append(route_model(envoy, many_models, config, SKLEARN))
+        assert route_model(envoy, many_models, config, XGBOOST) == before[XGBOOST]
+    assert canaries(steps[0]) <= canaries(steps[1]), "the ramp moves users forward only"
+    # Roll sklearn-iris back alone, while xgboost-iris ramps.
+    config = weighted(config, **{SKLEARN: 0, XGBOOST: 50})
+    kserve.push(envoy, config)
+    assert set(route_model(envoy, many_models, config, SKLEARN).values()) == {"model-v1"}
+    mesh.assert_share(len(canaries(route_model(envoy, many_models, config, XGBOOST))), len(USERS), 50)
+
+
+def grpc_call(envoy, hostname: str, **metadata) -> dict:
+    """One V2 ModelInfer call for `hostname` through the gateway; its
+    initial metadata (the server's name, the routing header it saw, the
+    filter's response header)."""
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{envoy.ports['ingress']}", options=[("grpc.default_authority", hostname)]
+    )
+    try:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response, call = stub.ModelInfer.with_call(
+            grpc_models.infer_request(), metadata=list(metadata.items()), timeout=5
+        )
+        seen = dict(call.initial_metadata())
+        assert response.outputs[0].contents.int64_contents == [grpc_models.PREDICTION[seen["x-served-by"]]]
+        return seen
+    finally:
+        channel.close()
+
+
+def test_grpc_calls_follow_the_rollout_through_our_grpc_rules(start, many_models):
+    """Over both gateway shapes: a V2 gRPC call for xgboost-iris reaches
+    the gRPC server of the version its rollout decides, testers' calls
+    model-v2's, by our gRPC rules (without them, KServe's would take every
+    call to model-v1: test_without_our_grpc_rules_...)."""
+    config = weighted(shipped_config(many_models), **{XGBOOST: 50})
+    envoy = start(kserve.configured(many_models, config))
+    entry = rollout(config, XGBOOST)
+    served = {}
+    for hostname in hosts_of(many_models, XGBOOST):
+        for user in USERS[:60]:
+            seen = grpc_call(envoy, hostname, **{"x-user-id": user})
+            want = mesh.expected(entry, {"x-user-id": user})
+            assert (seen["x-served-by"], seen["x-upstream-saw-version"], seen["x-canary-version"]) == (want,) * 3
+            served[user] = want
+        seen = grpc_call(envoy, hostname, **{"x-user-id": "alice", **TESTER})
+        assert (seen["x-served-by"], seen["x-canary-version"]) == ("model-v2", "model-v2")
+    assert set(served.values()) == {"model-v1", "model-v2"}
+
+
+def failing_model(isvc: str, version: str):
+    """A bootstrap hook: the demo server of `version` answers 503 to every
+    request KServe's or our route sends it for InferenceService `isvc` (the
+    routes set KServe-Isvc-Name), and serves the other model's as before."""
 
     def hook(cfg: dict) -> None:
         (listener,) = [l for l in cfg["static_resources"]["listeners"] if l["name"] == version]
@@ -234,7 +310,7 @@ def failing_model(isvc: str, version: str, percent: int):
                 "name": "envoy.filters.http.fault",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
-                    "abort": {"http_status": 503, "percentage": {"numerator": percent, "denominator": "HUNDRED"}},
+                    "abort": {"http_status": 503, "percentage": {"numerator": 100, "denominator": "HUNDRED"}},
                     "headers": [{"name": "kserve-isvc-name", "string_match": {"exact": isvc}}],
                 },
             },
@@ -243,48 +319,46 @@ def failing_model(isvc: str, version: str, percent: int):
     return hook
 
 
-def guarded(config: dict) -> dict:
-    config = copy.deepcopy(config)
-    for r in config["rollouts"]:
-        r["guard"] = {"windowSeconds": 10, "minRequests": 20, "maxErrorRate": 0.1}
-        r["responseReasonHeader"] = "x-canary-reason"
-    return config
-
-
-def reasons(envoy, hostname: str, users) -> set[str]:
-    return {envoy.request({"host": hostname, "x-user-id": u}).header("x-canary-reason") for u in users}
-
-
-def test_a_failing_model_trips_only_its_canary_and_a_push_of_the_other_keeps_the_trip(
-    start_with_hook, many_models, gateway_class
+def test_a_failing_model_trips_its_own_canary_alone_and_a_push_of_the_other_keeps_the_trip(
+    start, many_models, gateway_class
 ):
-    config = guarded(ramped(ramped(kserve.plugin_config(kserve.plugin(many_models)), SKLEARN, 50), XGBOOST, 50))
-    envoy = start_with_hook(kserve.configured(many_models, config), failing_model(XGBOOST, "model-v2", 40))
-    xgboost_canary = [u for u in USERS if expected_version(rollout(config, XGBOOST), u) == "model-v2"]
-    sklearn_canary = [u for u in USERS if expected_version(rollout(config, SKLEARN), u) == "model-v2"]
+    config = weighted(shipped_config(many_models), **{SKLEARN: 50, XGBOOST: 50})
+    for entry in config["rollouts"]:
+        entry["guard"] = {"windowSeconds": 10, "minRequests": 20, "maxErrorRate": 0.2}
+        entry["responseReasonHeader"] = "x-canary-reason"
+    envoy = start(kserve.configured(many_models, config), hook=failing_model(XGBOOST, "model-v2"))
+    hosts = {name: hosts_of(many_models, name)[0] for name in (SKLEARN, XGBOOST)}
+    canary_users = {
+        name: [u for u in USERS if mesh.expected(rollout(config, name), {"x-user-id": u}) == "model-v2"][:40]
+        for name in hosts
+    }
+
+    def answers(name: str) -> set[tuple[int, str, str]]:
+        out = set()
+        for u in canary_users[name]:
+            r = envoy.request({"host": hosts[name], "x-user-id": u})
+            out.add((r.status, r.header("x-canary-version"), r.header("x-canary-reason")))
+        return out
+
     started = time.monotonic()
-    while reasons(envoy, XGBOOST_HOSTS[0], xgboost_canary[:10]) != {"guard"}:
-        assert time.monotonic() - started < 20, "xgboost-iris' guard did not trip"
-        for u in USERS[:60]:
-            envoy.request({"host": XGBOOST_HOSTS[0], "x-user-id": u})
-            envoy.request({"host": SKLEARN_HOSTS[0], "x-user-id": u})  # healthy, busy beside it
-    time.sleep(1.5)  # every worker ticks
-    for u in xgboost_canary[:40]:
-        r = envoy.request({"host": XGBOOST_HOSTS[1], "x-user-id": u})
-        assert (r.header("x-canary-version"), r.header("x-canary-reason"), r.served_by) == ("model-v1", "guard", "model-v1")
-    for u in sklearn_canary[:40]:
-        r = envoy.request({"host": SKLEARN_HOSTS[0], "x-user-id": u})
-        assert (r.header("x-canary-version"), r.header("x-canary-reason"), r.served_by) == ("model-v2", "sticky", "model-v2")
-    assert "guard tripped of rollout xgboost-iris" in envoy.logs()
+    while "guard tripped of rollout xgboost-iris" not in envoy.logs():
+        assert time.monotonic() - started < 20, "xgboost-iris's guard did not trip"
+        answers(SKLEARN), answers(XGBOOST)
+    time.sleep(1.5)  # every worker ticks once
+    # xgboost-iris's canary users are back on its stable version;
+    # sklearn-iris's, on the same model-v2 server, are where they were.
+    assert answers(XGBOOST) == {(200, "model-v1", "guard")}
+    assert answers(SKLEARN) == {(200, "model-v2", "sticky")}
     assert "guard tripped of rollout sklearn-iris" not in envoy.logs()
 
-    # Ramp sklearn-iris back to 10%: xgboost-iris' rollout is unchanged, so
-    # its trip holds (on Envoy Gateway, through a listener update).
-    config = ramped(config, SKLEARN, 10)
-    push(envoy, config)
-    assert envoy.wait_for_log("rollout sklearn-iris accepted")
+    # A push that changes sklearn-iris alone leaves xgboost-iris's trip.
+    changed = weighted(config, **{SKLEARN: 60})
+    kserve.push(envoy, changed)
+    assert answers(XGBOOST) == {(200, "model-v1", "guard")}
     time.sleep(1.5)
-    assert reasons(envoy, XGBOOST_HOSTS[0], xgboost_canary[:40]) == {"guard"}
-    served = route_users(envoy, rollout(config, SKLEARN), hostname=SKLEARN_HOSTS[0])
-    mesh.assert_share(canary_share(served), len(USERS), 10)
+    assert answers(XGBOOST) == {(200, "model-v1", "guard")}
+    assert answers(SKLEARN) == {(200, "model-v2", "sticky")}
     assert "guard reset of rollout xgboost-iris" not in envoy.logs()
+    # Testers still reach the tripped canary (and see it fail).
+    r = envoy.request({"host": hosts[XGBOOST], "x-user-id": "alice", **TESTER})
+    assert (r.status, r.header("x-canary-version"), r.header("x-canary-reason")) == (503, "model-v2", "rule")
