@@ -370,9 +370,13 @@ def _precedence(implementation: str):
     return key
 
 
-def entries(cluster: mesh.Cluster, implementation: str) -> dict[str, list[Entry]]:
+def entries(
+    cluster: mesh.Cluster, implementation: str, preserve_route_order: bool = False
+) -> dict[str, list[Entry]]:
     """hostname -> the matches of every attached rule for it, in the order
-    the implementation's Envoy tries them."""
+    the implementation's Envoy tries them. `preserve_route_order`: Envoy
+    Gateway's EnvoyProxy spec.preserveRouteOrder, which skips the ranking
+    (the HTTPRoutes in creation order, each one's rules as written)."""
     schema = mesh.crd(("gateway.networking.k8s.io/v1", "HTTPRoute"))
     by_host: dict[str, list[Entry]] = {}
     for route, hostnames in attached(cluster):
@@ -381,6 +385,9 @@ def entries(cluster: mesh.Cluster, implementation: str) -> dict[str, list[Entry]
             for i, rule in enumerate(route["spec"].get("rules", [])):
                 for j, match in enumerate(rule["matches"]):
                     by_host.setdefault(hostname, []).append(Entry(hostname, route, i, j, rule, match))
+    if preserve_route_order:
+        assert implementation == ENVOY_GATEWAY, "preserveRouteOrder is Envoy Gateway's"
+        return by_host
     return {h: sorted(es, key=_precedence(implementation)) for h, es in by_host.items()}
 
 
@@ -408,11 +415,11 @@ def resolve(
     hostname: str,
     headers: dict[str, str],
     path: str = "/v1/models/sklearn-iris:predict",
+    preserve_route_order: bool = False,
 ) -> Entry | None:
     """The rule a request takes on that implementation (None: 404)."""
-    return next(
-        (e for e in entries(cluster, implementation).get(hostname, []) if _matches(e.match, path, headers)), None
-    )
+    ordered = entries(cluster, implementation, preserve_route_order).get(hostname, [])
+    return next((e for e in ordered if _matches(e.match, path, headers)), None)
 
 
 def backends(entry: Entry) -> dict[str, int]:

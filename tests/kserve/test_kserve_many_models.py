@@ -171,6 +171,27 @@ def test_without_our_grpc_rules_kserves_grpc_rule_takes_every_grpc_call(many_mod
     )
 
 
+def test_with_preserve_route_order_on_envoy_gateway_the_route_created_first_takes_the_request():
+    """EnvoyProxy spec.preserveRouteOrder: true skips the ranking. Our
+    HTTPRoute, applied with the InferenceService, comes before the routes
+    KServe writes once the predictor is ready, and wins; written after
+    KServe's (re-created, say), it never sees a request: KServe's ^/.*$
+    rule takes them all, REST and gRPC."""
+    many_models = kserve.shipped_many_models(kserve.ENVOY_GATEWAY)
+    hostname = hosts_of(many_models, XGBOOST)[0]
+    rest = ({"x-canary-version": "model-v2"}, "/v2/models/m/infer")
+    grpc_call = ({"x-canary-version": "model-v2", **GRPC_HEADERS}, GRPC_PATH)
+
+    def lands(headers, path):
+        e = kserve.resolve(many_models, kserve.ENVOY_GATEWAY, hostname, headers, path, preserve_route_order=True)
+        return sorted(kserve.backends(e))
+
+    assert lands(*rest) == lands(*grpc_call) == ["kserve-test/xgboost-iris-model-v2-predictor"]
+    key = ("HTTPRoute", "kserve-test", "xgboost-iris-canary-selector")
+    many_models.objects[key] = many_models.objects.pop(key)  # now the newest
+    assert lands(*rest) == lands(*grpc_call) == ["kserve-test/xgboost-iris-model-v1-predictor"]
+
+
 def test_the_plugin_resources_hold_one_rollout_per_model_keyed_by_kserves_host_names():
     (wp,) = mesh.load(kserve.MANY_MODELS_DIR / "wasmplugin.yaml")
     (eep,) = mesh.load(kserve.ENVOY_GATEWAY_MANY_MODELS_DIR / "envoyextensionpolicy.yaml")
