@@ -179,6 +179,24 @@ impl Config {
     /// lowercased: [`authority_host`]; `None` without one) whose `:path`
     /// `path` gives, read only when the host's rollouts differ by path.
     /// `None`: no rollout takes the request, which then passes untouched.
+    /// What the accepted-config log line says: the rollout's summary, or for
+    /// a config with `rollouts` their number and names (the CLI's `check`
+    /// prints the same).
+    pub fn summary(&self) -> String {
+        match (&self.scope, self.rollouts.as_slice()) {
+            (None, [one]) => one.summary(),
+            _ => {
+                let names: Vec<&str> = self.rollouts.iter().filter_map(Rollout::name).collect();
+                let noun = if names.len() == 1 {
+                    "rollout"
+                } else {
+                    "rollouts"
+                };
+                format!("{} {noun} ({})", names.len(), names.join(", "))
+            }
+        }
+    }
+
     pub fn rollout_for<'p>(
         &self,
         host: Option<&[u8]>,

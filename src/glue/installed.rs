@@ -85,14 +85,10 @@ impl Installed {
         if scoped {
             let push =
                 shared::accept_push(&store, &plugin_keys.last_config(), murmur3_32(text, 0x5eed));
-            let names: Vec<&str> = config.rollouts.iter().filter_map(Rollout::name).collect();
             if push.first {
-                info!(
-                    "config accepted: {} rollouts ({})",
-                    names.len(),
-                    names.join(", ")
-                );
+                info!("config accepted: {}", config.summary());
             }
+            let names: Vec<&str> = config.rollouts.iter().filter_map(Rollout::name).collect();
             let dropped = shared::update_gauged(
                 &store,
                 &plugin_keys.gauged_rollouts(),

@@ -575,3 +575,19 @@ fn a_failing_model_trips_only_its_own_rollout_and_a_push_of_another_keeps_the_tr
     let fourth = vm(&store, &fixed);
     assert!(!fourth[1].tripped, "flowers changed: re-armed");
 }
+
+#[test]
+fn the_accepted_line_counts_and_names_the_rollouts() {
+    let one = config(&rollouts(&[entry("iris", &["iris.example.com"], "")]));
+    assert_eq!(one.summary(), "1 rollout (iris)");
+    let two = config(&rollouts(&[
+        entry("iris", &["iris.example.com"], ""),
+        entry("flowers", &["*.flowers.example.com"], ""),
+    ]));
+    assert_eq!(two.summary(), "2 rollouts (iris, flowers)");
+    // Without `rollouts`: the one rollout's own summary, as before.
+    let plain = Config::from_json(br#"{"versions":[{"name":"v1","weight":100}]}"#).unwrap();
+    assert!(plain
+        .summary()
+        .starts_with("routing header x-canary-version; versions v1=100%"));
+}

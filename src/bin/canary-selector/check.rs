@@ -262,7 +262,7 @@ pub fn run(files: &[String]) -> Result<CheckReport, Fatal> {
                     }
                 }
                 verdict.accepted = true;
-                verdict.summary = Some(summary(&config));
+                verdict.summary = Some(config.summary());
                 verdict.rollouts = config
                     .rollouts
                     .iter()
@@ -290,18 +290,6 @@ pub fn run(files: &[String]) -> Result<CheckReport, Fatal> {
         wiring,
         ok,
     })
-}
-
-/// The filter's info line for an accepted config: the rollout's summary, or
-/// for a config with `rollouts` their number and names.
-fn summary(config: &Config) -> String {
-    match (&config.scope, config.rollouts.as_slice()) {
-        (None, [one]) => one.summary(),
-        _ => {
-            let names: Vec<&str> = config.rollouts.iter().filter_map(Rollout::name).collect();
-            format!("{} rollouts ({})", names.len(), names.join(", "))
-        }
-    }
 }
 
 /// A Service host as a fully qualified name, as Istio resolves short names
