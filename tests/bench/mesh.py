@@ -14,9 +14,9 @@ verdict").
    seconds for the filter (default 5, the filter's). EVAL is the Prometheus'
    evaluation_interval, which the shipped groups' own `interval` (5 s)
    overrides: the rules run every 5 s whatever EVAL, as they would in the
-   addon. The same run gives the
-   queries per second PROXIES proxies send Prometheus
-   (`prometheus_http_requests_total{handler="/api/v1/query"}`).
+   addon. The same run gives the queries per second PROXIES proxies send
+   Prometheus (each Envoy's `cluster.prometheus.upstream_rq_total`, over 4
+   poll intervals after the trip).
 2. CPU per request with the mesh verdict on against off (tests/bench/bench.py's
    method: one worker on one core, wrk on the other, rounds alternating):
    the bench's config with a guard, and the same with `guard.mesh` polling an
@@ -51,6 +51,7 @@ RULES = ROOT / "istio/observability/canary-selector-mesh-rules.yaml"
 # Seconds between the shipped groups' evaluations (their `interval`).
 RULES_INTERVAL = max(int(g["interval"].removesuffix("s")) for g in yaml.safe_load(RULES.read_text())["groups"])
 PLUGIN = "canary-selector"  # the bench's inline filter: plugin name = root id
+STATS_CONFIG = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())["stats_config"]
 
 
 def cluster(name: str, port: int) -> dict:
@@ -108,6 +109,11 @@ def query(port: int, expr: str) -> list:
         return json.load(r)["data"]["result"]
 
 
+def polls_sent(envoy: Envoy) -> int:
+    """Requests this Envoy sent to Prometheus (its cluster's counter)."""
+    return sum(envoy.counters(r"^cluster\.prometheus\.upstream_rq_total$").values())
+
+
 def mesh_trips(envoy: Envoy) -> int:
     return sum(envoy.counters(r"canary_selector_mesh_trips_total").values())
 
@@ -123,8 +129,11 @@ def one_run(run: int, proxies: int, scrape: int, evaluation: int, poll: int) -> 
     try:
         for i in range(proxies):
             v = Variant(f"mesh-{i}", variant.what, variant.http_filter, canary_expect)
-            e = Envoy(v, None, concurrency=2, bootstrap_extra={"layered_runtime": {"layers": [
-                {"name": "admin", "admin_layer": {}}]}}, extra_clusters=[cluster("prometheus", prom_port)])
+            e = Envoy(v, None, concurrency=2, bootstrap_extra={
+                "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
+                # The labels the rules sum by, extracted as envoy/envoy.yaml
+                # (and Istio's extraStatTags) extract them.
+                "stats_config": STATS_CONFIG}, extra_clusters=[cluster("prometheus", prom_port)])
             e.start()
             envoys.append(e)
         # The fault filter goes after the plugin: restart each with it in.
@@ -147,12 +156,15 @@ def one_run(run: int, proxies: int, scrape: int, evaluation: int, poll: int) -> 
                 if i not in tripped and mesh_trips(e) > 0:
                     tripped[i] = time.monotonic() - t0
             time.sleep(0.1)
-        qps_window = max(4 * poll, 2 * scrape)
-        time.sleep(2)
-        q = query(prom_port, f'sum(rate(prometheus_http_requests_total{{handler="/api/v1/query"}}[{qps_window}s]))')
+        # Queries Prometheus gets: every proxy's calls to it, at Envoy's own
+        # cluster counter, over 4 poll intervals.
+        window = 4 * poll
+        before = sum(polls_sent(e) for e in envoys)
+        time.sleep(window)
+        sent = sum(polls_sent(e) for e in envoys) - before
         return {"last_tripped_s": max(tripped.values()), "first_tripped_s": min(tripped.values()),
                 "per_proxy_s": [tripped[i] for i in range(len(envoys))],
-                "queries_per_s": float(q[0]["value"][1]) if q else 0.0}
+                "queries_per_s": sent / window}
     finally:
         if load:
             load.terminate()
