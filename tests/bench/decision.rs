@@ -81,26 +81,47 @@ fn run(requests: &mut [Headers], rollout: &Rollout) -> (f64, f64, f64) {
     })
 }
 
+/// One request through a config with `rollouts`, as the filter handles it:
+/// the host of its `:authority`, the rollout's lookup, its decision.
+struct Scoped<'c> {
+    config: &'c Config,
+    rng: WyRand,
+    buf: [u8; MAX_AUTHORITY_HOST_LEN],
+}
+
+impl<'c> Scoped<'c> {
+    fn new(config: &'c Config) -> Self {
+        Scoped {
+            config,
+            rng: WyRand(0x5eed),
+            buf: [0u8; MAX_AUTHORITY_HOST_LEN],
+        }
+    }
+
+    fn request(&mut self, authority: &[u8], req: &mut Headers) {
+        let host = authority_host(black_box(authority), &mut self.buf);
+        let index = self
+            .config
+            .rollout_for(host, || None)
+            .expect("every host has a rollout");
+        black_box(decide(
+            &self.config.rollouts[index],
+            black_box(req),
+            &mut self.rng,
+            Live::default(),
+        ));
+    }
+}
+
 /// (median ns, fastest ns, allocations) per request through a config with
 /// `rollouts`: host, lookup, decision. `requests` pairs an `:authority`
 /// with its headers.
 fn run_scoped(requests: &mut [(&[u8], Headers)], config: &Config) -> (f64, f64, f64) {
-    let mut rng = WyRand(0x5eed);
-    let live = Live::default();
-    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    let mut scoped = Scoped::new(config);
     time(|i: u64| {
         let n = requests.len();
         let (authority, req) = &mut requests[i as usize % n];
-        let host = authority_host(black_box(authority), &mut buf);
-        let index = config
-            .rollout_for(host, || None)
-            .expect("every host has a rollout");
-        black_box(decide(
-            &config.rollouts[index],
-            black_box(req),
-            &mut rng,
-            live,
-        ));
+        scoped.request(authority, req);
     })
 }
 
@@ -108,9 +129,7 @@ fn run_scoped(requests: &mut [(&[u8], Headers)], config: &Config) -> (f64, f64, 
 /// requests (not timed), so what a request reads comes from farther away:
 /// the state of one rollout among many is then a cache miss more often.
 fn run_scoped_cold(requests: &mut [(&[u8], Headers)], config: &Config) -> f64 {
-    let mut rng = WyRand(0x5eed);
-    let live = Live::default();
-    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    let mut scoped = Scoped::new(config);
     let mut other_work = vec![0u8; 4 << 20];
     let mut timed = Duration::ZERO;
     const REQUESTS: usize = 20_000;
@@ -122,16 +141,7 @@ fn run_scoped_cold(requests: &mut [(&[u8], Headers)], config: &Config) -> f64 {
         let n = requests.len();
         let (authority, req) = &mut requests[i % n];
         let start = Instant::now();
-        let host = authority_host(black_box(authority), &mut buf);
-        let index = config
-            .rollout_for(host, || None)
-            .expect("every host has a rollout");
-        black_box(decide(
-            &config.rollouts[index],
-            black_box(req),
-            &mut rng,
-            live,
-        ));
+        scoped.request(authority, req);
         timed += start.elapsed();
     }
     timed.as_nanos() as f64 / REQUESTS as f64
