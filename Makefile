@@ -206,7 +206,8 @@ bench-memory: build venv bench-tools $(SDK_FLOOR_WASM)
 	$(VPY) tests/bench/memory.py
 
 ## bench-rollouts: CPU per request with 1, 50 and 500 rollouts in one config (and a host none
-## lists), Envoy's RSS with 1 and 500, and how long a push of 500 takes (tests/bench/rollouts.py)
+## lists, one model of 500, no filter over 1,000 host names), Envoy's RSS with 1 and 500, and
+## how long a push of 500 takes (tests/bench/rollouts.py)
 bench-rollouts: build venv bench-tools
 	$(VPY) tests/bench/rollouts.py
 

@@ -6,8 +6,10 @@ CPU per request (tests/bench/bench.py's method: one worker pinned to one
 core, wrk on the other, variants in turn round after round, medians) of the
 filter with a config of 1, 50 and 500 rollouts, two hosts each, the requests
 spread evenly over every host of the config (tests/bench/load_hosts.lua);
-with 500 rollouts again for requests to a host no rollout lists; next to no
-filter and the single-rollout config without `rollouts`. Then Envoy's RSS at
+with 500 rollouts again for requests to a host no rollout lists and for
+requests to the two hosts of one rollout; next to no filter (with the 2 host
+names of one rollout and with the 1,000 of 500) and the single-rollout config
+without `rollouts`. Then Envoy's RSS at
 2 workers with 1 and 500 rollouts (after a warm-up), and the time Envoy takes
 to accept a push of 500 rollouts over ECDS (file rename to
 `update_success`), each push changing every rollout.
@@ -58,6 +60,16 @@ for _n in (1, 50, 500):
         Variant(f"rollouts-{_n}", f"{_n} rollouts, requests over their {2 * _n} hosts",
                 lambda _, n=_n: wasm_filter(bench.WASM, rollouts(n)), canary_expect,
                 module=lambda: bench.WASM, counts_requests=True), 2 * _n)
+VARIANTS["rollouts-500-one-model"] = (
+    Variant("rollouts-500-one-model", "500 rollouts, requests over the two hosts of one",
+            lambda _: wasm_filter(bench.WASM, rollouts(500)), canary_expect,
+            module=lambda: bench.WASM, counts_requests=True), 2)
+# Controls for the comparison the issue sets: the same Envoy without the
+# filter, fed the 1,000 host names of 500 rollouts (does Envoy itself pay for
+# them?), and 500 rollouts whose requests all go to one model (is it the size
+# of the config or the spread of the requests over it?).
+VARIANTS["none-1000-hosts"] = (
+    Variant("none-1000-hosts", "no filter, requests over 1,000 host names", lambda _: None, client_expect), 1000)
 VARIANTS["rollouts-500-unmatched"] = (
     Variant("rollouts-500-unmatched", "500 rollouts, requests to a host none lists",
             lambda _: wasm_filter(bench.WASM, rollouts(500)), client_expect, module=lambda: bench.WASM), 0)
@@ -76,7 +88,7 @@ def cpu_per_request(names: list[str], rounds: int, seconds: int, connections: in
             if hosts:
                 for user in ("user-1", "user-2", "user-3", "user-27"):
                     status, served = envoys[n].request({"host": "m0.models.example.com", "x-user-id": user})
-                    want = canary_expect({"x-user-id": user}) if n != "none" else "model-v1"
+                    want = "model-v1" if n.startswith("none") else canary_expect({"x-user-id": user})
                     assert (status, served) == (200, want), (n, user, status, served)
             bench.load(envoys[n], 3, connections, 1)
         for r in range(rounds):
@@ -154,6 +166,20 @@ def main() -> int:
         q = statistics.quantiles(per_round, n=4) if len(per_round) > 1 else [ratio] * 3
         print(f"\noverhead at 500 rollouts / overhead at 1 = {ratio:.3f} of the medians "
               f"(per-round median {statistics.median(per_round):.3f}, quartiles {q[0]:.3f} .. {q[2]:.3f}; target ≤ 1.05)")
+        if "none-1000-hosts" in names:
+            # Each rollout count against no filter fed the same host names.
+            fair = sorted((a["cpu_us_per_req"] - z1000["cpu_us_per_req"]) / (b["cpu_us_per_req"] - z["cpu_us_per_req"])
+                          for z, z1000, a, b in zip(runs["none"], runs["none-1000-hosts"], runs["rollouts-500"],
+                                                    runs["rollouts-1"]))
+            result["ratio_500_to_1_same_hosts"] = (median["rollouts-500"] - median["none-1000-hosts"]) / over["rollouts-1"]
+            result["ratio_500_to_1_same_hosts_per_round"] = fair
+            q = statistics.quantiles(fair, n=4) if len(fair) > 1 else [fair[0]] * 3
+            print(f"no filter over 1,000 host names: {median['none-1000-hosts'] - median['none']:+.2f} µs against 2; "
+                  f"against that baseline the ratio is {result['ratio_500_to_1_same_hosts']:.3f} of the medians "
+                  f"(per-round median {statistics.median(fair):.3f}, quartiles {q[0]:.3f} .. {q[2]:.3f})")
+        if "rollouts-500-one-model" in names:
+            print(f"500 rollouts, requests to one model: +{over['rollouts-500-one-model']:.2f} µs against "
+                  f"+{over['rollouts-500']:.2f} spread over all and +{over['rollouts-1']:.2f} at 1 rollout")
         if "rollouts-500-unmatched" in names:
             print(f"unmatched request at 500 rollouts: +{over['rollouts-500-unmatched']:.2f} µs against "
                   f"+{over['rollouts-500']:.2f} for a matched one")
