@@ -986,6 +986,22 @@ def flag(args: list[str], name: str) -> str:
     return args[args.index(name) + 1]
 
 
+def apply_or_patch(cluster: Cluster, namespace: str, args: list[str]) -> bool:
+    """Carries out `kubectl apply -f FILE...` or `kubectl patch KIND NAME`
+    (`args` as split_kubectl gives them) on the cluster; whether it was one
+    of the two."""
+    verb = args[0]
+    if verb == "apply":
+        for i, a in enumerate(args):
+            if a == "-f":
+                cluster.apply(ROOT / args[i + 1])
+        return True
+    if verb == "patch":
+        cluster.patch(kind_of(args[1]), namespace, args[2], flag(args, "--type"), flag(args, "-p"))
+        return True
+    return False
+
+
 def readme_section(name: str = "istio") -> str:
     """The text between `<!-- section: name -->` and its end marker, on
     whichever page of the docs holds it (README.md or docs/)."""

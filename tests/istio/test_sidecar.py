@@ -258,17 +258,11 @@ class Readme:
 
     def kubectl(self, argv: list[str], pipes: list[str], step: mesh.Step) -> bool:
         ns, args, rest = mesh.split_kubectl(argv)
-        verb = args[0]
-        if verb == "apply":
-            for i, a in enumerate(args):
-                if a == "-f":
-                    self.cluster.apply(mesh.ROOT / args[i + 1])
+        if mesh.apply_or_patch(self.cluster, ns, args):
             return True
+        verb = args[0]
         if verb == "delete":
             self.cluster.delete(mesh.kind_of(args[1]), ns, args[2])
-            return True
-        if verb == "patch":
-            self.cluster.patch(mesh.kind_of(args[1]), ns, args[2], mesh.flag(args, "--type"), mesh.flag(args, "-p"))
             return True
         if verb == "wait":
             assert args[1:] == ["--for=condition=Available", "deployment", "--all", "--timeout=5m"]

@@ -1039,15 +1039,9 @@ class Runbook:
             return False
         assert argv[0] == "kubectl", step.line
         ns, args, _ = mesh.split_kubectl(argv)
+        if mesh.apply_or_patch(self.cluster, ns, args):
+            return True
         verb = args[0]
-        if verb == "apply":
-            for i, a in enumerate(args):
-                if a == "-f":
-                    self.cluster.apply(mesh.ROOT / args[i + 1])
-            return True
-        if verb == "patch":
-            self.cluster.patch(mesh.kind_of(args[1]), ns, args[2], mesh.flag(args, "--type"), mesh.flag(args, "-p"))
-            return True
         if verb == "wait":
             kind, name = args[2].split("/")
             assert args[1] == "--for=condition=Ready" and mesh.kind_of(kind) == "InferenceService", step.line
