@@ -175,10 +175,6 @@ impl Config {
         validate(parse(text)?)
     }
 
-    /// The rollout of a request to `host` (the `:authority` without its port,
-    /// lowercased: [`authority_host`]; `None` without one) whose `:path`
-    /// `path` gives, read only when the host's rollouts differ by path.
-    /// `None`: no rollout takes the request, which then passes untouched.
     /// What the accepted-config log line says: the rollout's summary, or for
     /// a config with `rollouts` their number and names (the CLI's `check`
     /// prints the same).
@@ -197,6 +193,10 @@ impl Config {
         }
     }
 
+    /// The rollout of a request to `host` (the `:authority` without its port,
+    /// lowercased: [`authority_host`]; `None` without one) whose `:path`
+    /// `path` gives, read only when the host's rollouts differ by path.
+    /// `None`: no rollout takes the request, which then passes untouched.
     pub fn rollout_for<'p>(
         &self,
         host: Option<&[u8]>,
