@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::config::Rollout;
+use crate::config::{Config, Rollout};
 use crate::decision::{decide, AnonymousId, Decision, Entropy, Live, Reason, Request};
 use crate::guard::{grpc_code, Failure};
 
@@ -14,6 +14,8 @@ pub trait Host: Request {
     /// then picks the route again: Envoy clears its route cache when a
     /// module of ABI 0.2.1 (the SDK's) changes request headers.
     fn set_request_header(&mut self, name: &str, value: &[u8]);
+    /// Removes every value of a request header, if the request has one.
+    fn remove_request_header(&mut self, name: &str);
     /// Counts one decision.
     fn count(&mut self, version: usize, reason: Reason);
 }
@@ -134,6 +136,16 @@ pub fn on_request_headers(
         started_ms: timed.then_some(live.now_ms),
     });
     (d, pending)
+}
+
+/// A request no rollout of `config` takes: the routing headers its rollouts
+/// write are removed (unless `passUnclaimedRoutingHeaders`), so that a
+/// client cannot pick a version by a host or path spelling no rollout lists;
+/// nothing else changes.
+pub fn on_unclaimed_request(config: &Config, host: &mut impl Host) {
+    for name in &config.unclaimed_removes {
+        host.remove_request_header(name);
+    }
 }
 
 /// Echoes the decision, sends the anonymous cookie, and says when the guard,

@@ -74,6 +74,7 @@ impl Host for Fake {
     fn set_request_header(&mut self, _name: &str, _value: &[u8]) {
         self.routed = true;
     }
+    fn remove_request_header(&mut self, _name: &str) {}
     fn count(&mut self, _version: usize, reason: Reason) {
         self.counted = Some(reason);
     }

@@ -30,7 +30,9 @@ pub use guard::{
 pub use rollout::{AnonymousCookie, Condition, Rollout, Rule, Source, Version};
 pub use rules::whole_value_regex;
 pub use schedule::{rfc3339_ms, Schedule, Step, MAX_SCHEDULE_STEPS};
-pub use scope::{authority_host, HostIndex, HostRollouts, Scope, MAX_AUTHORITY_HOST_LEN};
+pub use scope::{
+    authority_host, prefix_takes, Claim, HostIndex, HostRollouts, Scope, MAX_AUTHORITY_HOST_LEN,
+};
 
 pub(crate) use raw::OrderedMap;
 use raw::{parse, Object, RawRollout};
@@ -147,6 +149,12 @@ pub struct Config {
     /// config has no `rollouts` list (its one rollout takes every request,
     /// and the filter reads neither `:authority` nor `:path`).
     pub scope: Option<HostIndex>,
+    /// The routing headers removed from a request no rollout takes: every
+    /// rollout's `routingHeader`, each once, so that no host or path
+    /// spelling lets a client pick a version; empty with
+    /// `passUnclaimedRoutingHeaders` (and without `rollouts`, where every
+    /// request is taken).
+    pub unclaimed_removes: Vec<String>,
 }
 
 impl Config {
@@ -211,7 +219,14 @@ impl Config {
 
 /// The top level: one rollout, or the `rollouts` list and nothing else.
 fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
+    let pass_unclaimed = raw.pass_unclaimed_routing_headers.take();
     let Some(entries) = raw.rollouts.take() else {
+        if pass_unclaimed.is_some() {
+            return err(
+                "passUnclaimedRoutingHeaders",
+                "applies to a config with `rollouts`; without them every request is taken",
+            );
+        }
         for (field, present) in [
             ("name", raw.name.is_some()),
             ("hosts", raw.hosts.is_some()),
@@ -227,12 +242,13 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
         return Ok(Config {
             rollouts: vec![rollout::validate(raw)?],
             scope: None,
+            unclaimed_removes: Vec::new(),
         });
     };
     if let Some(field) = rollout::fields_present(&raw).first() {
         return err(
             *field,
-            "belongs in each entry of `rollouts`; a config with `rollouts` holds nothing else",
+            "belongs in each entry of `rollouts`; the top level of a config with `rollouts` holds only the options about them",
         );
     }
     if entries.is_empty() {
@@ -252,6 +268,12 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
         if entry.rollouts.is_some() {
             return err(format!("{at}.rollouts"), "rollouts do not nest");
         }
+        if entry.pass_unclaimed_routing_headers.is_some() {
+            return err(
+                format!("{at}.passUnclaimedRoutingHeaders"),
+                "belongs at the top level: it is about requests no rollout takes",
+            );
+        }
         let scoped = scope::validate(&mut entry, &rollouts).map_err(|e| e.within(&at))?;
         let mut rollout = rollout::validate(entry).map_err(|e| e.within(&at))?;
         regexes += rollout.regexes();
@@ -265,8 +287,17 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
         rollout.scope = Some(scoped);
         rollouts.push(rollout);
     }
+    let mut unclaimed_removes: Vec<String> = Vec::new();
+    if pass_unclaimed != Some(true) {
+        for header in rollouts.iter().map(|r| &r.routing_header) {
+            if !unclaimed_removes.contains(header) {
+                unclaimed_removes.push(header.clone());
+            }
+        }
+    }
     Ok(Config {
         rollouts,
         scope: Some(index.build()),
+        unclaimed_removes,
     })
 }

@@ -22,6 +22,7 @@ use crate::guard::GRPC_CODES;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct RawRollout {
     pub rollouts: Option<Vec<Object<RawRollout>>>,
+    pub pass_unclaimed_routing_headers: Option<bool>,
     pub name: Option<String>,
     pub hosts: Option<Vec<String>>,
     pub path_prefixes: Option<Vec<String>>,

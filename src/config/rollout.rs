@@ -71,6 +71,8 @@ pub struct Rollout {
     pub headers: Vec<String>,
     pub guard: Option<Guard>,
     pub schedule: Option<Schedule>,
+    /// [`Rollout::fingerprint`].
+    fingerprint: u32,
 }
 
 impl Rollout {
@@ -106,14 +108,17 @@ impl Rollout {
             .count()
     }
 
-    /// A digest of everything the rollout does, to tell a push that changed
-    /// it from one that left it as it was (the guard's window and trip
-    /// survive the second). Taken over the derived `Debug` form of the
-    /// compiled rollout, so no field can be left out of it: the same
-    /// behaviour gives the same digest however the JSON was written (key
-    /// order, spacing, `10` or `10.0`).
+    /// A digest of what the rollout decides, to tell a push that changed it
+    /// from one that left it as it was or only moved it (its guard's window
+    /// and trip survive those). Taken when the rollout was validated, over
+    /// the derived `Debug` form of the compiled rollout before its scope was
+    /// attached, so no field of a decision can be left out of it and none of
+    /// its scope (name aside, which keys its state) is in it: the same
+    /// decisions give the same digest however the JSON was written (key
+    /// order, spacing, `10` or `10.0`), whatever hosts, path prefixes or
+    /// place in the list the rollout has.
     pub fn fingerprint(&self) -> u32 {
-        murmur3_32(format!("{self:?}").as_bytes(), 0x5eed)
+        self.fingerprint
     }
 
     /// The version of a bucket under the listed weights.
@@ -259,7 +264,7 @@ pub(super) fn validate(raw: RawRollout) -> Result<Rollout, ConfigError> {
         Some(Object(s)) => Some(schedule::validate(s, &versions, &thresholds)?),
         None => None,
     };
-    Ok(Rollout {
+    let mut rollout = Rollout {
         scope: None,
         routing_header: written.routing,
         response_header: written.response,
@@ -275,5 +280,8 @@ pub(super) fn validate(raw: RawRollout) -> Result<Rollout, ConfigError> {
         headers: slots.into_names(),
         guard,
         schedule,
-    })
+        fingerprint: 0,
+    };
+    rollout.fingerprint = murmur3_32(format!("{rollout:?}").as_bytes(), 0x5eed);
+    Ok(rollout)
 }

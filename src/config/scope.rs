@@ -6,10 +6,14 @@
 //!
 //! Precedence: the most specific host pattern that matches the request's
 //! host (an exact name, then the longest `*.` wildcard suffix, then `*`),
-//! then, among the rollouts that pattern holds, the longest path prefix the
-//! `:path` starts with. A pattern's rollouts are all there is for the
-//! hosts it is the most specific match of: a request whose path none of them
-//! takes passes untouched, whatever a less specific pattern holds.
+//! then, among the rollouts that pattern holds, the longest path prefix that
+//! takes the `:path` ([`prefix_takes`]: whole segments, as Gateway API's
+//! `PathPrefix`, plus KServe's `:verb`). A pattern's rollouts are all there
+//! is for the hosts it is the most specific match of: a request whose path
+//! none of them takes is unclaimed, whatever a less specific pattern holds.
+//!
+//! The filter ([`crate::config::Config::rollout_for`]) and the CLI ask the
+//! same index ([`HostIndex::claim`]), so the two cannot disagree.
 
 use std::collections::HashMap;
 
@@ -182,6 +186,9 @@ fn host_pattern(field: &str, text: &str) -> Result<String, ConfigError> {
     Ok(pattern)
 }
 
+/// The prefixes as written, each as the index compares it: a trailing `/`
+/// dropped (`/v2/models/` is `/v2/models`, as Gateway API ignores it), `/`
+/// itself kept.
 fn path_prefixes(written: Vec<String>) -> Result<Vec<String>, ConfigError> {
     if written.is_empty() {
         return err(
@@ -195,6 +202,7 @@ fn path_prefixes(written: Vec<String>) -> Result<Vec<String>, ConfigError> {
             format!("lists more than {MAX_PATH_PREFIXES} prefixes"),
         );
     }
+    let mut prefixes: Vec<String> = Vec::with_capacity(written.len());
     for (i, prefix) in written.iter().enumerate() {
         let field = format!("pathPrefixes[{i}]");
         if !prefix.starts_with('/') {
@@ -209,35 +217,105 @@ fn path_prefixes(written: Vec<String>) -> Result<Vec<String>, ConfigError> {
                 format!("{prefix:?} is not a path (visible ASCII, no spaces)"),
             );
         }
-        if written.iter().take(i).any(|seen| seen == prefix) {
-            return err(field, format!("{prefix:?} is listed twice"));
+        if prefix.contains(['?', '#']) {
+            return err(
+                field,
+                format!("{prefix:?} holds a query or fragment: prefixes match the path without its query"),
+            );
         }
+        let normal = match prefix.trim_end_matches('/') {
+            "" => "/",
+            trimmed => trimmed,
+        };
+        if let Some(seen) = prefixes.iter().position(|p| p == normal) {
+            let why = match written.get(seen) {
+                Some(first) if first == prefix => String::new(),
+                _ => format!(" (as pathPrefixes[{seen}]: a trailing `/` is ignored)"),
+            };
+            return err(field, format!("{prefix:?} is listed twice{why}"));
+        }
+        prefixes.push(normal.to_string());
     }
-    Ok(written)
+    Ok(prefixes)
+}
+
+/// Whether the path prefix `prefix` (as [`path_prefixes`] keeps it) takes a
+/// request whose `:path` is `path`: the path without its query equals the
+/// prefix, or continues right after it with `/` or `:` (KServe V1's
+/// `/v1/models/iris:predict`). `/v1/models/iris` takes `/v1/models/iris`,
+/// `/v1/models/iris/...`, `/v1/models/iris:predict` and
+/// `/v1/models/iris?x=1`, never `/v1/models/iris2:predict` or
+/// `/v1/models/irisx`; `/` takes every path. Gateway API's `PathPrefix`
+/// takes the same paths, but for the `:` continuation. The empty prefix (a
+/// rollout without `pathPrefixes`) takes every request.
+pub fn prefix_takes(prefix: &[u8], path: &[u8]) -> bool {
+    if prefix.is_empty() {
+        return true;
+    }
+    let path = path
+        .iter()
+        .position(|&b| b == b'?')
+        .and_then(|q| path.get(..q))
+        .unwrap_or(path);
+    if prefix == b"/" {
+        return path.starts_with(b"/");
+    }
+    match path.strip_prefix(prefix) {
+        Some([]) | Some([b'/' | b':', ..]) => true,
+        Some(_) | None => false,
+    }
 }
 
 /// The rollouts one host pattern holds, by path prefix.
 #[derive(Debug, Default)]
 pub struct HostRollouts {
+    /// The pattern as the config writes it (lowercased): `name.example.com`,
+    /// `*.example.com` or `*`.
+    pattern: Box<str>,
     /// (prefix, rollout index), the longest prefix first; an empty prefix
     /// (every path) comes last.
     by_prefix: Vec<(Box<[u8]>, usize)>,
 }
 
+/// What takes a request in a config that lists `rollouts`: the host pattern
+/// that is the most specific match of its host, and the rollout of that
+/// pattern whose path prefix takes its path, if one does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim<'c> {
+    /// The host pattern, as the config writes it (lowercased).
+    pub pattern: &'c str,
+    /// The rollout (an index into the config's rollouts) and the path
+    /// prefix it takes the request by (empty: every path); `None` when the
+    /// pattern's rollouts all have prefixes and none takes the path.
+    pub taker: Option<(usize, &'c str)>,
+}
+
 impl HostRollouts {
-    /// The rollout whose prefix is the longest that `path` (read only if a
-    /// prefix needs it) starts with.
-    pub fn rollout_for<'p>(&self, path: impl FnOnce() -> Option<&'p [u8]>) -> Option<usize> {
-        match self.by_prefix.as_slice() {
-            [(every, rollout)] if every.is_empty() => Some(*rollout),
+    /// The host pattern these rollouts are held under.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// The rollout whose prefix is the longest that takes `path` (read only
+    /// if a prefix needs it), and that prefix.
+    pub fn taker<'p>(&self, path: impl FnOnce() -> Option<&'p [u8]>) -> Option<(usize, &str)> {
+        let found = match self.by_prefix.as_slice() {
+            [(every, rollout)] if every.is_empty() => Some((every, *rollout)),
             entries => {
                 let path = path().unwrap_or_default();
                 entries
                     .iter()
-                    .find(|(prefix, _)| path.starts_with(prefix))
-                    .map(|&(_, rollout)| rollout)
+                    .find(|(prefix, _)| prefix_takes(prefix, path))
+                    .map(|(prefix, rollout)| (prefix, *rollout))
             }
-        }
+        }?;
+        // Prefixes are validated visible ASCII.
+        Some((found.1, std::str::from_utf8(found.0).unwrap_or_default()))
+    }
+
+    /// The rollout whose prefix is the longest that takes `path`.
+    pub fn rollout_for<'p>(&self, path: impl FnOnce() -> Option<&'p [u8]>) -> Option<usize> {
+        self.taker(path).map(|(rollout, _)| rollout)
     }
 }
 
@@ -273,6 +351,21 @@ impl HostIndex {
             }
         }
         self.any.as_ref()
+    }
+
+    /// What takes a request to `host` (as [`authority_host`] gives it) whose
+    /// `:path` `path` gives: the filter's own precedence, for the CLI.
+    /// `None` when no pattern matches the host.
+    pub fn claim<'p>(
+        &self,
+        host: Option<&[u8]>,
+        path: impl FnOnce() -> Option<&'p [u8]>,
+    ) -> Option<Claim<'_>> {
+        let held = self.lookup(host)?;
+        Some(Claim {
+            pattern: held.pattern(),
+            taker: held.taker(path),
+        })
     }
 }
 
@@ -319,6 +412,9 @@ impl IndexBuilder {
                     .entry(pattern.as_bytes().into())
                     .or_default()
             };
+            if held.pattern.is_empty() {
+                held.pattern = pattern.as_str().into();
+            }
             for (p, prefix) in prefixes.iter().enumerate() {
                 let claimed = held
                     .by_prefix

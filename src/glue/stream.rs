@@ -87,12 +87,14 @@ impl HttpContext for Stream {
         let Some(installed) = self.installed.clone() else {
             return Action::Continue;
         };
-        // No rollout takes the request: it passes untouched.
+        // No rollout takes the request: it passes, without the routing
+        // headers a client may have sent.
         let Some((index, rollout)) = self
             .rollout_of(&installed)
             .and_then(|i| Some((i, installed.config.rollouts.get(i)?)))
         else {
             installed.no_rollout.add();
+            filter::on_unclaimed_request(&installed.config, self);
             return Action::Continue;
         };
         self.rollout = index;
@@ -173,6 +175,14 @@ impl Request for Stream {
 impl Host for Stream {
     fn set_request_header(&mut self, name: &str, value: &[u8]) {
         self.set_http_request_header_bytes(name, Some(value));
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        // Looked up first: a removal clears Envoy's route cache, which a
+        // request without the header (nearly every one) need not pay for.
+        if self.get_http_request_header_bytes(name).is_some() {
+            self.set_http_request_header_bytes(name, None);
+        }
     }
 
     fn count(&mut self, version: usize, reason: Reason) {

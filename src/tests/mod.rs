@@ -16,6 +16,7 @@ type Headers<'a> = Vec<(&'a str, &'a [u8])>;
 struct FakeRequest {
     headers: Vec<(String, Vec<u8>)>,
     set: Vec<(String, Vec<u8>)>,
+    removed: Vec<String>,
     counted: Vec<(usize, Reason)>,
     /// How many times each header was read from the host.
     reads: Vec<String>,
@@ -48,6 +49,10 @@ impl Host for FakeRequest {
         self.headers.retain(|(k, _)| k != name);
         self.headers.push((name.to_string(), value.to_vec()));
         self.set.push((name.to_string(), value.to_vec()));
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        self.headers.retain(|(k, _)| k != name);
+        self.removed.push(name.to_string());
     }
     fn count(&mut self, version: usize, reason: Reason) {
         self.counted.push((version, reason));

@@ -154,6 +154,132 @@ fn the_most_specific_host_wins_then_the_longest_path_prefix() {
 }
 
 #[test]
+fn a_path_prefix_takes_whole_segments_and_kserve_s_verb() {
+    let c = config(&rollouts(&[
+        entry(
+            "iris",
+            &["models.example.com"],
+            r#","pathPrefixes":["/v1/models/iris"]"#,
+        ),
+        entry(
+            "v2",
+            &["models.example.com"],
+            r#","pathPrefixes":["/v2/models/"]"#,
+        ),
+        entry(
+            "iris2",
+            &["models.example.com"],
+            r#","pathPrefixes":["/v2/models/iris2"]"#,
+        ),
+    ]));
+    for (path, want) in [
+        ("/v1/models/iris", Some("iris")),
+        ("/v1/models/iris/explain", Some("iris")),
+        ("/v1/models/iris:predict", Some("iris")),
+        ("/v1/models/iris?x=1", Some("iris")),
+        ("/v1/models/iris:predict?x=/y", Some("iris")),
+        ("/v1/models/iris2:predict", None),
+        ("/v1/models/iris-xl/infer", None),
+        ("/v1/models/irisx", None),
+        ("/v1/models/iri", None),
+        ("/v1/models", None),
+        // A longer name under another rollout's prefix goes to that one.
+        ("/v2/models/iris2/infer", Some("iris2")),
+        ("/v2/models/iris2-xl/infer", Some("v2")),
+        ("/v2/models/flowers/infer", Some("v2")),
+        // A trailing `/` is ignored, as Gateway API's PathPrefix ignores it.
+        ("/v2/models", Some("v2")),
+        ("/v2/modelsx", None),
+        // The query is no part of the path.
+        ("/v2?/models/flowers", None),
+    ] {
+        assert_eq!(pick(&c, "models.example.com", path), want, "{path}");
+    }
+    let root = config(&rollouts(&[entry(
+        "all",
+        &["a.example.com"],
+        r#","pathPrefixes":["/"]"#,
+    )]));
+    assert_eq!(pick(&root, "a.example.com", "/anything"), Some("all"));
+    assert_eq!(pick(&root, "a.example.com", "*"), None);
+    // The same prefix written twice, with and without its slash.
+    let e = rejected(&rollouts(&[entry(
+        "a",
+        &["*"],
+        r#","pathPrefixes":["/v1/models/","/v1/models"]"#,
+    )]));
+    assert_eq!(e.field, "rollouts[0].pathPrefixes[1]", "{e}");
+    assert!(e.reason.contains("trailing `/` is ignored"), "{e}");
+    let e = rejected(&rollouts(&[entry(
+        "a",
+        &["*"],
+        r#","pathPrefixes":["/v1?x=1"]"#,
+    )]));
+    assert!(e.reason.contains("query"), "{e}");
+}
+
+#[test]
+fn the_claim_names_the_pattern_and_the_prefix_the_filter_took() {
+    let c = config(&rollouts(&[
+        entry(
+            "a",
+            &["*.example.com"],
+            r#","pathPrefixes":["/v1/", "/v2/models"]"#,
+        ),
+        entry("b", &["*"], ""),
+    ]));
+    let index = c.scope.as_ref().unwrap();
+    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    let host = authority_host(b"X.Example.com:443", &mut buf);
+    let claim = index
+        .claim(host, || Some(b"/v2/models/iris:predict"))
+        .unwrap();
+    assert_eq!(claim.pattern, "*.example.com");
+    assert_eq!(claim.taker, Some((0, "/v2/models")));
+    let claim = index.claim(host, || Some(b"/health")).unwrap();
+    assert_eq!((claim.pattern, claim.taker), ("*.example.com", None));
+    let claim = index.claim(None, || None).unwrap();
+    assert_eq!((claim.pattern, claim.taker), ("*", Some((1, ""))));
+}
+
+#[test]
+fn a_request_no_rollout_takes_loses_the_routing_headers_unless_the_config_passes_them() {
+    let two = rollouts(&[
+        entry("a", &["a.example.com"], ""),
+        entry("b", &["b.example.com"], r#","routingHeader":"X-B-Version""#),
+        entry("c", &["c.example.com"], ""),
+    ]);
+    let c = config(&two);
+    assert_eq!(c.unclaimed_removes, ["x-canary-version", "x-b-version"]);
+    let mut req = super::FakeRequest::with(&[
+        ("x-canary-version", b"v2"),
+        ("x-b-version", b"v2"),
+        ("x-other", b"kept"),
+    ]);
+    crate::filter::on_unclaimed_request(&c, &mut req);
+    assert_eq!(req.headers, [("x-other".to_string(), b"kept".to_vec())]);
+    assert!(req.set.is_empty() && req.counted.is_empty());
+
+    let passing = config(&two.replacen("{", r#"{"passUnclaimedRoutingHeaders":true,"#, 1));
+    assert!(passing.unclaimed_removes.is_empty());
+    let off = config(&two.replacen("{", r#"{"passUnclaimedRoutingHeaders":false,"#, 1));
+    assert_eq!(off.unclaimed_removes, c.unclaimed_removes);
+
+    // Only at the top of a config with rollouts.
+    let e =
+        rejected(r#"{"passUnclaimedRoutingHeaders":true,"versions":[{"name":"v1","weight":100}]}"#);
+    assert_eq!(e.field, "passUnclaimedRoutingHeaders", "{e}");
+    let e = rejected(&rollouts(&[entry(
+        "a",
+        &["*"],
+        r#","passUnclaimedRoutingHeaders":true"#,
+    )]));
+    assert_eq!(e.field, "rollouts[0].passUnclaimedRoutingHeaders", "{e}");
+    let e = rejected(&two.replacen("{", r#"{"passUnclaimedRoutingHeaders":"yes","#, 1));
+    assert_eq!(e.field, "passUnclaimedRoutingHeaders", "{e}");
+}
+
+#[test]
 fn the_authority_is_matched_without_its_port_and_in_any_letter_case() {
     let c = config(&rollouts(&[
         entry("a", &["Models.Example.COM"], ""),
@@ -492,10 +618,31 @@ fn a_rollout_s_fingerprint_changes_with_what_it_does_not_with_how_it_is_written(
         a.rollouts[1].fingerprint(),
         ramped.rollouts[1].fingerprint()
     );
-    // A new host is a change too: the rollout takes other traffic.
+    // Where it applies is not what it decides: a new host, a path prefix,
+    // another place in the list.
     let moved =
         config(&TWO_MODELS.replace("flowers-kserve-test.example.com", "tulips.example.com"));
-    assert_ne!(a.rollouts[1].fingerprint(), moved.rollouts[1].fingerprint());
+    assert_eq!(a.rollouts[1].fingerprint(), moved.rollouts[1].fingerprint());
+    let prefixed = config(&TWO_MODELS.replace(
+        r#""name": "flowers","#,
+        r#""name": "flowers", "pathPrefixes": ["/v1/models/flowers"],"#,
+    ));
+    assert_eq!(
+        a.rollouts[1].fingerprint(),
+        prefixed.rollouts[1].fingerprint()
+    );
+    // What it decides is: a rule, a header, the stickiness.
+    for (from, to) in [
+        (r#"{"exact": "1"}"#, r#"{"exact": "2"}"#),
+        ("x-flowers-version", "x-flowers-v"),
+    ] {
+        let changed = config(&TWO_MODELS.replace(from, to));
+        assert_ne!(
+            a.rollouts[1].fingerprint(),
+            changed.rollouts[1].fingerprint(),
+            "{to}"
+        );
+    }
 }
 
 /// One VM's guards of a config's rollouts, started as `Installed::install`

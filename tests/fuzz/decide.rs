@@ -54,6 +54,9 @@ impl Host for FakeHost {
         self.headers.push((name.to_string(), value.to_vec()));
         self.set.push((name.to_string(), value.to_vec()));
     }
+    fn remove_request_header(&mut self, name: &str) {
+        self.headers.retain(|(k, _)| k != name);
+    }
     fn count(&mut self, version: usize, reason: Reason) {
         self.counted.push((version, reason));
     }

@@ -24,7 +24,15 @@ fn scope_name(rng: &mut Rng) -> String {
 }
 
 fn gen_scope_case(rng: &mut Rng) -> ScopeCase {
-    let prefixes = ["/", "/v1", "/v1/models", "/v2", "/v1/models/a"];
+    let prefixes = [
+        "/",
+        "/v1",
+        "/v1/",
+        "/v1/models",
+        "/v1/models/",
+        "/v2",
+        "/v1/models/a",
+    ];
     let rollouts = (0..rng.range(1, 6))
         .map(|_| {
             let hosts = (0..rng.range(1, 3))
@@ -61,7 +69,12 @@ fn gen_scope_case(rng: &mut Rng) -> ScopeCase {
             let path = match rng.below(6) {
                 0 => None,
                 _ => Some(
-                    format!("{}{}", rng.pick(&prefixes), rng.pick(&["", "/x", "s"])).into_bytes(),
+                    format!(
+                        "{}{}",
+                        rng.pick(&prefixes),
+                        rng.pick(&["", "/x", "s", ":predict", "?q=/x", "s?q=/", "//"])
+                    )
+                    .into_bytes(),
                 ),
             };
             (authority, path)
@@ -130,8 +143,12 @@ fn rollout_scope() {
         let mut clash = false;
         for (i, (hosts, paths)) in case.rollouts.iter().enumerate() {
             let lower: Vec<String> = hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
-            let every = vec![String::new()];
-            let prefixes = if paths.is_empty() { &every } else { paths };
+            // A trailing `/` is ignored, as Gateway API's PathPrefix does.
+            let prefixes: Vec<String> = if paths.is_empty() {
+                vec![String::new()]
+            } else {
+                paths.iter().map(|p| oracle_prefix(p)).collect()
+            };
             for (h, host) in lower.iter().enumerate() {
                 clash |= lower[..h].contains(host);
                 for (p, prefix) in prefixes.iter().enumerate() {
@@ -173,9 +190,7 @@ fn rollout_scope() {
                     .filter(|(h, prefix, _)| {
                         *h == best
                             && (prefix.is_empty()
-                                || path
-                                    .as_deref()
-                                    .is_some_and(|p| p.starts_with(prefix.as_bytes())))
+                                || path.as_deref().is_some_and(|p| oracle_takes(prefix, p)))
                     })
                     .max_by_key(|(_, prefix, _)| prefix.len())
                     .map(|&(_, _, i)| i)
@@ -190,4 +205,25 @@ fn rollout_scope() {
         }
         case.requests.len() as u64
     });
+}
+
+/// A prefix as the docs say it is compared: without a trailing `/`, but `/`.
+fn oracle_prefix(written: &str) -> String {
+    match written.trim_end_matches('/') {
+        "" => "/".into(),
+        trimmed => trimmed.into(),
+    }
+}
+
+/// docs/many-models.md: the path without its query equals the prefix or
+/// goes on after it with `/` or `:`; `/` takes every path.
+fn oracle_takes(prefix: &str, path: &[u8]) -> bool {
+    let path = String::from_utf8_lossy(path);
+    let path = path.split('?').next().unwrap_or_default();
+    if prefix == "/" {
+        return path.starts_with('/');
+    }
+    path == prefix
+        || path.starts_with(&format!("{prefix}/"))
+        || path.starts_with(&format!("{prefix}:"))
 }
