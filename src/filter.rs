@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use crate::config::{Config, Rollout};
 use crate::decision::{decide, AnonymousId, Decision, Entropy, Live, Reason, Request};
-use crate::guard::{grpc_code, Failure};
+use crate::grpc;
+use crate::guard::Failure;
 
 /// The host operations the filter needs on the request path.
 pub trait Host: Request {
@@ -85,18 +86,9 @@ impl AwaitingTrailers {
     }
 }
 
-/// gRPC's content type, `application/grpc` with or without a `+suffix`
-/// (`+proto`, `+json`) or parameters. Not gRPC-Web, whose status travels in
-/// the body.
-fn is_grpc(content_type: &[u8]) -> bool {
-    content_type
-        .strip_prefix(b"application/grpc")
-        .is_some_and(|rest| matches!(rest.first(), None | Some(b'+' | b';')))
-}
-
 /// The failure a `grpc-status` value means, under the guard's error codes.
 fn grpc_failure(rollout: &Rollout, status: &[u8]) -> Option<Failure> {
-    let code = grpc_code(status);
+    let code = grpc::code(status);
     let counted = rollout
         .guard
         .as_ref()
@@ -199,7 +191,7 @@ pub fn on_response_headers(
     // A gRPC call fails in its status, not its HTTP status (200 either way).
     if host
         .response_header("content-type")
-        .is_some_and(|t| is_grpc(&t))
+        .is_some_and(|t| grpc::is_grpc(&t))
     {
         return Some(match host.response_header("grpc-status") {
             Some(status) => Verdict::Now(awaiting.judged(grpc_failure(rollout, &status))),
@@ -367,10 +359,32 @@ impl MetricNames {
         self.name(&[("result", result)], "canary_selector_mesh_polls_total")
     }
 
-    /// Series of a poll's answer that name no version of the rollout they
-    /// apply to (counter; a plugin's).
-    pub fn mesh_ignored_series(&self) -> String {
-        self.name(&[], "canary_selector_mesh_ignored_series_total")
+    /// Series of a poll's answer the verdict did not use, by why
+    /// (`unknown_rollout`, `unknown_version`, `bad_value`; counter; a
+    /// plugin's).
+    pub fn mesh_ignored_series(&self, reason: &str) -> String {
+        self.name(
+            &[("reason", reason)],
+            "canary_selector_mesh_ignored_series_total",
+        )
+    }
+
+    /// The responses the guard's window holds for a version, every worker's
+    /// added up, as last judged (gauge): how close a canary is to
+    /// `minRequests`.
+    pub fn window_responses(&self, version: &str) -> String {
+        self.name(
+            &[("version", version)],
+            "canary_selector_guard_window_responses",
+        )
+    }
+
+    /// Those of them that failed (gauge).
+    pub fn window_failed_responses(&self, version: &str) -> String {
+        self.name(
+            &[("version", version)],
+            "canary_selector_guard_window_failed_responses",
+        )
     }
 
     /// Versions the mesh verdict tripped (counter; `guard_trips` counts the

@@ -9,11 +9,16 @@
 //! - [`matcher`]: Istio-style string matches and cookie lookup;
 //! - [`decision`]: the per-request decision;
 //! - [`filter`]: what the filter does to a stream, against a narrow host trait;
+//! - [`grpc`]: gRPC's status codes and content type (a leaf, for the
+//!   config and the guard);
 //! - [`guard`]: the sliding window and judgement behind automatic rollback;
 //! - [`mesh`]: the mesh verdict read from Prometheus (the poll's turn, the
 //!   answer, the versions it names);
-//! - [`shared`]: what the VMs of one proxy share (push generations, gauge
-//!   records, the guard's trip board), against a narrow shared-data trait.
+//! - [`shared`]: what the VMs of one proxy share (push generations, what
+//!   each rollout holds back, gauge records, the VMs' windows), against a
+//!   narrow shared-data trait;
+//! - [`vm`]: what one VM keeps of the config it serves (each rollout's
+//!   push, guard and held-back versions), installed on a push and ticked.
 //!
 //! `glue` (wasm32 only) is the thin layer on the proxy-wasm SDK: none of the
 //! modules above imports `proxy_wasm`.
@@ -30,11 +35,13 @@
 pub mod config;
 pub mod decision;
 pub mod filter;
+pub mod grpc;
 pub mod guard;
 pub mod hash;
 pub mod matcher;
 pub mod mesh;
 pub mod shared;
+pub mod vm;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

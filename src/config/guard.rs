@@ -4,7 +4,7 @@
 
 use super::raw::{GrpcCode, Number, Object, RawGuard, RawMesh, WholeNumber};
 use super::{decimal, err, ConfigError};
-use crate::guard::GRPC_CODES;
+use crate::grpc;
 
 /// The guard (see `guard.rs`): when a canary version's responses breach a
 /// threshold over the window (the local verdict), or Prometheus names it
@@ -181,7 +181,7 @@ pub(super) fn validate(g: RawGuard, n_versions: usize) -> Result<Guard, ConfigEr
                     return err(field, "OK is a success; it cannot count as an error");
                 }
                 if bits & 1 << code != 0 {
-                    let name = GRPC_CODES.get(usize::from(code)).copied().unwrap_or("?");
+                    let name = grpc::CODES.get(usize::from(code)).copied().unwrap_or("?");
                     return err(field, format!("{name} is listed twice"));
                 }
                 bits |= 1 << code;

@@ -11,6 +11,7 @@
 //! - `scope`: a rollout's `name`, `hosts` and `pathPrefixes`, and the host
 //!   index built from them.
 
+use std::collections::HashMap;
 use std::fmt;
 
 mod guard;
@@ -155,6 +156,8 @@ pub struct Config {
     /// `passUnclaimedRoutingHeaders` (and without `rollouts`, where every
     /// request is taken).
     pub unclaimed_removes: Vec<String>,
+    /// The rollouts by name (a config with `rollouts`).
+    by_name: HashMap<String, usize>,
 }
 
 impl Config {
@@ -201,6 +204,11 @@ impl Config {
         }
     }
 
+    /// The rollout named `name`, in a config with `rollouts`.
+    pub fn rollout_named(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
     /// The rollout of a request to `host` (the `:authority` without its port,
     /// lowercased: [`authority_host`]; `None` without one) whose `:path`
     /// `path` gives, read only when the host's rollouts differ by path.
@@ -243,6 +251,7 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
             rollouts: vec![rollout::validate(raw)?],
             scope: None,
             unclaimed_removes: Vec::new(),
+            by_name: HashMap::new(),
         });
     };
     if let Some(field) = rollout::fields_present(&raw).first() {
@@ -295,9 +304,15 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
             }
         }
     }
+    let by_name = rollouts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((r.name()?.to_string(), i)))
+        .collect();
     Ok(Config {
         rollouts,
         scope: Some(index.build()),
         unclaimed_removes,
+        by_name,
     })
 }

@@ -10,7 +10,7 @@ use serde::de::{self, value::MapAccessDeserializer, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::{decimal, ConfigError};
-use crate::guard::GRPC_CODES;
+use crate::grpc;
 
 /// One rollout, and the top level of the config: a config without
 /// `rollouts` is one rollout for every host; a config with `rollouts` holds
@@ -236,18 +236,18 @@ impl<'de> Deserialize<'de> for GrpcCode {
                 )
             }
             fn visit_str<E: de::Error>(self, name: &str) -> Result<u8, E> {
-                match GRPC_CODES.iter().position(|&c| c == name) {
+                match grpc::CODES.iter().position(|&c| c == name) {
                     Some(code) => Ok(code as u8),
                     None => Err(E::custom(format!(
                         "{name:?} is not a gRPC status code ({})",
-                        GRPC_CODES.join(", ")
+                        grpc::CODES.join(", ")
                     ))),
                 }
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<u8, E> {
                 u8::try_from(v)
                     .ok()
-                    .filter(|&c| usize::from(c) < GRPC_CODES.len())
+                    .filter(|&c| usize::from(c) < grpc::CODES.len())
                     .ok_or_else(|| E::custom(format!("{v} is not a gRPC status code (0 to 16)")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<u8, E> {

@@ -1,126 +1,151 @@
-//! An accepted config and the VM's state for it: per rollout, its counters,
-//! gauges and guard (the local verdict's window, the versions the mesh
-//! verdict tripped), and the polls of Prometheus. Built once per push by
-//! [`Installed::install`]; streams hold it by `Rc`, so a stream keeps the
+//! An accepted config and this VM's state for it: the config, what the VM
+//! keeps of each rollout against the proxy's shared data (`crate::vm`),
+//! each rollout's series, and the polls of Prometheus. Built once per push
+//! by [`Installed::install`]; streams hold it by `Rc`, so a stream keeps the
 //! config it started with across a push.
+//!
+//! Only the config a root context installed last acts for the plugin: one
+//! that a push replaced while streams still hold it ([`Installed::superseded`])
+//! flushes what those streams count and does nothing else.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use log::{info, warn};
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
-
-use super::metrics::{define_metric, set_gauge, ByDecision, Gauge, LazyCounter};
-use super::poll::{MeshState, PollState};
-use super::HostShared;
-use crate::config::{decimal, Config, Guard, Rollout, MAX_ROLLOUTS, MAX_VERSIONS};
+use super::logs;
+use super::metrics::{add_to_counter, Counter};
+use super::polls::Polls;
+use super::rollout_metrics::{zero_dropped_rollout, RolloutMetrics};
+use super::{vm_id, HostShared};
+use crate::config::{Config, Rollout};
 use crate::decision::Live;
-use crate::filter::{self, MetricNames, Outcome};
-use crate::guard::{self, describe_failures, Failure, Guarded, Judged, Trip};
+use crate::filter::{MetricNames, Outcome};
+use crate::guard;
 use crate::hash::murmur3_32;
-use crate::mesh;
-use crate::shared::{self, Keys};
+use crate::mesh::{self, Ignored, Poll, PollFailure, Sample};
+use crate::shared::{self, accept_push, gauged, Held, Keys, UNNAMED_ROLLOUT};
+use crate::vm::{self, Event};
 
-/// Kinds of failure the guard tells apart (gRPC codes, no status, HTTP 5xx).
-const FAILURES: usize = 19;
+thread_local! {
+    /// The serial of the config each plugin's root context installed last
+    /// in this VM.
+    static CURRENT: RefCell<HashMap<String, u64>> = RefCell::new(HashMap::new());
+    static SERIALS: Cell<u64> = const { Cell::new(0) };
+}
 
-/// Version names a rollout's gauge record keeps (see
-/// [`shared::gauged_names`]): its own, then those of earlier configs.
-const GAUGED_VERSIONS: usize = 4 * MAX_VERSIONS;
+/// The longest summary of a config kept for the log line of a rejected one.
+const MAX_SERVING_SUMMARY: usize = 1024;
 
-/// An accepted config and the VM's state for it.
+/// An accepted config and this VM's state for it.
 pub struct Installed {
     pub config: Config,
-    /// The VM's state of each of `config.rollouts`, in the same order.
-    pub rollouts: Vec<RolloutState>,
+    pub state: vm::State,
+    /// Each rollout's series, in the config's order.
+    pub metrics: Vec<RolloutMetrics>,
     /// Requests no rollout takes (a config that lists `rollouts`).
-    pub no_rollout: LazyCounter,
-    pub(super) plugin_names: MetricNames,
-    pub(super) plugin_keys: Keys,
-    /// The plugin's trip board as this VM last read it: when it moves,
-    /// another VM tripped a guard, and this VM reads the windows of the
-    /// rollouts it counted nothing for.
-    trips_seen: Cell<u32>,
+    no_rollout: Counter,
+    plugin: String,
+    plugin_names: MetricNames,
+    plugin_keys: Keys,
+    /// This config's number in the VM ([`CURRENT`]).
+    serial: u64,
     /// Unix ms at the last tick: the clock the guard's windows and the
     /// polls use.
     pub now_ms: Cell<i64>,
     /// wyrand state for anonymous picks, seeded on first use.
     pub rng: Cell<Option<u64>>,
-    /// The mesh verdict's polls of Prometheus.
-    pub polls: Vec<PollState>,
-}
-
-/// One rollout's state in the VM.
-pub struct RolloutState {
-    pub requests: ByDecision,
-    responses: ByDecision,
-    failed_responses: ByDecision,
-    /// Empty unless the guard times responses.
-    slow_responses: ByDecision,
-    /// Per version: the live weight, in ppm.
-    weights: Vec<Gauge>,
-    /// The failed responses by kind, per (version, failure): at
-    /// `version * FAILURES + failure.index()`.
-    failures: Vec<LazyCounter>,
-    pub(super) names: MetricNames,
-    /// The local verdict: the guard's window, if it has thresholds.
-    guard: Option<RefCell<Guarded>>,
-    /// The mesh verdict, if the guard reads one.
-    pub(super) mesh: Option<MeshState>,
-    /// Per version, the guard's trips (defined with a guard, so that a
-    /// count of trips starts at zero).
-    trips: Vec<u32>,
+    polls: Polls,
 }
 
 impl Installed {
-    /// The VM's state for `config` (its JSON text `text`), pushed to the
-    /// plugin `plugin`: logs what the push changed (once per proxy), zeroes
-    /// the gauges of what it dropped, and starts or inherits each rollout's
-    /// guard.
-    pub fn install(config: Config, text: &[u8], plugin: &str, now_ms: i64) -> Installed {
+    /// This VM's state for `config` (its JSON text `text`), pushed to the
+    /// plugin `plugin`; `previous` is the config it replaces in this root,
+    /// whose guards go on where the push kept a rollout's generation. Logs
+    /// what the push changed (once per proxy) and zeroes the gauges of what
+    /// it dropped.
+    pub fn install(
+        config: Config,
+        text: &[u8],
+        plugin: &str,
+        now_ms: i64,
+        previous: Option<&Installed>,
+    ) -> Installed {
         let store = HostShared;
         let plugin_keys = Keys::new(plugin, None);
-        let scoped = config.scope.is_some();
-        if scoped {
-            let push =
-                shared::accept_push(&store, &plugin_keys.last_config(), murmur3_32(text, 0x5eed));
-            if push.first {
-                info!("config accepted: {}", config.summary());
-            }
-            let names: Vec<&str> = config.rollouts.iter().filter_map(Rollout::name).collect();
-            let dropped = shared::update_gauged(
-                &store,
-                &plugin_keys.gauged_rollouts(),
-                &names,
-                2 * MAX_ROLLOUTS,
-            );
-            for name in dropped {
-                zero_dropped_rollout(&store, plugin, &name);
-            }
+        let whole = accept_push(
+            &store,
+            &plugin_keys.last_push(),
+            murmur3_32(text, 0x5eed),
+            0,
+        );
+        if whole.first() {
+            info!("config accepted: {}", config.summary());
+            let mut summary = config.summary();
+            summary.truncate(MAX_SERVING_SUMMARY);
+            store_serving(&store, &plugin_keys, &summary);
         }
-        let rollouts = config
+        let current: Vec<&str> = config
             .rollouts
             .iter()
-            .map(|rollout| RolloutState::install(&store, plugin, rollout, scoped))
+            .map(|r| r.name().unwrap_or(UNNAMED_ROLLOUT))
             .collect();
-        let polls = mesh::polls(&config, plugin)
-            .into_iter()
-            .map(|poll| PollState::new(poll, now_ms))
+        for name in gauged::dropped(&store, &plugin_keys.gauged_rollouts(), &current) {
+            zero_dropped_rollout(&store, plugin, &name);
+        }
+        let (state, events) =
+            vm::State::install(&store, plugin, &config, vm_id(), previous.map(|p| &p.state));
+        let metrics = config
+            .rollouts
+            .iter()
+            .map(|r| RolloutMetrics::new(plugin, r))
             .collect();
+        let serial = SERIALS.with(|s| {
+            s.set(s.get() + 1);
+            s.get()
+        });
+        CURRENT.with(|c| c.borrow_mut().insert(plugin.to_string(), serial));
+        let plugin_names = MetricNames::new(plugin, None);
+        let no_rollout = Counter::default();
+        if config.scope.is_some() {
+            no_rollout.define(&plugin_names.no_rollout_requests());
+        }
         let installed = Installed {
-            rollouts,
-            no_rollout: LazyCounter::default(),
-            plugin_names: MetricNames::new(plugin, None),
-            trips_seen: Cell::new(shared::count(&store, &plugin_keys.trips())),
+            polls: Polls::new(mesh::polls(&config), &plugin_keys),
+            state,
+            metrics,
+            no_rollout,
+            plugin: plugin.to_string(),
+            plugin_names,
             plugin_keys,
+            serial,
             now_ms: Cell::new(now_ms),
             rng: Cell::new(None),
-            polls,
             config,
         };
-        installed.show_weights(false);
+        // A config without `rollouts` serves every request; a rollout the
+        // proxy served before keeps its gauges current in every VM.
+        let scoped = installed.config.scope.is_some();
+        for (i, (rollout, m)) in installed.each().enumerate() {
+            if !scoped || m.served_by_proxy(&store) {
+                m.activate(&store, rollout, now_ms, installed.held_back(i));
+            }
+        }
+        installed.show(events);
         installed
+    }
+
+    fn each(&self) -> impl Iterator<Item = (&Rollout, &RolloutMetrics)> {
+        self.config.rollouts.iter().zip(&self.metrics)
+    }
+
+    fn held_back(&self, index: usize) -> u32 {
+        self.state.rollouts.get(index).map_or(0, |r| r.held_back())
+    }
+
+    /// Whether a later push replaced this config in the VM.
+    pub fn superseded(&self) -> bool {
+        CURRENT.with(|c| c.borrow().get(&self.plugin) != Some(&self.serial))
     }
 
     /// The tick period: once a second, or a few times per slot of the
@@ -136,39 +161,47 @@ impl Installed {
             .map_or(1000, |slot| slot.clamp(100, 1000))
     }
 
+    /// The tick: flushes the counters; then, for the config the plugin
+    /// serves, moves scheduled weights, runs the guards and sends the polls
+    /// that are due with `dispatch`.
+    pub fn tick(&self, now_ms: i64, dispatch: impl FnMut(&Poll) -> Option<u32>) {
+        self.now_ms.set(now_ms);
+        self.flush_counts();
+        if self.superseded() {
+            return;
+        }
+        for (rollout, m) in self.each() {
+            if rollout.schedule.is_some() {
+                m.show_weights(rollout, now_ms);
+            }
+        }
+        let events = self.state.tick(&HostShared, &self.config, now_ms);
+        self.show(events);
+        for poll in self.polls.tick(now_ms, dispatch) {
+            self.answer(poll, Err(PollFailure::Unreachable));
+        }
+    }
+
     /// Adds what was counted since the last flush to Envoy's counters.
     pub fn flush_counts(&self) {
         self.no_rollout
             .flush(|| self.plugin_names.no_rollout_requests());
-        for (rollout, state) in self.config.rollouts.iter().zip(&self.rollouts) {
-            state.flush_counts(rollout);
+        let now = self.now_ms.get();
+        for (i, (rollout, m)) in self.each().enumerate() {
+            m.flush(&HostShared, rollout, now, self.held_back(i));
         }
     }
 
-    /// Sets the weight gauges to the live weights (a schedule moves them);
-    /// `scheduled_only`: of the rollouts with a schedule only.
-    pub fn show_weights(&self, scheduled_only: bool) {
-        let now = self.now_ms.get();
-        for (rollout, state) in self.config.rollouts.iter().zip(&self.rollouts) {
-            if scheduled_only && rollout.schedule.is_none() {
-                continue;
-            }
-            for (i, gauge) in state.weights.iter().enumerate() {
-                gauge.show(filter::weight_ppm(rollout.weight_at(now, i)));
-            }
-        }
+    /// Counts a request no rollout takes.
+    pub fn count_unclaimed(&self) {
+        self.no_rollout.add();
     }
 
     /// What the decision for rollout `index` needs from the clock and the
     /// guard. The clock is read per request only when a schedule or a
     /// latency bound needs it.
     pub fn live(&self, index: usize, clock: impl FnOnce() -> i64) -> Live {
-        let Some((rollout, state)) = self
-            .config
-            .rollouts
-            .get(index)
-            .zip(self.rollouts.get(index))
-        else {
+        let Some(rollout) = self.config.rollouts.get(index) else {
             return Live::default();
         };
         let needs_clock = rollout.schedule.is_some()
@@ -182,53 +215,176 @@ impl Installed {
             } else {
                 self.now_ms.get()
             },
-            tripped: state.tripped(),
+            tripped: self.held_back(index),
+        }
+    }
+
+    /// Counts a decision of rollout `index`.
+    pub fn count_request(&self, index: usize, version: usize, reason: crate::decision::Reason) {
+        if let Some(m) = self.metrics.get(index) {
+            m.count_request(version, reason);
         }
     }
 
     /// Counts a response of rollout `index` the guard judged.
     pub fn record(&self, index: usize, o: Outcome) {
-        if let Some(state) = self.rollouts.get(index) {
-            state.record(self.now_ms.get(), o);
+        if let Some(m) = self.metrics.get(index) {
+            m.count_response(&o);
+        }
+        if let Some(state) = self.state.rollouts.get(index) {
+            state.record(self.now_ms.get(), o.version, o.failure, o.slow);
         }
     }
 
-    /// The guards' tick: each rollout that counted something merges it into
-    /// its proxy-wide window and judges it; when another VM tripped a guard
-    /// (the trip board moved), the others look at their windows too.
-    pub fn tick_guards(&self) {
+    /// The answer to the call `token`, read by `read` (if it is this
+    /// config's call, and this config still serves).
+    pub fn on_answer(&self, token: u32, read: impl FnOnce() -> Result<Vec<Sample>, PollFailure>) {
+        let poll = self.polls.answered(token);
+        match poll {
+            Some(poll) if !self.superseded() => self.answer(poll, read()),
+            _ => add_to_counter(
+                &self
+                    .plugin_names
+                    .mesh_polls(&PollFailure::Superseded.name()),
+                1,
+            ),
+        }
+    }
+
+    /// A poll's answer: counted, and applied to each rollout that reads it.
+    /// A failure changes nothing: the last verdict holds.
+    fn answer(&self, poll: &Poll, answer: Result<Vec<Sample>, PollFailure>) {
         let store = HostShared;
-        let board = shared::count(&store, &self.plugin_keys.trips());
-        let learn = board != self.trips_seen.replace(board);
-        let now = u64::try_from(self.now_ms.get()).unwrap_or(0);
-        for (rollout, state) in self.config.rollouts.iter().zip(&self.rollouts) {
-            if let (true, Some(m)) = (learn, &state.mesh) {
-                if m.learn(&store) {
-                    set_gauge(&state.names.guard_tripped(), 1);
+        let result = answer.as_ref().map_or_else(|f| f.name(), |_| "ok".into());
+        add_to_counter(&self.plugin_names.mesh_polls(&result), 1);
+        let samples = match answer {
+            Ok(samples) => samples,
+            Err(failure) => {
+                if self.log_due(poll, "failure") {
+                    warn!("{}", logs::poll_failed(poll, failure));
                 }
+                return;
             }
-            let (Some(cell), Some(config)) = (&state.guard, &rollout.guard) else {
+        };
+        let records = |i: usize| {
+            let r = self.state.rollouts.get(i)?;
+            Some((&r.keys, r.push.generation))
+        };
+        let applied = mesh::apply(&samples, poll, &self.config, records, &store);
+        let mut added_any = false;
+        for v in &applied.verdicts {
+            let (Some(rollout), Some(state), Some(m)) = (
+                self.config.rollouts.get(v.rollout),
+                self.state.rollouts.get(v.rollout),
+                self.metrics.get(v.rollout),
+            ) else {
                 continue;
             };
-            let Ok(mut g) = cell.try_borrow_mut() else {
+            let more = Held {
+                local: None,
+                mesh: v.failing,
+            };
+            if state.hold_back(more) || v.added != 0 {
+                m.activate(&store, rollout, self.now_ms.get(), state.held_back());
+                m.show_held(state.held_back());
+            }
+            if v.added == 0 {
                 continue;
-            };
-            let judged = if !g.local.is_empty() {
-                g.merge_and_judge(&store, config, now)
-            } else if learn {
-                g.learn_trip(&store)
-            } else {
-                Judged::Quiet
-            };
-            match judged {
-                Judged::Quiet => {}
-                Judged::Latched => set_gauge(&state.names.guard_tripped(), 1),
-                Judged::Tripped(trip) => {
-                    if let Some(&id) = state.trips.get(trip.version) {
-                        let _ = hostcalls::increment_metric(id, 1);
+            }
+            // This VM recorded the trip: it counts it and says so, once for
+            // the proxy.
+            added_any = true;
+            for version in versions_of(rollout, v.added) {
+                add_to_counter(&m.names().mesh_trips(version), 1);
+            }
+            warn!(
+                "{}",
+                logs::mesh_tripped(rollout, poll_query(rollout), v.added)
+            );
+        }
+        if added_any {
+            // The other VMs read the held records when the board moves.
+            self.state.announce_trip(&store);
+        }
+        self.show_ignored(poll, &applied.ignored);
+    }
+
+    fn show_ignored(&self, poll: &Poll, ignored: &Ignored) {
+        for (reason, n) in [
+            ("unknown_rollout", ignored.unknown_rollout),
+            ("unknown_version", ignored.unknown_version),
+            ("bad_value", ignored.bad_value),
+        ] {
+            if n > 0 {
+                add_to_counter(&self.plugin_names.mesh_ignored_series(reason), n);
+            }
+        }
+        let unknown = ignored.unknown_rollout + ignored.unknown_version;
+        if unknown > 0 && self.log_due(poll, "ignored") {
+            warn!("{}", logs::series_ignored(poll, unknown));
+        }
+        if ignored.bad_value > 0 && self.log_due(poll, "values") {
+            warn!("{}", logs::values_ignored(poll, ignored.bad_value));
+        }
+    }
+
+    /// Whether a line of kind `what` about `poll` may be logged now: each
+    /// kind at most once a minute per proxy, apart from the others.
+    fn log_due(&self, poll: &Poll, what: &str) -> bool {
+        let key = self.plugin_keys.poll_logged(poll.index, what);
+        shared::log_due(&HostShared, &key, self.now_ms.get())
+    }
+
+    /// Shows what a push or a tick did: log lines, counters, gauges.
+    fn show(&self, events: Vec<Event>) {
+        let store = HostShared;
+        let scoped = self.config.scope.is_some();
+        for event in events {
+            match event {
+                Event::Pushed {
+                    rollout,
+                    news,
+                    reset,
+                } => {
+                    let Some(r) = self.config.rollouts.get(rollout) else {
+                        continue;
+                    };
+                    if let Some(line) = logs::pushed(r, news, scoped) {
+                        info!("{line}");
                     }
-                    set_gauge(&state.names.guard_tripped(), 1);
-                    log_trip(rollout, config, &trip);
+                    if !reset.is_empty() {
+                        warn!("{}", logs::guard_reset(r));
+                    }
+                }
+                Event::Tripped { rollout, trip } => {
+                    let (Some(r), Some(m)) =
+                        (self.config.rollouts.get(rollout), self.metrics.get(rollout))
+                    else {
+                        continue;
+                    };
+                    m.activate(&store, r, self.now_ms.get(), self.held_back(rollout));
+                    if let Some(v) = r.versions.get(trip.version) {
+                        add_to_counter(&m.names().guard_trips(&v.name), 1);
+                    }
+                    m.show_held(self.held_back(rollout));
+                    if let Some(config) = &r.guard {
+                        warn!("{}", logs::tripped(r, config, &trip));
+                    }
+                }
+                Event::HeldBack { rollout, versions } => {
+                    if let (Some(r), Some(m)) =
+                        (self.config.rollouts.get(rollout), self.metrics.get(rollout))
+                    {
+                        m.activate(&store, r, self.now_ms.get(), versions);
+                        m.show_held(versions);
+                    }
+                }
+                Event::Judged { rollout, totals } => {
+                    if let (Some(r), Some(m)) =
+                        (self.config.rollouts.get(rollout), self.metrics.get(rollout))
+                    {
+                        m.show_totals(r, &totals);
+                    }
                 }
             }
         }
@@ -242,194 +398,34 @@ impl Drop for Installed {
     }
 }
 
-impl RolloutState {
-    fn install(store: &HostShared, plugin: &str, rollout: &Rollout, scoped: bool) -> RolloutState {
-        let keys = Keys::new(plugin, rollout.name());
-        let names = MetricNames::new(plugin, rollout.name());
-        let fingerprint = rollout.fingerprint();
-        let push = shared::accept_push(store, &keys.last_config(), fingerprint);
-        if push.first {
-            match rollout.name() {
-                Some(name) if scoped => info!("rollout {name} accepted: {}", rollout.summary()),
-                _ => info!("config accepted: {}", rollout.summary()),
-            }
-            // A tripped guard holds until a new config arrives: this is it.
-            if guard::reset_mark(store, &keys) {
-                let of = rollout
-                    .name()
-                    .map(|n| format!(" of rollout {n}"))
-                    .unwrap_or_default();
-                warn!("guard reset{of}: a new config was pushed; canary versions get their share again");
-            }
-        }
-        // Every VM zeroes the gauges of dropped versions: a VM still on the
-        // old config may have set one after the first VM on the new one
-        // zeroed it.
-        let versions: Vec<&str> = rollout.versions.iter().map(|v| v.name.as_str()).collect();
-        for name in
-            shared::update_gauged(store, &keys.gauged_versions(), &versions, GAUGED_VERSIONS)
-        {
-            set_gauge(&names.weight(&name), 0);
-            set_gauge(&names.stable(&name), 0);
-        }
-        for (i, version) in rollout.versions.iter().enumerate() {
-            set_gauge(&names.stable(&version.name), u64::from(i == 0));
-        }
-        if push.first && rollout.guard.is_some() {
-            set_gauge(&names.guard_tripped(), 0);
-        }
-        let mesh_state = rollout
-            .guard
-            .as_ref()
-            .and_then(|g| g.mesh.as_ref())
-            .map(|_| MeshState::start(store, keys.clone(), push));
-        let guard = rollout
-            .guard
-            .as_ref()
-            .filter(|g| g.judges_locally())
-            .map(|config| {
-                RefCell::new(Guarded::start(
-                    store,
-                    keys,
-                    fingerprint,
-                    push,
-                    config,
-                    rollout.versions.len(),
-                ))
-            });
-        // Responses are counted as the guard judges them: only with one,
-        // which reads each response anyway (the local verdict's window, or
-        // the counters the mesh verdict's rules read).
-        let judged = rollout.guard.is_some();
-        let timed = rollout
-            .guard
-            .as_ref()
-            .is_some_and(|g| g.slow_response_ms.is_some());
-        RolloutState {
-            requests: ByDecision::define(rollout, true, |v, r| names.requests(v, r)),
-            responses: ByDecision::define(rollout, judged, |v, r| names.responses(v, r)),
-            failed_responses: ByDecision::define(rollout, judged, |v, r| {
-                names.failed_responses(v, r)
-            }),
-            slow_responses: ByDecision::define(rollout, timed, |v, r| names.slow_responses(v, r)),
-            weights: rollout
-                .versions
-                .iter()
-                .map(|v| Gauge::define(&names.weight(&v.name)))
-                .collect(),
-            failures: (0..if judged {
-                rollout.versions.len() * FAILURES
-            } else {
-                0
-            })
-                .map(|_| LazyCounter::default())
-                .collect(),
-            trips: match &rollout.guard {
-                Some(_) => rollout
-                    .versions
-                    .iter()
-                    .map(|v| define_metric(MetricType::Counter, &names.guard_trips(&v.name)))
-                    .collect(),
-                None => Vec::new(),
-            },
-            names,
-            guard,
-            mesh: mesh_state,
-        }
-    }
-
-    /// The versions held back: every canary once the local verdict tripped,
-    /// and those the mesh verdict named.
-    fn tripped(&self) -> u32 {
-        let local = self
-            .guard
-            .as_ref()
-            .is_some_and(|g| g.try_borrow().is_ok_and(|g| g.tripped));
-        let mesh = self.mesh.as_ref().map_or(0, |m| m.tripped.get());
-        if local {
-            Live::ALL_CANARIES | mesh
-        } else {
-            mesh
-        }
-    }
-
-    fn record(&self, now_ms: i64, o: Outcome) {
-        // The local verdict's window, if the guard judges here; the
-        // counters in any case (the mesh's rules read them).
-        if let Some(Ok(mut g)) = self.guard.as_ref().map(RefCell::try_borrow_mut) {
-            let at = u64::try_from(now_ms).unwrap_or(0);
-            g.local.record(at, o.version, o.failure, o.slow);
-        }
-        self.responses.add(o.version, o.reason);
-        if let Some(f) = o.failure {
-            self.failed_responses.add(o.version, o.reason);
-            if let Some(c) = self.failures.get(o.version * FAILURES + f.index()) {
-                c.add();
-            }
-        }
-        if o.slow {
-            self.slow_responses.add(o.version, o.reason);
-        }
-    }
-
-    fn flush_counts(&self, rollout: &Rollout) {
-        let names = &self.names;
-        self.requests.flush();
-        self.responses.flush();
-        self.failed_responses.flush();
-        self.slow_responses.flush();
-        let kinds = rollout
-            .versions
-            .iter()
-            .flat_map(|v| Failure::all().map(move |f| (v, f)));
-        for (counter, (version, failure)) in self.failures.iter().zip(kinds) {
-            counter.flush(|| names.failures(&version.name, failure));
-        }
-    }
+/// The summary of the config serving now, for the line of a rejected push.
+fn store_serving(store: &HostShared, keys: &Keys, summary: &str) {
+    use crate::shared::SharedData;
+    store.set(&keys.serving(), summary.as_bytes(), None);
 }
 
-/// Zeroes the gauges of a rollout the config no longer lists: its versions'
-/// weight and stable gauges, and its guard's.
-fn zero_dropped_rollout(store: &HostShared, plugin: &str, rollout: &str) {
-    let keys = Keys::new(plugin, Some(rollout));
-    let names = MetricNames::new(plugin, Some(rollout));
-    for version in shared::update_gauged(store, &keys.gauged_versions(), &[], GAUGED_VERSIONS) {
-        set_gauge(&names.weight(&version), 0);
-        set_gauge(&names.stable(&version), 0);
-    }
-    set_gauge(&names.guard_tripped(), 0);
+/// The summary of the config the plugin serves, as the last accepted push
+/// stored it.
+pub fn serving(plugin: &str) -> Option<String> {
+    use crate::shared::SharedData;
+    let (value, _) = HostShared.get(&Keys::new(plugin, None).serving());
+    value.map(|v| String::from_utf8_lossy(&v).into_owned())
 }
 
-pub(super) fn version_name(rollout: &Rollout, i: usize) -> &str {
-    rollout.versions.get(i).map_or("?", |v| v.name.as_str())
+/// The names of the versions of `rollout` whose bits `bits` holds.
+fn versions_of(rollout: &Rollout, bits: u32) -> impl Iterator<Item = &str> {
+    rollout
+        .versions
+        .iter()
+        .enumerate()
+        .filter(move |&(i, _)| i > 0 && i < 32 && bits >> i & 1 == 1)
+        .map(|(_, v)| v.name.as_str())
 }
 
-fn log_trip(rollout: &Rollout, config: &Guard, t: &Trip) {
-    let name = |i: usize| version_name(rollout, i);
-    let failed = match describe_failures(t.counts.failures) {
-        kinds if kinds.is_empty() => kinds,
-        kinds => format!("; {kinds}"),
-    };
-    let of = rollout
-        .name()
-        .map(|n| format!(" of rollout {n}"))
-        .unwrap_or_default();
-    warn!(
-        "guard tripped{of}: {} {} over the last {}s: {} of {} responses failed (rate {}{}), {} slow; \
-         stable {}: {} of {} failed (rate {}). Every request no rule pins now goes to {} \
-         until a new config is pushed",
-        name(t.version),
-        t.cause,
-        config.window_ms / 1000,
-        t.counts.errors,
-        t.counts.requests,
-        decimal(t.counts.error_rate()),
-        failed,
-        t.counts.slow,
-        name(0),
-        t.stable.errors,
-        t.stable.requests,
-        decimal(t.stable.error_rate()),
-        name(0),
-    );
+fn poll_query(rollout: &Rollout) -> &str {
+    rollout
+        .guard
+        .as_ref()
+        .and_then(|g| g.mesh.as_ref())
+        .map_or("", |m| m.query.as_str())
 }

@@ -1,141 +1,114 @@
-//! Envoy's counters and gauges, kept cheap: a counter is added to in the VM
-//! and flushed to Envoy on the tick (a host call per request would cost
-//! more than the decision itself); a gauge is set only when its value
-//! changes.
+//! Envoy's counters and gauges, kept cheap and bounded:
+//! - each metric name is defined once per VM ([`define`]): Envoy keeps every
+//!   `define_metric` (a new id and the storage of its name) for the VM's
+//!   life, even for a name defined before, so a VM that defined its names on
+//!   every push would grow Envoy's heap with each push;
+//! - a counter is added to in the VM and flushed to Envoy on the tick (a
+//!   host call per request would cost more than the decision itself);
+//! - a gauge is set only when its value changes.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
-use crate::config::Rollout;
-use crate::decision::Reason;
-
-pub fn define_metric(kind: MetricType, name: &str) -> u32 {
-    hostcalls::define_metric(kind, name).unwrap_or(0)
+thread_local! {
+    /// Every metric name this VM defined, with Envoy's id for it. It grows
+    /// only by names never seen before: a push that keeps its rollouts and
+    /// versions defines nothing.
+    static DEFINED: RefCell<HashMap<Box<str>, u32>> = RefCell::new(HashMap::new());
 }
 
-/// Sets the gauge `name` to `value`, defining it if need be.
+/// The id of metric `name`, defined in Envoy the first time this VM asks.
+pub fn define(kind: MetricType, name: &str) -> Option<u32> {
+    if let Some(id) = DEFINED.with(|d| d.borrow().get(name).copied()) {
+        return Some(id);
+    }
+    let id = hostcalls::define_metric(kind, name).ok()?;
+    DEFINED.with(|d| d.borrow_mut().insert(name.into(), id));
+    Some(id)
+}
+
+/// Whether this VM defined metric `name`.
+pub fn defined(name: &str) -> bool {
+    DEFINED.with(|d| d.borrow().contains_key(name))
+}
+
+/// Sets the gauge `name` to `value`.
 pub fn set_gauge(name: &str, value: u64) {
-    let _ = hostcalls::record_metric(define_metric(MetricType::Gauge, name), value);
+    if let Some(id) = define(MetricType::Gauge, name) {
+        let _ = hostcalls::record_metric(id, value);
+    }
 }
 
-/// Adds `n` to the counter `name`, defining it if need be: for counts that
-/// change far less often than requests (polls, trips).
+/// Adds `n` to the counter `name`: for counts that change far less often
+/// than requests (polls, trips).
 pub fn add_to_counter(name: &str, n: u64) {
-    let id = define_metric(MetricType::Counter, name);
-    let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
-}
-
-/// A counter kept in the VM and added to Envoy's on the tick.
-pub struct Counter {
-    id: u32,
-    unflushed: Cell<u64>,
-}
-
-impl Counter {
-    pub fn define(name: &str) -> Counter {
-        Counter {
-            id: define_metric(MetricType::Counter, name),
-            unflushed: Cell::new(0),
-        }
-    }
-
-    pub fn add(&self) {
-        self.unflushed.set(self.unflushed.get() + 1);
-    }
-
-    pub fn flush(&self) {
-        let n = self.unflushed.take();
-        if n > 0 {
-            let _ = hostcalls::increment_metric(self.id, i64::try_from(n).unwrap_or(i64::MAX));
-        }
+    if let Some(id) = define(MetricType::Counter, name) {
+        let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
 
-/// A gauge that is set only when its value changes.
-pub struct Gauge {
-    id: u32,
-    shown: Cell<Option<u64>>,
-}
-
-impl Gauge {
-    pub fn define(name: &str) -> Gauge {
-        Gauge {
-            id: define_metric(MetricType::Gauge, name),
-            shown: Cell::new(None),
-        }
-    }
-
-    pub fn show(&self, value: u64) {
-        if self.shown.get() != Some(value) {
-            let _ = hostcalls::record_metric(self.id, value);
-            self.shown.set(Some(value));
-        }
-    }
-}
-
-/// A counter kept in the VM, defined by its first flush with something to
-/// add: for counters most of which never count (a failure kind per
-/// version).
+/// A counter kept in the VM and added to Envoy's on the tick; its id is
+/// looked up when it is first flushed (or [`Counter::define`]d).
 #[derive(Default)]
-pub struct LazyCounter {
+pub struct Counter {
     id: Cell<Option<u32>>,
     unflushed: Cell<u64>,
 }
 
-impl LazyCounter {
+impl Counter {
     pub fn add(&self) {
-        self.unflushed.set(self.unflushed.get() + 1);
+        self.unflushed.set(self.unflushed.get().saturating_add(1));
     }
 
+    pub fn has_news(&self) -> bool {
+        self.unflushed.get() > 0
+    }
+
+    /// Defines the counter `name` now, so that Prometheus sees it at zero.
+    pub fn define(&self, name: &str) {
+        if self.id.get().is_none() {
+            self.id.set(define(MetricType::Counter, name));
+        }
+    }
+
+    /// Adds what was counted since the last flush; `name` gives the
+    /// counter's name if it is not defined yet.
     pub fn flush(&self, name: impl FnOnce() -> String) {
         let n = self.unflushed.take();
-        if n > 0 {
-            let id = self.id.get().unwrap_or_else(|| {
-                let id = define_metric(MetricType::Counter, &name());
-                self.id.set(Some(id));
-                id
-            });
+        if n == 0 {
+            return;
+        }
+        if self.id.get().is_none() {
+            self.define(&name());
+        }
+        if let Some(id) = self.id.get() {
             let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 }
 
-/// Counters per (version, reason), at `version * Reason::ALL.len() + reason`,
-/// defined with the config so that Prometheus has every series from the
-/// start (a rate needs the zero).
+/// A gauge that is set only when its value changes.
 #[derive(Default)]
-pub struct ByDecision(Vec<Counter>);
+pub struct Gauge {
+    id: Cell<Option<u32>>,
+    shown: Cell<Option<u64>>,
+}
 
-impl ByDecision {
-    /// The counters of `rollout`'s versions, named by `name` from a version
-    /// and a reason; none when `on` is false.
-    pub fn define(
-        rollout: &Rollout,
-        on: bool,
-        name: impl Fn(&str, Reason) -> String,
-    ) -> ByDecision {
-        if !on {
-            return ByDecision::default();
+impl Gauge {
+    pub fn show(&self, name: impl FnOnce() -> String, value: u64) {
+        if self.shown.get() == Some(value) {
+            return;
         }
-        let mut counters = Vec::with_capacity(rollout.versions.len() * Reason::ALL.len());
-        for version in &rollout.versions {
-            for reason in Reason::ALL {
-                counters.push(Counter::define(&name(&version.name, reason)));
-            }
+        if self.id.get().is_none() {
+            self.id.set(define(MetricType::Gauge, &name()));
         }
-        ByDecision(counters)
-    }
-
-    pub fn add(&self, version: usize, reason: Reason) {
-        if let Some(c) = self.0.get(version * Reason::ALL.len() + reason.index()) {
-            c.add();
+        if let Some(id) = self.id.get() {
+            let _ = hostcalls::record_metric(id, value);
+            self.shown.set(Some(value));
         }
-    }
-
-    pub fn flush(&self) {
-        self.0.iter().for_each(Counter::flush);
     }
 }
 
@@ -173,11 +146,7 @@ pub mod alloc_stats {
     static COUNTING: Counting = Counting;
 
     pub fn report() {
-        let id = super::define_metric(
-            proxy_wasm::types::MetricType::Counter,
-            "canary_selector.debug.allocations",
-        );
         let n = ALLOCATIONS.swap(0, Relaxed);
-        let _ = proxy_wasm::hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        super::add_to_counter("canary_selector.debug.allocations", n);
     }
 }

@@ -1,6 +1,6 @@
 //! The root context: one per plugin config in the VM. It parses each push
 //! into a [`Config`] and installs it, and on its tick flushes the counters,
-//! moves scheduled weights and runs the guards.
+//! moves scheduled weights, runs the guards and polls Prometheus.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -9,18 +9,29 @@ use log::error;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
-use crate::mesh;
-
-use super::installed::Installed;
+use super::installed::{serving, Installed};
+use super::logs;
 use super::now_ms;
 use super::stream::Stream;
 use crate::config::Config;
+use crate::mesh;
 
 #[derive(Default)]
 pub struct Plugin {
     /// The last config this root accepted; streams share it, so a stream
     /// keeps the config it started with across a push.
     installed: Option<Rc<Installed>>,
+}
+
+impl Plugin {
+    /// The plugin's name (Istio: `<namespace>.<name>`): shared-data keys and
+    /// metric names carry it, so two plugins in one proxy never share a
+    /// window, a record or a counter.
+    fn plugin_name(&self) -> String {
+        self.get_property(vec!["plugin_name"])
+            .map(|name| String::from_utf8_lossy(&name).into_owned())
+            .unwrap_or_default()
+    }
 }
 
 impl Context for Plugin {
@@ -36,40 +47,37 @@ impl Context for Plugin {
         let Some(installed) = self.installed.clone() else {
             return;
         };
-        // A call of a config since replaced: its answer is not this one's.
-        let Some(poll) = installed.poll_of(token) else {
-            return;
-        };
-        let status = if headers == 0 {
-            None
-        } else {
-            self.get_http_call_response_header_bytes(":status")
-        };
-        let answer = mesh::read_answer(status.as_deref(), body_size, || {
-            self.get_http_call_response_body(0, body_size)
+        installed.on_answer(token, || {
+            let status = if headers == 0 {
+                None
+            } else {
+                self.get_http_call_response_header_bytes(":status")
+            };
+            mesh::read_answer(status.as_deref(), body_size, || {
+                self.get_http_call_response_body(0, body_size)
+            })
         });
-        installed.poll_result(poll, answer);
     }
 }
 
 impl RootContext for Plugin {
     fn on_configure(&mut self, _config_size: usize) -> bool {
         let text = self.get_plugin_configuration().unwrap_or_default();
+        let plugin = self.plugin_name();
         let config = match Config::from_json(&text) {
             Ok(config) => config,
             Err(e) => {
-                error!("config rejected: {e}");
+                error!("{}", logs::rejected(&e, serving(&plugin).as_deref()));
                 return false;
             }
         };
-        // Shared-data keys and metric names carry the plugin's name
-        // (`<namespace>.<name>`), so two plugins in one proxy never share a
-        // window, a record or a counter.
-        let plugin = self
-            .get_property(vec!["plugin_name"])
-            .map(|name| String::from_utf8_lossy(&name).into_owned())
-            .unwrap_or_default();
-        let installed = Installed::install(config, &text, &plugin, now_ms(self));
+        let installed = Installed::install(
+            config,
+            &text,
+            &plugin,
+            now_ms(self),
+            self.installed.as_deref(),
+        );
         self.set_tick_period(Duration::from_millis(installed.tick_ms()));
         self.installed = Some(Rc::new(installed));
         true
@@ -83,18 +91,13 @@ impl RootContext for Plugin {
         Some(ContextType::HttpContext)
     }
 
-    /// Flushes the counters, moves scheduled weights, and runs the guards.
     fn on_tick(&mut self) {
         let Some(installed) = self.installed.clone() else {
             return;
         };
-        installed.flush_counts();
         #[cfg(feature = "alloc-stats")]
         super::metrics::alloc_stats::report();
-        installed.now_ms.set(now_ms(self));
-        installed.show_weights(true);
-        installed.tick_guards();
-        installed.tick_polls(|poll| {
+        installed.tick(now_ms(self), |poll| {
             let headers = vec![
                 (":method", "GET"),
                 (":path", poll.path.as_str()),

@@ -93,7 +93,7 @@ impl HttpContext for Stream {
             .rollout_of(&installed)
             .and_then(|i| Some((i, installed.config.rollouts.get(i)?)))
         else {
-            installed.no_rollout.add();
+            installed.count_unclaimed();
             filter::on_unclaimed_request(&installed.config, self);
             return Action::Continue;
         };
@@ -187,12 +187,8 @@ impl Host for Stream {
 
     fn count(&mut self, version: usize, reason: Reason) {
         // Counted in the VM, flushed to Envoy's counters on the tick.
-        if let Some(state) = self
-            .installed
-            .as_ref()
-            .and_then(|i| i.rollouts.get(self.rollout))
-        {
-            state.requests.add(version, reason);
+        if let Some(installed) = &self.installed {
+            installed.count_request(self.rollout, version, reason);
         }
     }
 }

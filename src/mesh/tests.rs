@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::Config;
-use crate::shared::MemoryStore;
+use crate::shared::{held, Keys, MemoryStore};
 
 fn config(json: &str) -> Config {
     Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{json}"))
@@ -15,13 +15,13 @@ fn answer(result: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-fn read(status: &[u8], body: Vec<u8>) -> Result<Vec<Series>, PollFailure> {
+fn read(status: &[u8], body: Vec<u8>) -> Result<Vec<Sample>, PollFailure> {
     let size = body.len();
     read_answer(Some(status), size, || Some(body))
 }
 
 #[test]
-fn an_answer_is_read_strictly_and_only_its_failing_series_kept() {
+fn an_answer_is_read_strictly_with_every_series_and_its_value() {
     let got = read(
         b"200",
         answer(
@@ -29,13 +29,16 @@ fn an_answer_is_read_strictly_and_only_its_failing_series_kept() {
            {"metric":{"version":"v3"},"value":[1796232086.079,"0"]},
            {"metric":{"version":"v4"},"value":[1796232086.079,"NaN"]},
            {"metric":{"version":"v5"},"value":[1796232086.079,"+Inf"]},
-           {"metric":{"version":"v6"},"value":[1796232086.079,"0.25"]}"#,
+           {"metric":{"version":"v6"},"value":[1796232086.079,"-0.25"]}"#,
         ),
     )
     .unwrap();
     let versions: Vec<&str> = got.iter().filter_map(|s| s.label("version")).collect();
-    assert_eq!(versions, ["v2", "v5", "v6"]);
+    assert_eq!(versions, ["v2", "v3", "v4", "v5", "v6"]);
     assert_eq!(got[0].label("rollout"), Some("iris"));
+    assert_eq!(got[0].value, 1.0);
+    assert!(got[2].value.is_nan());
+    assert_eq!((got[3].value, got[4].value), (f64::INFINITY, -0.25));
     // What Prometheus adds besides (warnings, infos, stats) is no failure.
     let with_warnings =
         br#"{"status":"success","warnings":["w"],"data":{"resultType":"vector","result":[]}}"#;
@@ -93,61 +96,127 @@ fn an_answer_is_read_strictly_and_only_its_failing_series_kept() {
     assert_eq!(huge, Err(PollFailure::TooLarge));
 }
 
-#[test]
-fn the_verdict_names_canaries_of_the_series_rollout_and_never_the_stable_version() {
-    let c = config(&format!(
-        r#"{{"rollouts":[
-          {{"name":"iris","hosts":["iris.example.com"],"guard":{{{MESH}}},
-            "versions":[{{"name":"v1","weight":80}},{{"name":"v2","weight":10}},{{"name":"v3","weight":10}}]}},
-          {{"name":"flowers","hosts":["flowers.example.com"],"guard":{{{MESH}}},
-            "versions":[{{"name":"v1","weight":90}},{{"name":"v2","weight":10}}]}}]}}"#
-    ));
-    let series = |labels: &[(&str, &str)]| Series {
+fn sample(labels: &[(&str, &str)], value: f64) -> Sample {
+    Sample {
         labels: labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-    };
-    let failing = [
-        series(&[("rollout", "iris"), ("version", "v3")]),
-        series(&[("rollout", "flowers"), ("version", "v2")]),
-        series(&[("rollout", "iris"), ("version", "v1")]), // stable: never
-        series(&[("rollout", "iris"), ("version", "v9")]), // unknown
-        series(&[("rollout", "tulips"), ("version", "v2")]), // another rollout's
+        value,
+    }
+}
+
+/// Applies `samples` to every poll of `config` as one VM, with each
+/// rollout's keys under plugin `p` and push generation 1.
+fn applied(config: &Config, store: &MemoryStore, samples: &[Sample]) -> Vec<Applied> {
+    let keys: Vec<Keys> = config
+        .rollouts
+        .iter()
+        .map(|r| Keys::new("p", r.name()))
+        .collect();
+    polls(config)
+        .iter()
+        .map(|poll| apply(samples, poll, config, |i| Some((keys.get(i)?, 1)), store))
+        .collect()
+}
+
+const TWO_ROLLOUTS: &str = r#"{"rollouts":[
+  {"name":"iris","hosts":["iris.example.com"],"guard":{MESH},
+    "versions":[{"name":"v1","weight":80},{"name":"v2","weight":10},{"name":"v3","weight":10}]},
+  {"name":"flowers","hosts":["flowers.example.com"],"guard":{MESH},
+    "versions":[{"name":"v1","weight":90},{"name":"v2","weight":10}]}]}"#;
+
+fn two_rollouts() -> Config {
+    config(&TWO_ROLLOUTS.replace("{MESH}", &format!("{{{MESH}}}")))
+}
+
+#[test]
+fn the_verdict_names_canaries_of_the_series_rollout_and_never_the_stable_version() {
+    let c = two_rollouts();
+    let store = MemoryStore::default();
+    let answer = [
+        sample(&[("rollout", "iris"), ("version", "v3")], 1.0),
+        sample(&[("rollout", "flowers"), ("version", "v2")], 0.5),
+        sample(&[("rollout", "iris"), ("version", "v1")], 1.0), // stable: never
+        sample(&[("rollout", "iris"), ("version", "v2")], 0.0), // not failing
+        sample(&[("rollout", "iris"), ("version", "v9")], 1.0), // unknown version
+        sample(&[("rollout", "iris")], 1.0),                    // no version label
+        sample(&[("rollout", "tulips"), ("version", "v2")], 1.0), // unknown rollout
     ];
-    let iris = &c.rollouts[0];
-    let mesh = iris.guard.as_ref().unwrap().mesh.as_ref().unwrap();
+    let [got] = &applied(&c, &store, &answer)[..] else {
+        panic!("one poll")
+    };
     assert_eq!(
-        verdict(&failing, iris, mesh, true),
-        Verdict {
-            tripped: 1 << 2,
-            unknown: 1
+        got.verdicts,
+        [
+            RolloutVerdict {
+                rollout: 0,
+                failing: 1 << 2,
+                added: 1 << 2
+            },
+            RolloutVerdict {
+                rollout: 1,
+                failing: 1 << 1,
+                added: 1 << 1
+            },
+        ]
+    );
+    assert_eq!(
+        got.ignored,
+        Ignored {
+            unknown_rollout: 1,
+            unknown_version: 2,
+            bad_value: 0
         }
     );
+    // Recorded for the proxy: another VM's answer adds nothing new.
     assert_eq!(
-        verdict(&failing, &c.rollouts[1], mesh, true),
-        Verdict {
-            tripped: 1 << 1,
-            unknown: 0
-        }
+        held::read(&store, &Keys::new("p", Some("iris")).held(), 1).mesh,
+        1 << 2
     );
-    // A series without a rollout label applies to every rollout polling it.
-    let all = [series(&[("version", "v2")])];
-    assert_eq!(verdict(&all, iris, mesh, true).tripped, 1 << 1);
-    assert_eq!(verdict(&all, &c.rollouts[1], mesh, true).tripped, 1 << 1);
-    // In a config without rollouts every series applies, whatever its labels.
+    let again = applied(&c, &store, &answer);
+    assert!(again[0].verdicts.iter().all(|v| v.added == 0));
+
+    // A series without a rollout label applies to every rollout polling it;
+    // one naming a version no rollout has is ignored once.
+    let all = [
+        sample(&[("version", "v2")], 1.0),
+        sample(&[("version", "v7")], 2.0),
+    ];
+    let got = &applied(&c, &MemoryStore::default(), &all)[0];
+    let failing: Vec<u32> = got.verdicts.iter().map(|v| v.failing).collect();
+    assert_eq!(failing, [1 << 1, 1 << 1]);
+    assert_eq!(got.ignored.unknown_version, 1);
+}
+
+#[test]
+fn only_a_positive_finite_value_names_a_failing_version() {
+    let c = two_rollouts();
+    let values = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, -0.0];
+    let answer: Vec<Sample> = values
+        .iter()
+        .map(|&v| sample(&[("rollout", "iris"), ("version", "v2")], v))
+        .collect();
+    let got = &applied(&c, &MemoryStore::default(), &answer)[0];
+    assert!(got.verdicts.is_empty());
+    // -0.0 is zero: it names nothing and is no bad value.
+    assert_eq!(got.ignored.bad_value, 4);
+    let tiny = [sample(&[("rollout", "iris"), ("version", "v2")], 1e-300)];
     assert_eq!(
-        verdict(&failing, iris, mesh, false).tripped,
-        1 << 2 | 1 << 1
+        applied(&c, &MemoryStore::default(), &tiny)[0].verdicts[0].failing,
+        1 << 1
     );
-    // A series without the version label names nothing.
-    assert_eq!(
-        verdict(&[series(&[("rollout", "iris")])], iris, mesh, true),
-        Verdict {
-            tripped: 0,
-            unknown: 1
-        }
-    );
+}
+
+#[test]
+fn in_a_config_without_rollouts_every_series_applies() {
+    let c = config(&format!(
+        r#"{{"versions":[{{"name":"v1","weight":90}},{{"name":"v2","weight":10}}],"guard":{{{MESH}}}}}"#
+    ));
+    let answer = [sample(&[("rollout", "anything"), ("version", "v2")], 1.0)];
+    let got = &applied(&c, &MemoryStore::default(), &answer)[0];
+    assert_eq!(got.verdicts[0].failing, 1 << 1);
+    assert_eq!(got.ignored, Ignored::default());
 }
 
 #[test]
@@ -157,82 +226,48 @@ fn the_version_label_is_the_config_s() {
             "guard":{"mesh":{"cluster":"prometheus","authority":"prometheus:9090",
               "query":"istio_canary_failing","versionLabel":"destination_version"}}}"#,
     );
-    let r = &c.rollouts[0];
-    let mesh = r.guard.as_ref().unwrap().mesh.as_ref().unwrap();
-    let s = Series {
-        labels: vec![
-            ("destination_version".into(), "v2".into()),
-            ("version".into(), "v9".into()),
-        ],
-    };
-    assert_eq!(
-        verdict(&[s], r, mesh, false),
-        Verdict {
-            tripped: 1 << 1,
-            unknown: 0
-        }
-    );
+    let s = sample(&[("destination_version", "v2"), ("version", "v9")], 1.0);
+    let got = &applied(&c, &MemoryStore::default(), &[s])[0];
+    assert_eq!(got.verdicts[0].failing, 1 << 1);
+    assert_eq!(got.ignored, Ignored::default());
 }
 
 #[test]
 fn one_vm_polls_per_interval_whatever_the_number_of_workers() {
     let store = MemoryStore::default();
-    let key = "canary-selector.p.mesh.1.turn";
+    let key = "canary-selector.p.mesh.0.turn";
     // Four workers tick at their own moments.
     let mut polled = Vec::new();
     for t in (0..20_000).step_by(250) {
         for worker in 0..4 {
-            if take_turn(&store, key, t + worker * 7, 5000).is_ok() {
+            if take_turn(&store, key, 7, t + worker * 7, 5000).is_ok() {
                 polled.push(t + worker * 7);
             }
         }
     }
     assert_eq!(polled, [0, 5000, 10_000, 15_000], "one poll per 5 s");
     // A VM that lost the turn learns when to ask again.
-    assert_eq!(take_turn(&store, key, 15_100, 5000), Err(20_000));
+    assert_eq!(take_turn(&store, key, 7, 15_100, 5000), Err(20_000));
 }
 
 #[test]
-fn a_failure_is_logged_at_most_once_a_minute_per_proxy() {
+fn a_shorter_interval_another_poll_or_a_clock_stepping_back_polls_at_once() {
     let store = MemoryStore::default();
-    assert!(log_due(&store, "l", 1_000));
-    assert!(!log_due(&store, "l", 30_000));
-    assert!(!log_due(&store, "l", 60_999));
-    assert!(log_due(&store, "l", 61_000));
-}
-
-#[test]
-fn mesh_trips_latch_per_push_and_the_vm_that_adds_one_is_told() {
-    let store = MemoryStore::default();
-    let keys = Keys::new("p", Some("iris"));
-    start_trips(&store, &keys, 3);
-    assert_eq!(recorded_trips(&store, &keys, 3), 0);
+    let key = "k";
+    assert_eq!(take_turn(&store, key, 7, 1_000, 3_600_000), Ok(()));
+    assert_eq!(take_turn(&store, key, 7, 6_000, 3_600_000), Err(3_601_000));
+    // A push down to 5 s: due at once, not when the hour is up.
+    assert_eq!(take_turn(&store, key, 7, 6_000, 5_000), Ok(()));
+    assert_eq!(take_turn(&store, key, 7, 7_000, 5_000), Err(11_000));
+    // Another poll in this place (the config's polls changed).
+    assert_eq!(take_turn(&store, key, 8, 7_000, 5_000), Ok(()));
+    // A VM whose tick read the clock just before another sent the poll.
+    assert_eq!(take_turn(&store, key, 8, 6_999, 5_000), Err(12_000));
+    // The clock stepped back an hour.
+    assert_eq!(take_turn(&store, key, 8, 7_000 - 3_600_000, 5_000), Ok(()));
     assert_eq!(
-        record_trips(&store, &keys, 3, 0b010),
-        0b010,
-        "the first VM adds it"
-    );
-    assert_eq!(
-        record_trips(&store, &keys, 3, 0b010),
-        0,
-        "a second VM finds it there"
-    );
-    assert_eq!(record_trips(&store, &keys, 3, 0b110), 0b100);
-    assert_eq!(recorded_trips(&store, &keys, 3), 0b110);
-    assert_eq!(
-        recorded_trips(&store, &keys, 2),
-        0,
-        "another push's trips are not this one's"
-    );
-    // A VM still on an older push leaves the newer record alone.
-    assert_eq!(record_trips(&store, &keys, 2, 0b001), 0);
-    assert_eq!(recorded_trips(&store, &keys, 3), 0b110);
-    // The next push starts afresh; another rollout's record is its own.
-    start_trips(&store, &keys, 4);
-    assert_eq!(recorded_trips(&store, &keys, 4), 0);
-    assert_eq!(
-        recorded_trips(&store, &Keys::new("p", Some("flowers")), 3),
-        0
+        take_turn(&store, key, 8, 8_000 - 3_600_000, 5_000),
+        Err(12_000 - 3_600_000)
     );
 }
 
@@ -250,7 +285,7 @@ fn rollouts_that_ask_the_same_query_share_one_poll_at_the_shortest_interval() {
     entries.push(entry("fast", "canary_selector:canary_failing", 2));
     entries.push(entry("other", "up == 0", 5));
     let c = config(&format!(r#"{{"rollouts":[{}]}}"#, entries.join(",")));
-    let polls = polls(&c, "kserve.canary-selector");
+    let polls = polls(&c);
     assert_eq!(polls.len(), 2);
     assert_eq!(polls[0].rollouts.len(), 501);
     assert_eq!((polls[0].interval_ms, polls[0].timeout_ms), (2000, 1000));
@@ -259,11 +294,8 @@ fn rollouts_that_ask_the_same_query_share_one_poll_at_the_shortest_interval() {
         "/api/v1/query?query=canary_selector%3Acanary_failing"
     );
     assert_eq!(polls[1].path, "/api/v1/query?query=up+%3D%3D+0");
-    assert_ne!(polls[0].turn_key, polls[1].turn_key);
-    assert_ne!(
-        polls[0].turn_key,
-        super::polls(&c, "other.plugin")[0].turn_key
-    );
+    assert_eq!((polls[0].index, polls[1].index), (0, 1));
+    assert_ne!(polls[0].identity, polls[1].identity);
 }
 
 #[test]

@@ -143,5 +143,6 @@ mod decision;
 mod grpc;
 mod guard_schedule;
 mod hashing;
+mod interleavings;
 mod rollouts;
 mod stream;

@@ -2,9 +2,11 @@
 //! prefixes, and the errors that name `rollouts[i]`), the precedence of the
 //! host index, and the isolation of each rollout's guard in shared data.
 
-use crate::config::{authority_host, Config, ConfigError, Rollout, MAX_AUTHORITY_HOST_LEN};
-use crate::guard::{Failure, Guarded, Judged};
-use crate::shared::{accept_push, Keys, MemoryStore};
+use crate::config::{authority_host, Config, ConfigError, MAX_AUTHORITY_HOST_LEN};
+use crate::guard::Failure;
+use crate::shared::held::ALL_CANARIES;
+use crate::shared::{Held, Keys, MemoryStore, News, VmId};
+use crate::vm::{Event, State};
 
 fn config(json: &str) -> Config {
     Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("config rejected: {e}\n{json}"))
@@ -645,24 +647,9 @@ fn a_rollout_s_fingerprint_changes_with_what_it_does_not_with_how_it_is_written(
     }
 }
 
-/// One VM's guards of a config's rollouts, started as `Installed::install`
-/// starts them.
-fn vm(store: &MemoryStore, c: &Config) -> Vec<Guarded> {
-    c.rollouts
-        .iter()
-        .map(|r: &Rollout| {
-            let keys = Keys::new("ns.gateway", r.name());
-            let push = accept_push(store, &keys.last_config(), r.fingerprint());
-            Guarded::start(
-                store,
-                keys,
-                r.fingerprint(),
-                push,
-                r.guard.as_ref().unwrap(),
-                r.versions.len(),
-            )
-        })
-        .collect()
+/// One VM (`me`) taking the push of `c`, after `previous`.
+fn vm(store: &MemoryStore, c: &Config, me: VmId, previous: Option<&State>) -> (State, Vec<Event>) {
+    State::install(store, "ns.gateway", c, me, previous)
 }
 
 const GUARDED: &str = r#"{"rollouts": [
@@ -676,51 +663,113 @@ const GUARDED: &str = r#"{"rollouts": [
 fn a_failing_model_trips_only_its_own_rollout_and_a_push_of_another_keeps_the_trip() {
     let store = MemoryStore::default();
     let c = config(GUARDED);
-    let guard = c.rollouts[0].guard.clone().unwrap();
-    let (mut first, mut second) = (vm(&store, &c), vm(&store, &c));
+    let (first, pushed) = vm(&store, &c, 1, None);
+    assert_eq!(
+        pushed.len(),
+        2,
+        "the first VM tells of both rollouts: {pushed:?}"
+    );
+    let (second, pushed) = vm(&store, &c, 2, None);
+    assert!(pushed.is_empty(), "{pushed:?}");
     // flowers' canary fails on the first VM, iris is healthy on both.
     for t in 0..20 {
-        first[1]
-            .local
-            .record(1_000 + t, 1, Some(Failure::Http5xx), false);
-        first[0].local.record(1_000 + t, 1, None, false);
-        second[0].local.record(1_000 + t, 1, None, false);
+        first.rollouts[1].record(1_000 + t, 1, Some(Failure::Http5xx), false);
+        first.rollouts[0].record(1_000 + t, 1, None, false);
+        second.rollouts[0].record(1_000 + t, 1, None, false);
     }
-    assert_eq!(
-        first[0].merge_and_judge(&store, &guard, 2_000),
-        Judged::Quiet
-    );
-    assert!(
-        matches!(first[1].merge_and_judge(&store, &guard, 2_000), Judged::Tripped(t) if t.version == 1)
-    );
-    assert_eq!(
-        second[0].merge_and_judge(&store, &guard, 2_000),
-        Judged::Quiet
-    );
+    let events = first.tick(&store, &c, 2_000);
+    let tripped: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Tripped { rollout, trip } if trip.version == 1 => Some(*rollout),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(tripped, [1], "{events:?}");
     // The other VM learns of flowers' trip, not of one for iris.
-    assert_eq!(second[1].learn_trip(&store), Judged::Latched);
-    assert_eq!(second[0].learn_trip(&store), Judged::Quiet);
-    assert!(!first[0].tripped && !second[0].tripped);
+    let events = second.tick(&store, &c, 2_000);
+    assert!(events.contains(&Event::HeldBack {
+        rollout: 1,
+        versions: ALL_CANARIES
+    }));
+    assert_eq!(second.rollouts[0].held_back(), 0);
     assert_eq!(
         crate::shared::count(&store, &Keys::new("ns.gateway", None).trips()),
         1
     );
 
-    // A push that ramps iris: a new VM on it starts iris afresh and keeps
-    // flowers tripped (its rollout did not change).
+    // A push that ramps iris: iris starts afresh, flowers (unchanged) stays
+    // tripped, and so does a flowers given one more host name.
     let ramped = config(&GUARDED.replacen(
         r#""weight": 50}, {"name": "v2", "weight": 50}"#,
         r#""weight": 40}, {"name": "v2", "weight": 60}"#,
         1,
     ));
-    let third = vm(&store, &ramped);
-    assert!(!third[0].tripped, "iris changed: a fresh window");
-    assert!(third[1].tripped, "flowers unchanged: still tripped");
-    // A push that changes flowers resets flowers alone.
-    let fixed = config(&GUARDED.replace(r#""flowers", "hosts": ["flowers.example.com"], "guard": {"windowSeconds": 10, "minRequests": 10, "maxErrorRate": 0.1}"#,
-                                        r#""flowers", "hosts": ["flowers.example.com"], "guard": {"windowSeconds": 10, "minRequests": 10, "maxErrorRate": 0.5}"#));
-    let fourth = vm(&store, &fixed);
-    assert!(!fourth[1].tripped, "flowers changed: re-armed");
+    let (third, pushed) = vm(&store, &ramped, 1, Some(&first));
+    assert_eq!(
+        pushed,
+        [Event::Pushed {
+            rollout: 0,
+            news: News::Restarted,
+            reset: Held::default()
+        }]
+    );
+    assert_eq!(
+        third.rollouts[0].held_back(),
+        0,
+        "iris changed: a fresh window"
+    );
+    assert_eq!(
+        third.rollouts[1].held_back(),
+        ALL_CANARIES,
+        "flowers unchanged"
+    );
+    let alias = config(
+        &GUARDED
+            .replacen(
+                r#""weight": 50}, {"name": "v2", "weight": 50}"#,
+                r#""weight": 40}, {"name": "v2", "weight": 60}"#,
+                1,
+            )
+            .replace(
+                r#"["flowers.example.com"]"#,
+                r#"["flowers.example.com", "flowers.models.svc"]"#,
+            ),
+    );
+    let (fourth, pushed) = vm(&store, &alias, 1, Some(&third));
+    assert_eq!(
+        pushed,
+        [Event::Pushed {
+            rollout: 1,
+            news: News::Moved,
+            reset: Held::default()
+        }]
+    );
+    assert_eq!(
+        fourth.rollouts[1].held_back(),
+        ALL_CANARIES,
+        "only its hosts changed"
+    );
+    // A push that changes what flowers decides resets flowers alone, and
+    // says what it let go.
+    let fixed = config(&GUARDED.replace(
+        r#""flowers", "hosts": ["flowers.example.com"], "guard": {"windowSeconds": 10, "minRequests": 10, "maxErrorRate": 0.1}"#,
+        r#""flowers", "hosts": ["flowers.example.com"], "guard": {"windowSeconds": 10, "minRequests": 10, "maxErrorRate": 0.5}"#,
+    ));
+    let (fifth, pushed) = vm(&store, &fixed, 1, Some(&fourth));
+    assert_eq!(
+        fifth.rollouts[1].held_back(),
+        0,
+        "flowers changed: re-armed"
+    );
+    assert!(pushed.contains(&Event::Pushed {
+        rollout: 1,
+        news: News::Restarted,
+        reset: Held {
+            local: Some(1),
+            mesh: 0
+        }
+    }));
 }
 
 #[test]
