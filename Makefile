@@ -2,6 +2,7 @@
 #
 #   make run     build, then serve the demo on localhost:10000 (Envoy + two model servers)
 #   make test    lint, native unit tests, end-to-end tests in the real Envoy
+#   make help    every target with what it does
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -36,9 +37,20 @@ export CANARY_SELECTOR_CRDS := $(abspath $(CRD_DIR))
 # The operator's CLI (src/bin/canary-selector/), native.
 CLI := target/release/canary-selector
 
-.PHONY: all build cli wasm-target venv run test lint unit e2e docs-test compose-check clean
+.PHONY: all help build cli wasm-target venv run test lint unit e2e docs-test compose-check clean
 
 all: build
+
+# Every target documented with a `## target: description` line (and the `##`
+# lines right below it, which continue the description), in the order of this
+# file.
+## help: this list
+help:
+	@awk '/^## / { text = substr($$0, 4); \
+	    if (!cont) { name = text; sub(/:.*/, "", name); sub(/^[^:]*: */, "", text); \
+	                 printf "  %-15s %s\n", name, text } \
+	    else { sub(/^ +/, "", text); printf "  %-15s %s\n", "", text } \
+	    cont = 1; next } { cont = 0 }' $(firstword $(MAKEFILE_LIST))
 
 ## build: the filter module, target/canary-selector.wasm
 build: wasm-target
@@ -105,6 +117,7 @@ compose-check:
 	@command -v docker-compose >/dev/null || { echo "docker-compose missing: apt-get install docker-compose"; exit 1; }
 	docker-compose -f envoy/docker-compose.yaml config --quiet
 
+## clean: remove target/, .venv, the Envoy matrix's venvs and the demo's rendered ECDS file
 clean:
 	$(CARGO) clean
 	rm -rf $(VENV) .venv-envoy envoy/ecds
