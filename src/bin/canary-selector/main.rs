@@ -28,6 +28,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod check;
 mod diff;
 mod explain;
+#[cfg(test)]
+mod fuzz;
 mod hosts;
 mod input;
 
