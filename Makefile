@@ -266,9 +266,10 @@ bench-tools:
 # ---- reliability (fuzz, soak) ----
 .PHONY: fuzz soak
 
-# The fuzz targets (tests/fuzz/, one file each) also run in `make unit`, a few hundred
-# cases each with a fixed seed. `make fuzz` runs each for FUZZ_SECONDS in
-# release mode, with overflow checks and debug assertions on, from a fresh
+# The fuzz targets (tests/fuzz/, one file each, and the CLI's cli_scope inside
+# its binary, src/bin/canary-selector/fuzz.rs) also run in `make unit`, a few
+# hundred cases each with a fixed seed. `make fuzz` runs each for FUZZ_SECONDS
+# in release mode, with overflow checks and debug assertions on, from a fresh
 # seed (printed, with how to replay a failing case).
 FUZZ_SECONDS ?= 240
 FUZZ_SEED ?= $(shell date +%s)
@@ -277,10 +278,12 @@ FUZZ_LOG := target/fuzz.log
 ## fuzz: every fuzz target for FUZZ_SECONDS (default 240) each; prints the inputs tried
 fuzz:
 	@mkdir -p target
-	set -o pipefail; CARGO_TARGET_DIR=target/fuzz \
+	set -o pipefail; export CARGO_TARGET_DIR=target/fuzz \
 	  CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true \
-	  FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED) \
-	  $(CARGO) test --release --test fuzz -- --test-threads 1 --nocapture 2>&1 | tee $(FUZZ_LOG)
+	  FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED); \
+	  { $(CARGO) test --release --test fuzz -- --test-threads 1 --nocapture && \
+	    $(CARGO) test --release --features cli --bin canary-selector cli_scope -- --nocapture; \
+	  } 2>&1 | tee $(FUZZ_LOG)
 	@echo; grep '^fuzz ' $(FUZZ_LOG)
 
 # `make soak DURATION=10m`: tests/soak/soak.py drives Envoy with wrk (installed

@@ -333,7 +333,8 @@ pub struct HostIndex {
 impl HostIndex {
     /// The rollouts of the most specific pattern matching `host` (as
     /// [`authority_host`] gives it; `None` for a request without a usable
-    /// one, which only `*` takes).
+    /// one, which only `*` takes): the first of [`HostIndex::matching`],
+    /// written out for the request path, which pays no iterator for it.
     pub fn lookup(&self, host: Option<&[u8]>) -> Option<&HostRollouts> {
         if let Some(host) = host {
             if let Some(found) = self.exact.get(host) {
@@ -351,6 +352,31 @@ impl HostIndex {
             }
         }
         self.any.as_ref()
+    }
+
+    /// The rollouts of every pattern matching `host`, the most specific
+    /// first: the exact name, each `*.` wildcard from the longest suffix,
+    /// then `*`. The first is the request's ([`HostIndex::lookup`]); the CLI
+    /// tells the others, which are never tried.
+    pub fn matching<'i, 'h>(
+        &'i self,
+        host: Option<&'h [u8]>,
+    ) -> impl Iterator<Item = &'i HostRollouts> + use<'i, 'h> {
+        let exact = host.and_then(|host| self.exact.get(host));
+        // Each suffix starting at a dot, longest first; the dot at the very
+        // start (an empty first label) is no match. Without wildcards the
+        // host is not scanned for dots.
+        let wildcards = host
+            .filter(|_| !self.suffixes.is_empty())
+            .into_iter()
+            .flat_map(move |host| {
+                host.iter()
+                    .enumerate()
+                    .skip(1)
+                    .filter(|&(_, &b)| b == b'.')
+                    .filter_map(move |(i, _)| self.suffixes.get(host.get(i..)?))
+            });
+        exact.into_iter().chain(wildcards).chain(self.any.as_ref())
     }
 
     /// What takes a request to `host` (as [`authority_host`] gives it) whose

@@ -2,7 +2,7 @@
 //! prefixes, and the errors that name `rollouts[i]`), the precedence of the
 //! host index, and the isolation of each rollout's guard in shared data.
 
-use crate::config::{authority_host, Config, ConfigError, MAX_AUTHORITY_HOST_LEN};
+use crate::config::{authority_host, Config, ConfigError, HostRollouts, MAX_AUTHORITY_HOST_LEN};
 use crate::guard::Failure;
 use crate::shared::held::ALL_CANARIES;
 use crate::shared::{Held, Keys, MemoryStore, News, VmId};
@@ -242,6 +242,39 @@ fn the_claim_names_the_pattern_and_the_prefix_the_filter_took() {
     assert_eq!((claim.pattern, claim.taker), ("*.example.com", None));
     let claim = index.claim(None, || None).unwrap();
     assert_eq!((claim.pattern, claim.taker), ("*", Some((1, ""))));
+}
+
+#[test]
+fn every_pattern_matching_a_host_comes_most_specific_first_and_the_first_takes_it() {
+    let c = config(&rollouts(&[
+        entry("any", &["*"], ""),
+        entry("wide", &["*.example.com"], ""),
+        entry("deep", &["*.eu.example.com", "api.eu.example.com"], ""),
+    ]));
+    let index = c.scope.as_ref().unwrap();
+    let matching = |host: Option<&[u8]>| -> Vec<&str> {
+        index.matching(host).map(HostRollouts::pattern).collect()
+    };
+    assert_eq!(
+        matching(Some(b"api.eu.example.com")),
+        [
+            "api.eu.example.com",
+            "*.eu.example.com",
+            "*.example.com",
+            "*"
+        ]
+    );
+    assert_eq!(
+        matching(Some(b"x.eu.example.com")),
+        ["*.eu.example.com", "*.example.com", "*"]
+    );
+    assert_eq!(matching(Some(b".example.com")), ["*"]);
+    assert_eq!(matching(Some(b"example.com")), ["*"]);
+    assert_eq!(matching(None), ["*"]);
+    for host in [&b"api.eu.example.com"[..], b"x.example.com", b"example.com"] {
+        let first = index.matching(Some(host)).next().map(HostRollouts::pattern);
+        assert_eq!(index.lookup(Some(host)).map(HostRollouts::pattern), first);
+    }
 }
 
 #[test]

@@ -52,10 +52,10 @@ fn check_accepts_the_shipped_manifests_and_their_wiring() {
             [
                 format!("{plugin} with istio/kserve/httproute.yaml: HTTPRoute kserve-test/sklearn-iris-canary-selector: \
                      wiring ok: model-v1 -> sklearn-iris-model-v1-predictor, model-v2 -> sklearn-iris-model-v2-predictor; \
-                     no rule without matches: a request the filter did not touch is left to other routes"),
+                     no rule without matches: a request without the routing header is left to other routes"),
                 format!("{plugin} with istio/kserve/many-models/httproute.yaml: HTTPRoute kserve-test/xgboost-iris-canary-selector: \
                      wiring ok: model-v1 -> xgboost-iris-model-v1-predictor, model-v2 -> xgboost-iris-model-v2-predictor; \
-                     no rule without matches: a request the filter did not touch is left to other routes"),
+                     no rule without matches: a request without the routing header is left to other routes"),
             ],
             "{}",
             r.stdout
@@ -80,10 +80,10 @@ fn check_accepts_the_shipped_manifests_and_their_wiring() {
         [
             format!("{plugin} rollout sklearn-iris with istio/kserve/httproute.yaml: HTTPRoute kserve-test/sklearn-iris-canary-selector: \
                  wiring ok: model-v1 -> sklearn-iris-model-v1-predictor, model-v2 -> sklearn-iris-model-v2-predictor; \
-                 no rule without matches: a request the filter did not touch is left to other routes"),
+                 no rule without matches: a request without the routing header is left to other routes"),
             format!("{plugin} rollout xgboost-iris with istio/kserve/many-models/httproute.yaml: HTTPRoute kserve-test/xgboost-iris-canary-selector: \
                  wiring ok: model-v1 -> xgboost-iris-model-v1-predictor, model-v2 -> xgboost-iris-model-v2-predictor; \
-                 no rule without matches: a request the filter did not touch is left to other routes"),
+                 no rule without matches: a request without the routing header is left to other routes"),
         ],
         "{}",
         r.stdout

@@ -31,7 +31,8 @@ fn check_wires_each_rollout_to_the_routes_of_its_hosts() {
                  versions iris-v1=90% iris-v2=10%; rules []; user ids [header x-user-id]; salt \"iris-v1\" (default: first version); \
                  anonymous users random per request; response header off")
     );
-    assert!(lines[3].starts_with(&format!("{GATEWAY_PLUGIN}: rollout api (hosts api.example.com; /v1/): routing header x-canary-version; versions api-v1=100% api-v2=0%;")), "{}", lines[3]);
+    // A prefix is shown as the filter compares it: `/v1/` is `/v1`.
+    assert!(lines[3].starts_with(&format!("{GATEWAY_PLUGIN}: rollout api (hosts api.example.com; /v1): routing header x-canary-version; versions api-v1=100% api-v2=0%;")), "{}", lines[3]);
     // Each rollout with the routes of its own hosts only: iris's
     // VirtualService also routes on x-canary-version, but not flowers' hosts.
     assert_eq!(
@@ -45,7 +46,11 @@ fn check_wires_each_rollout_to_the_routes_of_its_hosts() {
     let report = json(&run(&["check", "tests/fixtures/rollouts/", "-o", "json"]));
     assert_eq!(
         report["configs"][0]["rollouts"][2]["pathPrefixes"],
-        serde_json::json!(["/v1/"])
+        serde_json::json!(["/v1"])
+    );
+    assert_eq!(
+        report["configs"][0]["unclaimed"],
+        serde_json::json!({"removed": ["x-canary-version"], "passedAsSent": []})
     );
     let wired: Vec<(&str, &str)> = report["wiring"]
         .as_array()
@@ -162,6 +167,96 @@ fn check_reads_a_virtualservices_short_names_as_a_client_calls_the_service() {
 }
 
 #[test]
+fn check_resolves_a_services_short_names_in_the_cluster_domain_given() {
+    // The VirtualService and its destinations call the Service `model`; the
+    // DestinationRule and one rollout name it in the cluster domain
+    // example.internal.
+    let vs = file(
+        "domain-vs.yaml",
+        shipped("istio/virtualservice.yaml").replace("model.models.svc.cluster.local", "model"),
+    );
+    let dr = file(
+        "domain-dr.yaml",
+        shipped("istio/destinationrule.yaml").replace(
+            "model.models.svc.cluster.local",
+            "model.models.svc.example.internal",
+        ),
+    );
+    let rollout = |hosts: &str| {
+        file(
+            "domain.json",
+            format!(
+                r#"{{"rollouts":[{{"name":"model","hosts":{hosts},"versions":[{{"name":"model-v1","weight":90}},{{"name":"model-v2","weight":10}}]}}]}}"#
+            ),
+        )
+    };
+    let full = rollout(r#"["model.models.svc.example.internal"]"#);
+    let check = |plugin: &str, domain: Option<&str>| {
+        let mut args = vec!["check", plugin, &vs, &dr];
+        if let Some(domain) = domain {
+            args.extend(["--cluster-domain", domain]);
+        }
+        run(&args)
+    };
+    let wired = format!("{full} rollout model with {vs}: VirtualService models/model: wiring ok: model-v1 -> v1, model-v2 -> v2; default route -> v1");
+    for domain in ["example.internal", "Example.Internal."] {
+        let r = check(&full, Some(domain));
+        assert_eq!(
+            (r.code, wiring_lines(&r.stdout)),
+            (0, vec![wired.as_str()]),
+            "{domain}"
+        );
+    }
+    // In cluster.local, the default, `model` is another name.
+    let r = check(&full, None);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert_eq!(
+        wiring_lines(&r.stdout),
+        [format!("{full} rollout model: wiring: no VirtualService among the files routes the rollout's hosts (model.models.svc.example.internal) on its routing header x-canary-version")]
+    );
+    // A rollout of the short name is wired either way, but the subsets are
+    // the DestinationRule's only in its domain.
+    let short = rollout(r#"["model"]"#);
+    let r = check(&short, None);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains(": wiring: version model-v1 (route model-v1) goes to subset v1, which no DestinationRule for model.models.svc.cluster.local defines\n"), "{}", r.stdout);
+    assert_eq!(check(&short, Some("example.internal")).code, 0);
+    for bad in ["", "a..b", "cluster local"] {
+        let r = check(&full, Some(bad));
+        assert_eq!(r.code, 2, "{bad:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("not a DNS domain such as cluster.local"),
+            "{}",
+            r.stderr
+        );
+    }
+}
+
+#[test]
+fn check_reads_a_routes_hosts_as_the_filter_reads_a_requests() {
+    // Letter case, a trailing dot and a port keep no route from its rollout.
+    let routes = shipped(GATEWAY_ROUTES)
+        .replace("hosts: [iris.example.com]", "hosts: [IRIS.Example.com.]")
+        .replace(
+            r#"hosts: ["*.flowers.example.com"]"#,
+            r#"hosts: ["*.Flowers.example.com."]"#,
+        )
+        .replace(
+            "hostnames: [api.example.com]",
+            r#"hostnames: ["api.example.com:443"]"#,
+        );
+    let r = check_gateway(&routes);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    let lines = wiring_lines(&r.stdout);
+    assert_eq!(lines.len(), 3, "{}", r.stdout);
+    assert!(
+        lines.iter().all(|l| l.contains(": wiring ok: ")),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
 fn check_warns_about_rollouts_more_specific_host_patterns_keep_out() {
     let config = r#"{"rollouts":[
         {"name":"catch-all","hosts":["*"],"versions":[{"name":"all-v1","weight":100}]},
@@ -173,18 +268,18 @@ fn check_warns_about_rollouts_more_specific_host_patterns_keep_out() {
     let r = run(&["check", &path]);
     assert_eq!(r.code, 0, "a warning is no finding: {}", r.stdout);
     let why = "a request goes to the rollouts of its host's most specific pattern (an exact name, then the longest *.suffix, then *) \
-               by the longest path prefix, or passes untouched; it never falls through to a less specific pattern";
+               by the longest path prefix that takes its path, or to no rollout; it never falls through to a less specific pattern";
     let warnings: Vec<&str> = r.stdout.lines().skip(6).collect();
     assert_eq!(
         warnings,
         [
             format!("{path}: warning: rollout catch-all (rollouts[0]; hosts *; every path) never takes requests to the hosts below, though its hosts match them: {why}"),
-            format!("{path}:   *.example.com: /v1/ -> catalog; any other path -> no rollout, untouched"),
-            format!("{path}:   api.example.com: /v2/ -> api-v2; /v1/, /v2/models/legacy -> api; any other path -> no rollout, untouched"),
+            format!("{path}:   *.example.com: /v1 -> catalog; any other path -> no rollout (x-canary-version removed)"),
+            format!("{path}:   api.example.com: /v2 -> api-v2; /v1, /v2/models/legacy -> api; any other path -> no rollout (x-canary-version removed)"),
             format!("{path}:   iris.example.com: every path -> iris"),
             format!("{path}:   iris.example.org: every path -> iris"),
-            format!("{path}: warning: rollout catalog (rollouts[1]; hosts *.example.com; /v1/) never takes requests to the hosts below, though its hosts match them: {why}"),
-            format!("{path}:   api.example.com: /v2/ -> api-v2; /v1/, /v2/models/legacy -> api; any other path -> no rollout, untouched"),
+            format!("{path}: warning: rollout catalog (rollouts[1]; hosts *.example.com; /v1) never takes requests to the hosts below, though its hosts match them: {why}"),
+            format!("{path}:   api.example.com: /v2 -> api-v2; /v1, /v2/models/legacy -> api; any other path -> no rollout (x-canary-version removed)"),
             format!("{path}:   iris.example.com: every path -> iris"),
         ]
     );
@@ -197,10 +292,10 @@ fn check_warns_about_rollouts_more_specific_host_patterns_keep_out() {
         serde_json::json!({
             "pattern": "api.example.com", "within": "*.example.com",
             "takenBy": [
-                {"rollout": 2, "name": "api-v2", "pathPrefixes": ["/v2/"]},
-                {"rollout": 3, "name": "api", "pathPrefixes": ["/v1/", "/v2/models/legacy"]},
+                {"rollout": 2, "name": "api-v2", "pathPrefixes": ["/v2"]},
+                {"rollout": 3, "name": "api", "pathPrefixes": ["/v1", "/v2/models/legacy"]},
             ],
-            "otherPathsUntouched": true,
+            "otherPathsUnclaimed": true,
         })
     );
     // What the warning says, the filter does: catalog's /v1/ on api.example.com is api's.
@@ -261,7 +356,7 @@ fn check_names_the_rollouts_entry_of_an_error() {
         ),
         (
             format!("routingHeader: x-v\nrollouts:\n{}", entry("a", "[a.example.com]", (90, 10))),
-            "routingHeader: belongs in each entry of `rollouts`; a config with `rollouts` holds nothing else".to_string(),
+            "routingHeader: belongs in each entry of `rollouts`; the top level of a config with `rollouts` holds only the options about them".to_string(),
         ),
     ] {
         let path = file("rollouts-bad.yaml", wasmplugin(&config));
@@ -351,25 +446,30 @@ fn explain_names_the_rollout_the_host_and_path_take() {
         "-H",
         "x-user-id: u",
     ]);
-    assert!(r.stdout.starts_with("rollout api (rollouts[2]): host api.example.com matches api.example.com, path /v1/models/m:predict starts with /v1/\napi-v1: sticky"), "{}", r.stdout);
+    assert!(r.stdout.starts_with("rollout api (rollouts[2]): host api.example.com matches api.example.com, prefix /v1 takes path /v1/models/m:predict\napi-v1: sticky"), "{}", r.stdout);
 }
 
 #[test]
-fn explain_says_a_request_no_rollout_takes_passes_untouched() {
-    let untouched = "the request passes untouched (no routing header written or removed, no cookie, no response header)";
+fn explain_says_a_request_no_rollout_takes_loses_its_routing_header() {
+    let removed = "the filter removes the routing header x-canary-version from the request, so that the client cannot pick a version, and changes nothing else (no cookie, no response header)";
     for (args, said) in [
-        (vec!["--host", "models.other.org"], format!("no rollout: host models.other.org matches no rollout's hosts: {untouched}\n")),
+        (vec!["--host", "models.other.org"], format!("no rollout: host models.other.org matches no rollout's hosts: {removed}\n")),
         (
             vec!["--host", "api.example.com", "--path", "/health"],
-            format!("no rollout: host api.example.com matches api.example.com, whose rollouts take /v1/ (api), not path /health: {untouched}\n"),
+            format!("no rollout: host api.example.com matches api.example.com, whose rollouts take /v1 (api), not path /health: {removed}\n"),
+        ),
+        // A prefix takes whole segments: /v1 is not /v1beta.
+        (
+            vec!["--host", "api.example.com", "--path", "/v1beta/models/m:predict"],
+            format!("no rollout: host api.example.com matches api.example.com, whose rollouts take /v1 (api), not path /v1beta/models/m:predict: {removed}\n"),
         ),
         (
             vec!["--host", "flowers.example.com"],
-            format!("no rollout: host flowers.example.com matches no rollout's hosts: {untouched}\n"),
+            format!("no rollout: host flowers.example.com matches no rollout's hosts: {removed}\n"),
         ),
         (
             vec!["--path", "/v1/"],
-            format!("no rollout: no :authority (--host) given, which only a rollout of hosts * takes, and none lists *: {untouched}\n"),
+            format!("no rollout: no :authority (--host) given, which only a rollout of hosts * takes, and none lists *: {removed}\n"),
         ),
     ] {
         let mut argv = vec!["explain", GATEWAY, "-H", "x-user-id: u"];
@@ -378,8 +478,19 @@ fn explain_says_a_request_no_rollout_takes_passes_untouched() {
         assert_eq!((r.code, r.stdout.as_str()), (0, said.as_str()), "{args:?}");
         argv.extend(["-o", "json"]);
         let e = json(&run(&argv));
-        assert_eq!((&e["reason"], &e["version"], &e["rollout"]["index"]), (&Value::from("untouched"), &Value::Null, &Value::Null));
+        assert_eq!((&e["reason"], &e["version"], &e["rollout"]["index"]), (&Value::from("unclaimed"), &Value::Null, &Value::Null));
+        assert_eq!(e["unclaimed"], serde_json::json!({"removed": ["x-canary-version"], "passedAsSent": []}));
     }
+    // With passUnclaimedRoutingHeaders, the routing header passes as sent.
+    let passing = file(
+        "gateway-passing.json",
+        gateway_config(|_| {}).replacen('{', r#"{"passUnclaimedRoutingHeaders":true,"#, 1),
+    );
+    let r = run(&["explain", &passing, "--host", "models.other.org"]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "no rollout: host models.other.org matches no rollout's hosts: the request passes untouched: passUnclaimedRoutingHeaders lets the routing header x-canary-version through as the client sent it; no cookie, no response header\n")
+    );
     // The flag and -H may not both give the host.
     let r = run(&[
         "explain",
@@ -467,7 +578,7 @@ fn diff_reports_each_rollout_added_removed_unchanged_or_changed() {
          \x20 forward only: no user moves to an earlier-listed version (salt \"iris-v1\" unchanged)\n\
          rollout flowers: unchanged\n\
          rollout deep: added (hosts *.eu.flowers.example.com; every path): its requests went to rollout flowers before; their users now get its versions, by its salt and weights\n\
-         rollout api: removed (hosts api.example.com; /v1/): its requests pass untouched now\n\
+         rollout api: removed (hosts api.example.com; /v1): no rollout takes its requests now (x-canary-version removed)\n\
          rollouts: 1 changed (iris), 1 unchanged (flowers), 1 added (deep), 1 removed (api)\n\
          forward only: no user of any rollout moves to an earlier-listed version\n"
     );
@@ -501,7 +612,7 @@ fn diff_reports_each_rollout_added_removed_unchanged_or_changed() {
     assert_eq!(iris["old"]["salt"], "iris-v1");
     assert_eq!(
         d["rollouts"][2]["elsewhere"],
-        serde_json::json!({"rollouts": ["flowers"], "untouched": false})
+        serde_json::json!({"rollouts": ["flowers"], "unclaimed": false})
     );
     assert!(
         d.get("moves").is_none(),
@@ -543,19 +654,19 @@ fn diff_reports_each_rollout_added_removed_unchanged_or_changed() {
     assert!(r.stdout.starts_with(
         "rollout iris: changed\n  no user moves\n  stay: iris-v1 90%, iris-v2 10%\n\
          \x20 note: its scope changes (hosts iris.example.com; every path -> hosts iris.example.com, iris.example.org; every path): \
-         requests to a host or path it takes or leaves change rollout, or pass untouched, and their users are bucketed by that rollout\n"
+         requests to a host or path it takes or leaves change rollout (or go to none), and their users are bucketed by the rollout that takes them\n"
     ), "{}", r.stdout);
 
     // Back: iris moves backward, a finding unless allowed; the others are
     // named as they go and come.
     let r = run(&["diff", &new, GATEWAY]);
     assert_eq!(r.code, 1, "{}", r.stdout);
-    assert!(r.stdout.contains("rollout api: added (hosts api.example.com; /v1/): its requests passed untouched before\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("rollout api: added (hosts api.example.com; /v1): no rollout took its requests before\n"), "{}", r.stdout);
     assert!(r.stdout.contains("rollout deep: removed (hosts *.eu.flowers.example.com; every path): its requests go to rollout flowers now; their users get the versions of the rollout that takes them\n"), "{}", r.stdout);
     assert!(r.stdout.ends_with(
         "  BACKWARD: 40% of users move to an earlier-listed version (iris-v2 -> iris-v1 40%); pass --allow-backward if this is a rollback\n\
          rollout flowers: unchanged\n\
-         rollout api: added (hosts api.example.com; /v1/): its requests passed untouched before\n\
+         rollout api: added (hosts api.example.com; /v1): no rollout took its requests before\n\
          rollout deep: removed (hosts *.eu.flowers.example.com; every path): its requests go to rollout flowers now; their users get the versions of the rollout that takes them\n\
          rollouts: 1 changed (iris), 1 unchanged (flowers), 1 added (api), 1 removed (deep)\n\
          BACKWARD: users move to an earlier-listed version in rollout iris (40%); pass --allow-backward if this is a rollback\n"
@@ -569,6 +680,86 @@ fn diff_reports_each_rollout_added_removed_unchanged_or_changed() {
         "{}",
         r.stdout
     );
+}
+
+/// A config with `rollouts`: (name, hosts, path prefixes) each, one
+/// version each.
+fn rollouts_config(rollouts: &[(&str, &[&str], &[&str])]) -> String {
+    let entries: Vec<Value> = rollouts
+        .iter()
+        .map(|(name, hosts, prefixes)| {
+            let mut entry = serde_json::json!({
+                "name": name, "hosts": hosts,
+                "versions": [{"name": format!("{name}-v1"), "weight": 100}],
+            });
+            if !prefixes.is_empty() {
+                entry["pathPrefixes"] = serde_json::json!(prefixes);
+            }
+            entry
+        })
+        .collect();
+    serde_json::json!({ "rollouts": entries }).to_string()
+}
+
+#[test]
+fn diff_finds_where_a_rollouts_requests_went_on_every_part_of_its_hosts_and_paths() {
+    // `wide` takes a.example.com's requests from `a`, and any other host of
+    // *.example.com's from `any`; `api2`'s /v1 holds api's /v1/models, and
+    // paths no rollout took.
+    let old = file(
+        "elsewhere-old.json",
+        rollouts_config(&[
+            ("any", &["*"], &[]),
+            ("a", &["a.example.com"], &[]),
+            ("api", &["api.example.com"], &["/v1/models"]),
+        ]),
+    );
+    let new = file(
+        "elsewhere-new.json",
+        rollouts_config(&[
+            ("any", &["*"], &[]),
+            ("wide", &["*.example.com"], &[]),
+            ("api2", &["api.example.com"], &["/v1"]),
+        ]),
+    );
+    let r = run(&["diff", &old, &new]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (
+            0,
+            "rollout any: unchanged\n\
+             rollout wide: added (hosts *.example.com; every path): its requests went to rollout any, a before; their users now get its versions, by its salt and weights\n\
+             rollout api2: added (hosts api.example.com; /v1): its requests went to rollout api or no rollout before; their users now get its versions, by its salt and weights\n\
+             rollout a: removed (hosts a.example.com; every path): its requests go to rollout wide now; their users get the versions of the rollout that takes them\n\
+             rollout api: removed (hosts api.example.com; /v1/models): its requests go to rollout api2 now; their users get the versions of the rollout that takes them\n\
+             rollouts: 1 unchanged (any), 2 added (wide, api2), 2 removed (a, api)\n\
+             forward only: no user of any rollout moves to an earlier-listed version\n"
+        )
+    );
+    // A wildcard of the longest domain: its hosts are as long as the filter
+    // reads, and were `tail`'s.
+    let domain = [
+        "a".repeat(63),
+        "b".repeat(63),
+        "c".repeat(63),
+        "d".repeat(61),
+    ]
+    .join(".");
+    let (long, tail) = (format!("*.{domain}"), format!("*.{}", "d".repeat(61)));
+    let old = file(
+        "elsewhere-long-old.json",
+        rollouts_config(&[("any", &["*"], &[]), ("tail", &[&tail], &[])]),
+    );
+    let new = file(
+        "elsewhere-long-new.json",
+        rollouts_config(&[
+            ("any", &["*"], &[]),
+            ("tail", &[&tail], &[]),
+            ("long", &[&long], &[]),
+        ]),
+    );
+    let r = run(&["diff", &old, &new]);
+    assert!(r.stdout.contains(&format!("rollout long: added (hosts {long}; every path): its requests went to rollout tail before;")), "{}", r.stdout);
 }
 
 #[test]
@@ -592,7 +783,7 @@ fn diff_compares_a_config_without_rollouts_with_each_rollout_that_replaces_it() 
         r.stdout
     );
     assert!(r.stdout.contains("rollout fresh: changed (against OLD's one rollout, which took every request)\n  every user is drawn again (salt \"model-v1\" -> \"fresh-v1\")"), "{}", r.stdout);
-    assert!(r.stdout.contains("\nnote: OLD has no `rollouts`: its one rollout took every request; each rollout is compared with it, and a request no rollout takes now passes untouched\n"), "{}", r.stdout);
+    assert!(r.stdout.contains("\nnote: OLD has no `rollouts`: its one rollout took every request; each rollout is compared with it, and a request none of them takes now goes to no rollout (x-canary-version removed)\n"), "{}", r.stdout);
     assert!(r.stdout.ends_with("salt changed in rollout fresh: the ramp guarantee does not carry across this change for its users\n"), "{}", r.stdout);
     // And back: each rollout against the one that takes every request again.
     let r = run(&["diff", &split, &one]);

@@ -194,7 +194,7 @@ HOSTS = [
     "example.com",
     "models.other.org",
 ]
-PATHS = ["/v1/models/m:predict", "/v2/models/x/infer", "/v2/models/legacy/infer", "/health"]
+PATHS = ["/v1/models/m:predict", "/v2/models/x/infer", "/v2/models/legacy/infer", "/v1beta/models/m:predict", "/health"]
 
 
 def test_explain_picks_the_rollout_the_filter_in_envoy_picks_for_each_host_and_path(start_envoy, tmp_path):
@@ -213,8 +213,11 @@ def test_explain_picks_the_rollout_the_filter_in_envoy_picks_for_each_host_and_p
         for host in HOSTS:
             for request_path in PATHS:
                 user = f"user-{rng.randrange(10**6)}"
-                response = envoy.request([("host", host), ("x-user-id", user)], path=request_path, conn=conn)
-                # What the filter wrote in the routing header, as the backend saw it: nothing when untouched.
+                # A client's own pick of a version: the filter overwrites it, or
+                # removes it when no rollout takes the request.
+                headers = [("host", host), ("x-user-id", user), ("x-canary-version", "spoofed")]
+                response = envoy.request(headers, path=request_path, conn=conn)
+                # The routing header as the backend saw it.
                 served = response.header("x-upstream-saw-version") or None
                 out = canary_selector(
                     "explain", str(path), "--host", host, "--path", request_path, "-H", f"x-user-id: {user}", "-o", "json"
@@ -225,11 +228,12 @@ def test_explain_picks_the_rollout_the_filter_in_envoy_picks_for_each_host_and_p
                 assert explained["version"] == served, (where, explained)
                 rollout = explained["rollout"]["name"]
                 if served is None:
-                    assert explained["reason"] == "untouched" and rollout is None, (where, explained)
+                    assert explained["reason"] == "unclaimed" and rollout is None, (where, explained)
+                    assert explained["unclaimed"]["removed"] == ["x-canary-version"], (where, explained)
                 else:
                     assert served.startswith(f"{rollout}-v"), (where, explained)
                 picked[rollout] += 1
-        # Every rollout was picked somewhere, and some requests passed untouched.
+        # Every rollout was picked somewhere, and some requests were taken by none.
         names = {r["name"] for r in config["rollouts"]}
         assert set(picked) == names | {None}, picked
 

@@ -21,9 +21,10 @@
 //!   checked against a linear oracle of the precedence: exact host, longest
 //!   wildcard, `*`, then the longest path prefix; duplicates are rejected.
 //!
-//! One file per target; this one holds the runner, the generators, the spec
-//! of a valid config and the invariants of any accepted config, which the
-//! targets share.
+//! One file per target; `runner.rs` holds the seeded runner (shared with the
+//! CLI's target `cli_scope`, inside the binary: src/bin/canary-selector/
+//! fuzz.rs), this one the generators, the spec of a valid config and the
+//! invariants of any accepted config, which the targets share.
 //!
 //! `cargo test` runs a short deterministic pass (fixed seed). The long pass is
 //! `make fuzz FUZZ_SECONDS=...` (release mode, one target after another,
@@ -41,8 +42,6 @@
 )]
 
 use std::fmt::Debug;
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::time::Instant;
 
 use canary_selector::config::{self, Rollout, Source};
 use canary_selector::decision::{decide, Decision, Entropy, Live, Reason, Request, WyRand};
@@ -54,86 +53,11 @@ use canary_selector::MAX_USER_ID_LEN;
 use serde_json::{json, Map, Value};
 
 // ---------------------------------------------------------------------------
-// Runner.
+// Runner: tests/fuzz/runner.rs, shared with the CLI's target.
 // ---------------------------------------------------------------------------
 
-/// SplitMix64: tiny, seedable, good enough to drive a generator.
-struct Rng(u64);
-
-impl Rng {
-    fn u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (`n > 0`).
-    fn below(&mut self, n: usize) -> usize {
-        (self.u64() % n as u64) as usize
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-    /// True with probability `1 / n`.
-    fn one_in(&mut self, n: usize) -> bool {
-        self.below(n) == 0
-    }
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
-    fn pick_ref<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
-}
-
-/// Runs `check(generate(rng))` on many cases, each from its own seed derived
-/// from (run seed, case index), so any case can be replayed alone. `check`
-/// returns how many inputs the case tried. On a panic (a crash of the code
-/// under test, or a broken invariant) prints the input and how to replay it.
-fn run<I: Debug>(target: &str, generate: impl Fn(&mut Rng) -> I, check: impl Fn(&I) -> u64) {
-    let seed = env_u64("FUZZ_SEED").unwrap_or(0x5eed_cafe);
-    let seconds = env_u64("FUZZ_SECONDS");
-    let cases = env_u64("FUZZ_CASES").unwrap_or(400);
-    let only = env_u64("FUZZ_CASE");
-    let start = Instant::now();
-    let (mut inputs, mut done) = (0u64, 0u64);
-    for index in 0u64.. {
-        match (only, seconds) {
-            (Some(i), _) if index > i => break,
-            (Some(i), _) if index < i => continue,
-            (None, Some(s)) if start.elapsed().as_secs() >= s => break,
-            (None, None) if index >= cases => break,
-            _ => {}
-        }
-        let mut rng = Rng(seed ^ index.wrapping_mul(0xd134_2543_de82_ef95));
-        let input = generate(&mut rng);
-        match catch_unwind(AssertUnwindSafe(|| check(&input))) {
-            Ok(n) => inputs += n,
-            Err(panic) => {
-                let mut shown = format!("{input:#?}");
-                let cut = (0..=shown.len().min(6000))
-                    .rev()
-                    .find(|&i| shown.is_char_boundary(i));
-                shown.truncate(cut.unwrap_or(0));
-                eprintln!(
-                    "fuzz {target}: case {index} failed. Input:\n{shown}\n\
-                     Replay: FUZZ_SEED={seed} FUZZ_CASE={index} cargo test --release --test fuzz {target} -- --nocapture"
-                );
-                resume_unwind(panic);
-            }
-        }
-        done += 1;
-    }
-    eprintln!(
-        "\nfuzz {target}: {inputs} inputs ({done} cases) in {:.1} s, 0 panics, FUZZ_SEED={seed}",
-        start.elapsed().as_secs_f64()
-    );
-}
+mod runner;
+use runner::{run, Rng};
 
 // ---------------------------------------------------------------------------
 // Generators of names and values.

@@ -178,6 +178,14 @@ fn rollout_scope() {
             let want_host = oracle_host(authority);
             assert_eq!(host.map(<[u8]>::to_vec), want_host, "{authority:?}");
             let got = config.rollout_for(host, || path.as_deref());
+            // The CLI's list of the patterns matching the host starts with
+            // the one the filter looks up.
+            let index = config.scope.as_ref().unwrap();
+            let first = index
+                .matching(host)
+                .next()
+                .map(config::HostRollouts::pattern);
+            assert_eq!(first, index.lookup(host).map(config::HostRollouts::pattern));
             // The most specific matching pattern, then its longest prefix.
             let best = claims
                 .iter()

@@ -3,7 +3,10 @@
 //! for each rollout that more specific host patterns of other rollouts keep
 //! from some of its hosts; then, when VirtualServices (with their
 //! DestinationRules) or HTTPRoutes are among the files, the wiring of each
-//! rollout with the routes of its hosts that match on its routing header:
+//! rollout with the routes of its hosts (a route's host taken to the
+//! rollout's pattern by the filter's own index, read as the filter reads a
+//! request's; a Service's short names resolved in `--cluster-domain`) that
+//! match on its routing header:
 //! each version has exactly one route matching its name (or HTTPRoute rules
 //! to one Service, as a REST and a gRPC rule are; the stable version
 //! may instead take the default route), to a subset a DestinationRule
@@ -13,9 +16,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use canary_selector::config::{Config, Rollout, Scope};
+use canary_selector::config::{authority_host, Config, Rollout, Scope, MAX_AUTHORITY_HOST_LEN};
 
-use crate::hosts::{self, Shadowed};
+use crate::hosts::{self, Patterns, Shadowed, Unclaimed};
 use crate::input::{self, Manifest, PluginConfig};
 use crate::{Fatal, Report};
 
@@ -47,6 +50,10 @@ struct ConfigVerdict {
     /// of their hosts (a warning: the config is accepted).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     shadowed: Vec<Shadowed>,
+    /// For a config with `rollouts`: what the filter does to a request
+    /// none takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unclaimed: Option<Unclaimed>,
 }
 
 #[derive(Serialize)]
@@ -122,8 +129,13 @@ impl Report for CheckReport {
                     r.summary
                 ));
             }
+            let unclaimed = c.unclaimed.as_ref().map(Unclaimed::short);
             for s in &c.shadowed {
-                out.push_str(&shadowed_text(&origin, s));
+                out.push_str(&shadowed_text(
+                    &origin,
+                    s,
+                    unclaimed.as_deref().unwrap_or_default(),
+                ));
             }
         }
         for w in &self.wiring {
@@ -149,7 +161,7 @@ impl Report for CheckReport {
                     .collect();
                 let default = match (&w.default_to, &w.http_route) {
                     (Some(to), _) => format!("default route -> {to}"),
-                    (None, Some(_)) => "no rule without matches: a request the filter did not touch is left to other routes".into(),
+                    (None, Some(_)) => "no rule without matches: a request without the routing header is left to other routes".into(),
                     (None, None) => String::new(),
                 };
                 out.push_str(&format!(
@@ -169,12 +181,13 @@ impl Report for CheckReport {
     }
 }
 
-/// A shadowed rollout: what happens on the hosts it loses, and why.
-fn shadowed_text(origin: &str, s: &Shadowed) -> String {
+/// A shadowed rollout: what happens on the hosts it loses, and why;
+/// `unclaimed` is what the filter does to a request no rollout takes.
+fn shadowed_text(origin: &str, s: &Shadowed, unclaimed: &str) -> String {
     let mut out = format!(
         "{origin}: warning: rollout {} (rollouts[{}]; hosts {}; {}) never takes requests to the hosts below, though its hosts match them: \
-         a request goes to the rollouts of its host's most specific pattern (an exact name, then the longest *.suffix, then *) by the longest path prefix, \
-         or passes untouched; it never falls through to a less specific pattern\n",
+         a request goes to the rollouts of its host's most specific pattern (an exact name, then the longest *.suffix, then *) by the longest path prefix \
+         that takes its path, or to no rollout; it never falls through to a less specific pattern\n",
         s.name,
         s.rollout,
         s.hosts.join(", "),
@@ -191,8 +204,8 @@ fn shadowed_text(origin: &str, s: &Shadowed) -> String {
             .iter()
             .map(|t| format!("{} -> {}", hosts::paths_text(&t.path_prefixes), t.name))
             .collect();
-        if c.other_paths_untouched {
-            taken.push("any other path -> no rollout, untouched".into());
+        if c.other_paths_unclaimed {
+            taken.push(format!("any other path -> no rollout ({unclaimed})"));
         }
         out.push_str(&format!(
             "{origin}:   {}{within}: {}\n",
@@ -213,7 +226,24 @@ fn shadowed_text(origin: &str, s: &Shadowed) -> String {
     out
 }
 
-pub fn run(files: &[String]) -> Result<CheckReport, Fatal> {
+/// Kubernetes' cluster domain, as `--cluster-domain` gives it: lowercase,
+/// without a trailing dot.
+pub fn cluster_domain(text: &str) -> Result<String, String> {
+    let domain = text.strip_suffix('.').unwrap_or(text).to_ascii_lowercase();
+    let labels_ok = domain.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    if labels_ok {
+        Ok(domain)
+    } else {
+        Err("not a DNS domain such as cluster.local".into())
+    }
+}
+
+pub fn run(files: &[String], cluster_domain: &str) -> Result<CheckReport, Fatal> {
     let inputs = input::load(files)?;
     if inputs.plugins.is_empty() {
         return Err(input::no_plugin_config(&files.join(", ")));
@@ -250,15 +280,16 @@ pub fn run(files: &[String]) -> Result<CheckReport, Fatal> {
             summary: None,
             rollouts: Vec::new(),
             shadowed: Vec::new(),
+            unclaimed: None,
         };
         match Config::from_json(plugin.json.as_bytes()) {
             Ok(config) => {
-                let tables = tables(plugin, &services, &http_routes);
+                let tables = tables(plugin, &services, &http_routes, cluster_domain);
                 if !tables.is_empty() {
-                    let defined = subsets_defined(&rules, plugin_namespace(plugin));
-                    let patterns = hosts::patterns(&config);
+                    let defined = subsets_defined(&rules, plugin_namespace(plugin), cluster_domain);
+                    let patterns = Patterns::of(&config);
                     for rollout in &config.rollouts {
-                        wiring.extend(wire(plugin, rollout, &patterns, &tables, &defined));
+                        wiring.extend(wire(plugin, rollout, patterns.as_ref(), &tables, &defined));
                     }
                 }
                 verdict.accepted = true;
@@ -279,6 +310,7 @@ pub fn run(files: &[String]) -> Result<CheckReport, Fatal> {
                     })
                     .collect();
                 verdict.shadowed = hosts::shadowed(&config);
+                verdict.unclaimed = config.scope.as_ref().map(|_| Unclaimed::of(&config));
             }
             Err(e) => verdict.error = Some(e.to_string()),
         }
@@ -292,12 +324,13 @@ pub fn run(files: &[String]) -> Result<CheckReport, Fatal> {
     })
 }
 
-/// A Service host as a fully qualified name, as Istio resolves short names
-/// against the namespace of the resource that uses them.
-fn fqdn(host: &str, namespace: &str) -> String {
+/// A Service host as a fully qualified name in the cluster domain `domain`,
+/// as Istio resolves short names against the namespace of the resource
+/// that uses them.
+fn fqdn(host: &str, namespace: &str, domain: &str) -> String {
     match host.matches('.').count() {
-        0 => format!("{host}.{namespace}.svc.cluster.local"),
-        1 => format!("{host}.svc.cluster.local"),
+        0 => format!("{host}.{namespace}.svc.{domain}"),
+        1 => format!("{host}.svc.{domain}"),
         _ => host.to_string(),
     }
 }
@@ -350,42 +383,43 @@ struct Table<'a> {
     kind: Kind,
     /// Where its short names resolve.
     namespace: &'a str,
-    /// `spec.hosts` or `spec.hostnames` (none: every host), lowercased.
+    /// The cluster domain its Service names resolve in.
+    domain: &'a str,
+    /// The hosts a client may send its requests to: an HTTPRoute's
+    /// `spec.hostnames` (none: every host, `*`); for each of a
+    /// VirtualService's `spec.hosts`, the names a client calls the Service
+    /// by (`model`, `model.models`, ..., resolved in its namespace as Istio
+    /// does). Lowercased; the filter's reading of an `:authority` (port,
+    /// trailing dot) is `Patterns::takes_some`'s.
     hosts: Vec<String>,
 }
 
 impl Table<'_> {
     /// Whether the rollout of `scope` takes requests to some host of these
-    /// routes: one of its patterns is the most specific pattern of the
-    /// config (`patterns`) for some of them. A VirtualService's host stands
-    /// for the names a client calls the Service by (`model`,
-    /// `model.models`, ..., resolved in its namespace as Istio does).
-    fn serves(&self, patterns: &[&str], scope: &Scope) -> bool {
-        let names: Vec<String> = self
-            .hosts
-            .iter()
-            .flat_map(|h| match self.kind {
-                Kind::VirtualService => service_names(h, self.namespace),
-                Kind::HttpRoute => vec![h.clone()],
-            })
-            .collect();
+    /// routes: the filter's index takes some of them to one of its patterns.
+    fn serves(&self, patterns: &Patterns, scope: &Scope) -> bool {
         scope.hosts.iter().any(|pattern| {
-            names
+            self.hosts
                 .iter()
-                .any(|host| hosts::takes_some(patterns, pattern, host))
+                .any(|host| patterns.takes_some(pattern, host))
         })
     }
 }
 
 /// The names a client may call a VirtualService host by: a Kubernetes
-/// Service's short and longer names, or the host itself.
-fn service_names(host: &str, namespace: &str) -> Vec<String> {
-    if host.contains('*') || host.starts_with('[') {
-        return vec![host.to_string()];
-    }
-    let full = fqdn(host, namespace);
+/// Service's short and longer names, or the host itself. The host is read
+/// as the filter reads a request's (without a port or a trailing dot).
+fn service_names(written: &str, namespace: &str, domain: &str) -> Vec<String> {
+    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    let Some(host) = authority_host(written.as_bytes(), &mut buf)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .filter(|h| !h.contains('*') && !h.starts_with('['))
+    else {
+        return vec![written.to_string()];
+    };
+    let full = fqdn(host, namespace, domain);
     let Some((name, ns)) = full
-        .strip_suffix(".svc.cluster.local")
+        .strip_suffix(&format!(".svc.{domain}"))
         .and_then(|base| base.split_once('.'))
         .filter(|(_, ns)| !ns.contains('.'))
     else {
@@ -410,6 +444,7 @@ fn tables<'a>(
     plugin: &'a PluginConfig,
     services: &[&'a Manifest],
     http_routes: &[&'a Manifest],
+    domain: &'a str,
 ) -> Vec<Table<'a>> {
     let plugin_ns = plugin_namespace(plugin);
     let mesh_wide = plugin.resource.is_none() || plugin_ns == "istio-system";
@@ -426,11 +461,18 @@ fn tables<'a>(
     let mut out: Vec<Table> = services
         .iter()
         .filter(|vs| mesh_wide || namespace_of(vs, "default") == plugin_ns)
-        .map(|vs| Table {
-            manifest: vs,
-            kind: Kind::VirtualService,
-            namespace: namespace_of(vs, plugin_ns),
-            hosts: lowercase(vs, "/spec/hosts"),
+        .map(|vs| {
+            let namespace = namespace_of(vs, plugin_ns);
+            Table {
+                manifest: vs,
+                kind: Kind::VirtualService,
+                namespace,
+                domain,
+                hosts: lowercase(vs, "/spec/hosts")
+                    .iter()
+                    .flat_map(|host| service_names(host, namespace, domain))
+                    .collect(),
+            }
         })
         .collect();
     for route in http_routes {
@@ -464,6 +506,7 @@ fn tables<'a>(
                 manifest: route,
                 kind: Kind::HttpRoute,
                 namespace: route_ns,
+                domain,
                 hosts,
             });
         }
@@ -571,14 +614,18 @@ fn routes(table: &Table, header: &str) -> Vec<Route> {
 fn wire(
     plugin: &PluginConfig,
     rollout: &Rollout,
-    patterns: &[&str],
+    patterns: Option<&Patterns>,
     tables: &[Table],
     defined: &[(String, String)],
 ) -> Vec<Wiring> {
     let header = rollout.routing_header.as_str();
     let wirings: Vec<Wiring> = tables
         .iter()
-        .filter(|t| rollout.scope.as_ref().is_none_or(|s| t.serves(patterns, s)))
+        .filter(|t| match (&rollout.scope, patterns) {
+            (Some(scope), Some(patterns)) => t.serves(patterns, scope),
+            // No `rollouts`: the one rollout takes every host.
+            _ => true,
+        })
         .map(|t| (t, routes(t, header)))
         .filter(|(_, routes)| routes.iter().any(|r| r.on_header))
         .map(|(t, routes)| {
@@ -621,11 +668,15 @@ fn wire(
 
 /// (fully qualified host, subset name) for every subset of the
 /// DestinationRules.
-fn subsets_defined(rules: &[&Manifest], fallback_ns: &str) -> Vec<(String, String)> {
+fn subsets_defined(rules: &[&Manifest], fallback_ns: &str, domain: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for dr in rules {
         let host = dr.doc.pointer("/spec/host").and_then(Value::as_str);
-        let host = fqdn(host.unwrap_or_default(), namespace_of(dr, fallback_ns));
+        let host = fqdn(
+            host.unwrap_or_default(),
+            namespace_of(dr, fallback_ns),
+            domain,
+        );
         for subset in array(dr.doc.pointer("/spec/subsets")) {
             if let Some(name) = subset.get("name").and_then(Value::as_str) {
                 out.push((host.clone(), name.to_string()));
@@ -676,7 +727,7 @@ fn route_target(
         problems.push(format!("{what} (route {}) names no subset", route.name));
         return None;
     };
-    let host = fqdn(&destination.host, table.namespace);
+    let host = fqdn(&destination.host, table.namespace, table.domain);
     if !defined.iter().any(|(h, s)| *h == host && s == subset) {
         problems.push(format!(
             "{what} (route {}) goes to subset {subset}, which no DestinationRule for {host} defines",
@@ -698,8 +749,8 @@ fn wire_routes(
     let words = table.kind.words();
     let mut problems = Vec::new();
     // The first route without a match catches what no route before it
-    // does: a request the filter never touched, and a version no route
-    // matches.
+    // does: a request without the routing header (no rollout took it, or
+    // the filter did not run), and a version no route matches.
     let default_to = match routes.iter().find(|r| !r.has_match) {
         Some(route) => route_target(words.default, route, table, defined, &mut problems),
         None => {
@@ -707,7 +758,7 @@ fn wire_routes(
             // hosts (KServe's own catch requests without the header).
             if table.kind == Kind::VirtualService {
                 problems.push(
-                    "no default route (one without a match): a request the filter never touched matches no route"
+                    "no default route (one without a match): a request without the routing header matches no route"
                         .into(),
                 );
             }
@@ -723,7 +774,7 @@ fn wire_routes(
             .collect();
         match (found.as_slice(), &default_to) {
             // The stable version's requests take the default route, as
-            // those the filter never touched do: wired.
+            // those without the routing header do: wired.
             ([], Some(to)) if i == 0 => routed.push(Routed {
                 version: name.to_string(),
                 to: to.clone(),

@@ -8,10 +8,12 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use canary_selector::config::{authority_host, Config, Rollout, Scope, MAX_AUTHORITY_HOST_LEN};
+use canary_selector::config::{
+    authority_host, prefix_takes, Config, Rollout, MAX_AUTHORITY_HOST_LEN,
+};
 
 use crate::explain::source_name;
-use crate::hosts::{self, paths_text};
+use crate::hosts::{self, paths_text, Patterns, Unclaimed};
 use crate::input::{self, PluginConfig};
 use crate::{percent, share_percent, slice, At, Fatal, Report, BUCKETS};
 
@@ -68,6 +70,9 @@ struct RolloutsDiff {
     removed: Vec<String>,
     changed: Vec<String>,
     unchanged: Vec<String>,
+    /// What NEW's filter does to a request none of its rollouts takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unclaimed: Option<Unclaimed>,
     notes: Vec<String>,
     verdict: String,
 }
@@ -76,8 +81,9 @@ struct RolloutsDiff {
 #[serde(rename_all = "camelCase")]
 struct RolloutChange {
     name: String,
-    /// `added`, `removed`, `unchanged` (the same behaviour: the filter's
-    /// `Rollout::fingerprint`) or `changed`.
+    /// `added`, `removed`, `unchanged` (the same decisions, by the filter's
+    /// `Rollout::fingerprint`, on the same hosts and path prefixes) or
+    /// `changed`.
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     old: Option<Place>,
@@ -93,53 +99,84 @@ struct RolloutChange {
 }
 
 /// Where the other config sends a rollout's requests, by the filter's own
-/// lookup of a host of each of its patterns and each of its path prefixes.
+/// lookup in both configs of a host for each part of its hosts that the
+/// two configs' patterns cut out, and a path for each of its path prefixes
+/// and each of the other config's within them.
 #[derive(Serialize)]
 struct Elsewhere {
     /// The other config's rollouts that take some of them.
     rollouts: Vec<String>,
-    /// Some of them pass untouched there.
-    untouched: bool,
+    /// The other config's rollouts take none of some of them.
+    unclaimed: bool,
 }
 
 impl Elsewhere {
-    fn find(other: &Config, scope: &Scope, patterns: &[&str]) -> Elsewhere {
+    /// Where `other` sends the requests that `own` takes to its rollout
+    /// `rollout`; `listed` holds the host patterns of both.
+    fn find(own: &Config, rollout: usize, other: &Config, listed: &[&str]) -> Elsewhere {
         let mut out = Elsewhere {
             rollouts: Vec::new(),
-            untouched: false,
+            unclaimed: false,
         };
-        let every_path = ["/".to_string()];
-        let paths = match scope.path_prefixes.as_slice() {
+        let Some(scope) = own.rollouts.get(rollout).and_then(|r| r.scope.as_ref()) else {
+            return out;
+        };
+        // Every path: those under `/`, and one no prefix takes (OPTIONS's
+        // `*`), which only a rollout of every path does.
+        let every_path = ["/".to_string(), "*".to_string()];
+        let own_paths = match scope.path_prefixes.as_slice() {
             [] => &every_path[..],
             prefixes => prefixes,
         };
-        for pattern in &scope.hosts {
-            let host = hosts::representative(patterns, pattern);
-            for path in paths {
-                let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
-                let host = authority_host(host.as_bytes(), &mut buf);
-                match other.rollout_for(host, || Some(path.as_bytes())) {
+        let mut paths: Vec<&str> = own_paths.iter().map(String::as_str).collect();
+        let other_prefixes = other
+            .rollouts
+            .iter()
+            .filter_map(|r| r.scope.as_ref())
+            .flat_map(|s| &s.path_prefixes);
+        for prefix in other_prefixes {
+            let within = own_paths
+                .iter()
+                .any(|own| prefix_takes(own.as_bytes(), prefix.as_bytes()));
+            if within && !paths.contains(&prefix.as_str()) {
+                paths.push(prefix);
+            }
+        }
+        let hosts = scope
+            .hosts
+            .iter()
+            .flat_map(|pattern| hosts::probes_within(pattern, listed));
+        for host in hosts {
+            let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+            let host = authority_host(host.as_bytes(), &mut buf);
+            for path in &paths {
+                let path = || Some(path.as_bytes());
+                // Another rollout of its own config may take this one.
+                if own.rollout_for(host, path) != Some(rollout) {
+                    continue;
+                }
+                match other.rollout_for(host, path) {
                     Some(i) => {
                         let name = other.rollouts.get(i).and_then(Rollout::name).unwrap_or("?");
                         if !out.rollouts.iter().any(|n| n == name) {
                             out.rollouts.push(name.to_string());
                         }
                     }
-                    None => out.untouched = true,
+                    None => out.unclaimed = true,
                 }
             }
         }
         out
     }
 
-    /// `rollout a, b or passed untouched`.
-    fn text(&self, untouched: &str) -> String {
+    /// `rollout a, b or no rollout`.
+    fn text(&self) -> String {
         let mut parts = Vec::new();
         if !self.rollouts.is_empty() {
             parts.push(format!("rollout {}", self.rollouts.join(", ")));
         }
-        if self.untouched {
-            parts.push(untouched.to_string());
+        if self.unclaimed {
+            parts.push("no rollout".to_string());
         }
         parts.join(" or ")
     }
@@ -222,7 +259,13 @@ fn side(p: &PluginConfig, config: Option<&Config>) -> Side {
     }
 }
 
-fn diff(old_p: &PluginConfig, new_p: &PluginConfig, at: &At, allow_backward: bool) -> DiffReport {
+/// Who moves when `new_p`'s config replaces `old_p`'s.
+pub fn diff(
+    old_p: &PluginConfig,
+    new_p: &PluginConfig,
+    at: &At,
+    allow_backward: bool,
+) -> DiffReport {
     let parsed = (
         Config::from_json(old_p.json.as_bytes()),
         Config::from_json(new_p.json.as_bytes()),
@@ -324,18 +367,25 @@ fn per_rollout(
         removed: Vec::new(),
         changed: Vec::new(),
         unchanged: Vec::new(),
+        unclaimed: None,
         notes: Vec::new(),
         verdict: String::new(),
     };
-    if old.scope.is_none() {
-        out.notes.push("OLD has no `rollouts`: its one rollout took every request; each rollout is compared with it, and a request no rollout takes now passes untouched".into());
+    let unclaimed = new.scope.as_ref().map(|_| Unclaimed::of(new));
+    if let (None, Some(unclaimed)) = (&old.scope, &unclaimed) {
+        out.notes.push(format!("OLD has no `rollouts`: its one rollout took every request; each rollout is compared with it, and a request none of them takes now goes to no rollout ({})", unclaimed.short()));
     }
     if new.scope.is_none() {
-        out.notes.push("NEW has no `rollouts`: its one rollout takes every request, those that passed untouched too; each rollout is compared with it".into());
+        out.notes.push("NEW has no `rollouts`: its one rollout takes every request, those no rollout took too; each rollout is compared with it".into());
     }
-    // Sample hosts are picked clear of both configs' exact names.
-    let mut patterns = hosts::patterns(old);
-    patterns.extend(hosts::patterns(new));
+    out.unclaimed = unclaimed;
+    // Probe hosts are picked clear of both configs' exact names.
+    let mut listed = Patterns::of(old).map(|p| p.listed).unwrap_or_default();
+    for pattern in Patterns::of(new).map(|p| p.listed).unwrap_or_default() {
+        if !listed.contains(&pattern) {
+            listed.push(pattern);
+        }
+    }
     for (name, i, j) in pairs {
         let o = i.and_then(|i| Some((i, old.rollouts.get(i)?)));
         let n = j.and_then(|j| Some((j, new.rollouts.get(j)?)));
@@ -350,19 +400,17 @@ fn per_rollout(
         match (o, n) {
             (None, _) => {
                 change.status = "added";
-                change.elsewhere = n
-                    .and_then(|(_, r)| r.scope.as_ref())
-                    .map(|s| Elsewhere::find(old, s, &patterns));
+                change.elsewhere = j.map(|j| Elsewhere::find(new, j, old, &listed));
                 out.added.push(name);
             }
             (_, None) => {
                 change.status = "removed";
-                change.elsewhere = o
-                    .and_then(|(_, r)| r.scope.as_ref())
-                    .map(|s| Elsewhere::find(new, s, &patterns));
+                change.elsewhere = i.map(|i| Elsewhere::find(old, i, new, &listed));
                 out.removed.push(name);
             }
-            (Some((_, a)), Some((_, b))) if a.fingerprint() == b.fingerprint() => {
+            (Some((_, a)), Some((_, b)))
+                if a.fingerprint() == b.fingerprint() && same_scope(a, b) =>
+            {
                 change.status = "unchanged";
                 out.unchanged.push(name);
             }
@@ -370,9 +418,9 @@ fn per_rollout(
                 let rules = (sides.0.rules(i), sides.1.rules(j));
                 let mut diff = analyse(a, b, rules, at, allow_backward);
                 if let (Some(was), Some(is)) = (&a.scope, &b.scope) {
-                    if was.hosts != is.hosts || was.path_prefixes != is.path_prefixes {
+                    if !same_scope(a, b) {
                         diff.notes.push(format!(
-                            "its scope changes (hosts {}; {} -> hosts {}; {}): requests to a host or path it takes or leaves change rollout, or pass untouched, and their users are bucketed by that rollout",
+                            "its scope changes (hosts {}; {} -> hosts {}; {}): requests to a host or path it takes or leaves change rollout (or go to none), and their users are bucketed by the rollout that takes them",
                             was.hosts.join(", "),
                             paths_text(&was.path_prefixes),
                             is.hosts.join(", "),
@@ -388,6 +436,25 @@ fn per_rollout(
     }
     out.verdict = overall_verdict(&out.rollouts, allow_backward);
     out
+}
+
+/// Whether two rollouts take the same requests: the same host patterns and
+/// path prefixes, in any order. The fingerprint leaves the scope out (a
+/// rollout that only takes other hosts keeps its guard's state), but who
+/// the rollout's users are changes with it.
+fn same_scope(a: &Rollout, b: &Rollout) -> bool {
+    fn sorted(list: &[String]) -> Vec<&String> {
+        let mut out: Vec<&String> = list.iter().collect();
+        out.sort();
+        out
+    }
+    match (&a.scope, &b.scope) {
+        (Some(a), Some(b)) => {
+            sorted(&a.hosts) == sorted(&b.hosts)
+                && sorted(&a.path_prefixes) == sorted(&b.path_prefixes)
+        }
+        (a, b) => a.is_none() && b.is_none(),
+    }
 }
 
 /// The verdict over every changed rollout: any backward move, any salt
@@ -681,9 +748,9 @@ impl RolloutsDiff {
                     let before = match &r.elsewhere {
                         Some(e) if !e.rollouts.is_empty() => format!(
                             ": its requests went to {} before; their users now get its versions, by its salt and weights",
-                            e.text("passed untouched")
+                            e.text()
                         ),
-                        _ => ": its requests passed untouched before".into(),
+                        _ => ": no rollout took its requests before".into(),
                     };
                     out.push_str(&format!(
                         "rollout {}: added ({}){before}\n",
@@ -692,12 +759,16 @@ impl RolloutsDiff {
                     ));
                 }
                 ("removed", _) => {
-                    let after = match &r.elsewhere {
-                        Some(e) if !e.rollouts.is_empty() => format!(
+                    let unclaimed = self.unclaimed.as_ref().map(Unclaimed::short);
+                    let after = match (&r.elsewhere, unclaimed) {
+                        (Some(e), _) if !e.rollouts.is_empty() => format!(
                             ": its requests go to {} now; their users get the versions of the rollout that takes them",
-                            e.text("pass untouched")
+                            e.text()
                         ),
-                        _ => ": its requests pass untouched now".into(),
+                        (_, Some(unclaimed)) => {
+                            format!(": no rollout takes its requests now ({unclaimed})")
+                        }
+                        (_, None) => ": no rollout takes its requests now".into(),
                     };
                     out.push_str(&format!(
                         "rollout {}: removed ({}){after}\n",

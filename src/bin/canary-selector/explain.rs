@@ -1,15 +1,18 @@
 //! `explain`: the version one request gets and why, from the filter's own
 //! `decision::decide` (the guard taken as untripped), with the request given
 //! as `-H` headers and `--cookie`s, and, for a config with `rollouts`, the
-//! rollout the filter's own `Config::rollout_for` picks by `--host` and
-//! `--path`.
+//! host pattern and rollout that the filter's own index claims the request
+//! for by `--host` and `--path` (`HostIndex::claim`), or what the filter does
+//! to a request none takes.
 
 use serde::Serialize;
 
-use canary_selector::config::{authority_host, Config, Rollout, Source, MAX_AUTHORITY_HOST_LEN};
+use canary_selector::config::{
+    authority_host, Config, HostIndex, HostRollouts, Rollout, Source, MAX_AUTHORITY_HOST_LEN,
+};
 use canary_selector::decision::{decide, Basis, Live, Reason, Request, WyRand};
 
-use crate::hosts::{self, Taker};
+use crate::hosts::{self, Taker, Unclaimed};
 use crate::input::{self, PluginConfig};
 use crate::{percent, slice, At, Fatal, Report};
 
@@ -113,9 +116,12 @@ pub struct Explanation {
     /// The chosen version; `None` when the choice is random (anonymous) or
     /// no rollout takes the request.
     version: Option<String>,
-    /// `rule`, `sticky`, `anonymous`; `untouched` when no rollout takes the
+    /// `rule`, `sticky`, `anonymous`; `unclaimed` when no rollout takes the
     /// request; `rejected` for a config the filter rejects.
     reason: &'static str,
+    /// What the filter does to a request no rollout takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unclaimed: Option<Unclaimed>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<RuleHit>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -135,25 +141,27 @@ pub struct Explanation {
     error: Option<String>,
 }
 
-/// How a config with `rollouts` takes the request: its host's most specific
-/// pattern, then that pattern's rollout with the longest matching path
-/// prefix.
+/// How a config with `rollouts` takes the request, as the filter's index
+/// claims it: its host's most specific pattern, then that pattern's rollout
+/// with the longest path prefix that takes the path.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Pick {
     /// The `:authority` as given.
     authority: Option<String>,
     /// The host as the filter looks it up (no port, lowercase); `None`
-    /// without a usable `:authority` (none, empty, or longer than a host).
+    /// without a usable `:authority` (none, empty, or longer than the
+    /// filter reads).
     host: Option<String>,
     path: Option<String>,
     /// The most specific host pattern matching the host; `None` if none does.
     pattern: Option<String>,
     /// The rollout that takes the request (its index in `rollouts`); `None`:
-    /// no rollout does, and the request passes untouched.
+    /// no rollout does.
     index: Option<usize>,
     name: Option<String>,
-    /// The prefix that took it; `None` when the rollout takes every path.
+    /// The prefix that took it (as the filter compares it: no trailing
+    /// `/`); `None` when the rollout takes every path.
     path_prefix: Option<String>,
     /// The rollouts `pattern` holds.
     pattern_rollouts: Vec<Taker>,
@@ -226,75 +234,50 @@ fn live_step(rollout: &Rollout, at: &At) -> Option<usize> {
 }
 
 pub fn run(file: &str, args: &RequestArgs, at: At) -> Result<Explanation, Fatal> {
-    let plugin = input::load_one(file)?;
-    let mut req = request(args)?;
-    Ok(explain(&plugin, &mut req, at))
+    explain_request(&input::load_one(file)?, args, at)
 }
 
-/// The rollout `config` gives the request, by the filter's own lookup, and
-/// what to tell about it.
-fn pick(config: &Config, req: &mut Given) -> Pick {
-    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+/// The request of `args` under `plugin`'s config.
+pub fn explain_request(
+    plugin: &PluginConfig,
+    args: &RequestArgs,
+    at: At,
+) -> Result<Explanation, Fatal> {
+    let mut req = request(args)?;
+    Ok(explain(plugin, &mut req, at))
+}
+
+/// The pattern and rollout that the filter's index claims the request for,
+/// and what to tell about it.
+fn pick(config: &Config, index: &HostIndex, req: &mut Given) -> Pick {
     let authority = req.header(0, ":authority").map(<[u8]>::to_vec);
+    let path = req.header(0, ":path").map(<[u8]>::to_vec);
+    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
     let host = authority
         .as_deref()
-        .and_then(|a| authority_host(a, &mut buf))
-        .map(<[u8]>::to_vec);
-    let path = req.header(0, ":path").map(<[u8]>::to_vec);
-    let index = config.rollout_for(host.as_deref(), || path.as_deref());
-    let text = |bytes: Vec<u8>| String::from_utf8_lossy(&bytes).into_owned();
-    let (authority, host) = (authority.map(text), host.map(text));
-    let scopes = || {
-        config
-            .rollouts
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| Some((i, r.scope.as_ref()?)))
-    };
-    let patterns = scopes().flat_map(|(_, s)| s.hosts.iter().map(String::as_str));
-    // Without a host, only `*` takes a request.
-    let pattern = match &host {
-        Some(host) => hosts::most_specific(patterns, host),
-        None => patterns.into_iter().find(|p| *p == "*"),
-    }
-    .map(str::to_string);
-    let pattern_rollouts = scopes()
-        .filter(|(_, s)| pattern.as_ref().is_some_and(|p| s.hosts.contains(p)))
-        .map(|(i, s)| Taker {
-            rollout: i,
-            name: s.name.clone(),
-            path_prefixes: s.path_prefixes.clone(),
-        })
-        .collect();
-    let mut passed_over: Vec<String> = Vec::new();
-    for p in scopes().flat_map(|(_, s)| &s.hosts) {
-        let matching = match &host {
-            Some(host) => hosts::matches(p, host),
-            None => p == "*",
-        };
-        if matching && Some(p) != pattern.as_ref() && !passed_over.contains(p) {
-            passed_over.push(p.clone());
-        }
-    }
-    let path = path.map(text);
-    let chosen = index.and_then(|i| config.rollouts.get(i)?.scope.as_ref());
+        .and_then(|a| authority_host(a, &mut buf));
+    let claim = index.claim(host, || path.as_deref());
+    let taker = claim.and_then(|c| c.taker);
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     Pick {
-        name: chosen.map(|s| s.name.clone()),
-        path_prefix: chosen.and_then(|s| {
-            let path = path.as_deref().unwrap_or_default();
-            s.path_prefixes
-                .iter()
-                .filter(|p| path.starts_with(p.as_str()))
-                .max_by_key(|p| p.len())
-                .cloned()
-        }),
-        authority,
-        host,
-        path,
-        pattern,
-        index,
-        pattern_rollouts,
-        passed_over,
+        authority: authority.as_deref().map(text),
+        host: host.map(text),
+        path: path.as_deref().map(text),
+        pattern: claim.map(|c| c.pattern.to_string()),
+        index: taker.map(|(rollout, _)| rollout),
+        name: taker
+            .and_then(|(rollout, _)| config.rollouts.get(rollout)?.name())
+            .map(str::to_string),
+        path_prefix: taker
+            .map(|(_, prefix)| prefix.to_string())
+            .filter(|prefix| !prefix.is_empty()),
+        pattern_rollouts: claim.map_or_else(Vec::new, |c| hosts::held_by(config, c.pattern)),
+        passed_over: index
+            .matching(host)
+            .skip(1)
+            .map(HostRollouts::pattern)
+            .map(str::to_string)
+            .collect(),
     }
 }
 
@@ -305,6 +288,7 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
         rollout: None,
         version: None,
         reason: "rejected",
+        unclaimed: None,
         rule: None,
         user_id: None,
         anonymous: None,
@@ -321,18 +305,19 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
             return out;
         }
     };
-    let chosen = match config.scope {
+    let chosen = match &config.scope {
         // No `rollouts`: its one rollout takes every request.
         None => config.rollouts.first(),
-        Some(_) => {
-            let picked = pick(&config, req);
+        Some(index) => {
+            let picked = pick(&config, index, req);
             let chosen = picked.index.and_then(|i| config.rollouts.get(i));
             out.rollout = Some(picked);
             chosen
         }
     };
     let Some(rollout) = chosen else {
-        out.reason = "untouched";
+        out.reason = "unclaimed";
+        out.unclaimed = Some(Unclaimed::of(&config));
         return out;
     };
     let live = Live {
@@ -406,24 +391,22 @@ fn id_value(rollout: &Rollout, req: &mut Given, source: &Source) -> Option<Strin
     Some(String::from_utf8_lossy(id).into_owned())
 }
 
-/// The untouched request's fate, as the filter's contract says it.
-const UNTOUCHED: &str = "the request passes untouched (no routing header written or removed, no cookie, no response header)";
-
 impl Pick {
-    /// One line: the rollout and why, or why none.
-    fn text(&self) -> String {
+    /// One line: the rollout and why, or why none and, as `unclaimed` says,
+    /// what the filter does then.
+    fn text(&self, unclaimed: &str) -> String {
         let host = match (&self.host, &self.authority) {
             (Some(host), _) => format!("host {host}"),
-            (None, Some(authority)) => {
-                format!("the unusable :authority {authority:?} (empty, or longer than a host name)")
-            }
+            (None, Some(authority)) => format!(
+                "the unusable :authority {authority:?} (empty, or longer than the {MAX_AUTHORITY_HOST_LEN} bytes the filter reads)"
+            ),
             (None, None) => "no :authority (--host)".to_string(),
         };
         let path = self.path.as_deref().unwrap_or_default();
         let Some(pattern) = &self.pattern else {
             return match &self.host {
-                Some(_) => format!("no rollout: {host} matches no rollout's hosts: {UNTOUCHED}\n"),
-                None => format!("no rollout: {host} given, which only a rollout of hosts * takes, and none lists *: {UNTOUCHED}\n"),
+                Some(_) => format!("no rollout: {host} matches no rollout's hosts: {unclaimed}\n"),
+                None => format!("no rollout: {host} given, which only a rollout of hosts * takes, and none lists *: {unclaimed}\n"),
             };
         };
         let matched = match &self.host {
@@ -433,7 +416,7 @@ impl Pick {
         match (self.index, &self.name) {
             (Some(index), Some(name)) => {
                 let paths = match &self.path_prefix {
-                    Some(prefix) => format!("path {path} starts with {prefix}"),
+                    Some(prefix) => format!("prefix {prefix} takes path {path}"),
                     None => "every path".into(),
                 };
                 format!("rollout {name} (rollouts[{index}]): {matched}, {paths}\n")
@@ -454,7 +437,7 @@ impl Pick {
                     more => format!("; the less specific {} are not tried", more.join(", ")),
                 };
                 format!(
-                    "no rollout: {matched}, whose rollouts take {}, {path}: {UNTOUCHED}{passed_over}\n",
+                    "no rollout: {matched}, whose rollouts take {}, {path}: {unclaimed}{passed_over}\n",
                     held.join(" and ")
                 )
             }
@@ -464,8 +447,13 @@ impl Pick {
 
 impl Report for Explanation {
     fn text(&self) -> String {
-        let picked = self.rollout.as_ref().map(Pick::text).unwrap_or_default();
-        if self.reason == "untouched" {
+        let unclaimed = self.unclaimed.as_ref().map(Unclaimed::text);
+        let picked = self
+            .rollout
+            .as_ref()
+            .map(|p| p.text(unclaimed.as_deref().unwrap_or_default()))
+            .unwrap_or_default();
+        if self.unclaimed.is_some() {
             return picked;
         }
         let weights = self
@@ -641,21 +629,43 @@ mod tests {
             Some("/v2/models/legacy/infer"),
         );
         assert_eq!(e.version.as_deref(), Some("api-v1"));
-        assert!(e.text().starts_with("rollout api (rollouts[3]): host api.example.com matches api.example.com, path /v2/models/legacy/infer starts with /v2/models/legacy\n"), "{}", e.text());
+        assert!(e.text().starts_with("rollout api (rollouts[3]): host api.example.com matches api.example.com, prefix /v2/models/legacy takes path /v2/models/legacy/infer\n"), "{}", e.text());
+        // Prefixes take whole segments (and KServe's `:verb`), as the
+        // filter's do, and are shown as it compares them.
+        for (path, name, prefix) in [
+            ("/v2/models/legacy2/infer", "api-v2", "/v2"),
+            ("/v2/models/legacy:predict", "api", "/v2/models/legacy"),
+            ("/v2?x=/v1/", "api-v2", "/v2"),
+        ] {
+            let e = explained(ROLLOUTS, Some("api.example.com"), Some(path));
+            let pick = e.rollout.as_ref().unwrap();
+            assert_eq!(
+                (pick.name.as_deref(), pick.path_prefix.as_deref()),
+                (Some(name), Some(prefix)),
+                "{path}"
+            );
+        }
     }
 
+    /// What the filter does to the request, by default.
+    const REMOVED: &str = "the filter removes the routing header x-canary-version from the request, so that the client cannot pick a version, and changes nothing else (no cookie, no response header)";
+
     #[test]
-    fn a_request_no_rollout_takes_is_said_to_pass_untouched() {
+    fn a_request_no_rollout_takes_is_said_to_lose_its_routing_headers() {
         let cases = [
-            (Some("models.other.org"), Some("/v1/"), "no rollout: host models.other.org matches no rollout's hosts: the request passes untouched (no routing header written or removed, no cookie, no response header)\n"),
-            (Some("api.example.com"), Some("/health"), "no rollout: host api.example.com matches api.example.com, whose rollouts take /v2/ (api-v2) and /v1/, /v2/models/legacy (api), not path /health: the request passes untouched (no routing header written or removed, no cookie, no response header)\n"),
-            (Some("api.example.com"), None, "no rollout: host api.example.com matches api.example.com, whose rollouts take /v2/ (api-v2) and /v1/, /v2/models/legacy (api), and no :path given (--path): the request passes untouched (no routing header written or removed, no cookie, no response header)\n"),
-            (None, None, "no rollout: no :authority (--host) given, which only a rollout of hosts * takes, and none lists *: the request passes untouched (no routing header written or removed, no cookie, no response header)\n"),
+            (Some("models.other.org"), Some("/v1/"), format!("no rollout: host models.other.org matches no rollout's hosts: {REMOVED}\n")),
+            (Some("api.example.com"), Some("/health"), format!("no rollout: host api.example.com matches api.example.com, whose rollouts take /v2 (api-v2) and /v1, /v2/models/legacy (api), not path /health: {REMOVED}\n")),
+            (Some("api.example.com"), Some("/v1x"), format!("no rollout: host api.example.com matches api.example.com, whose rollouts take /v2 (api-v2) and /v1, /v2/models/legacy (api), not path /v1x: {REMOVED}\n")),
+            (Some("api.example.com"), None, format!("no rollout: host api.example.com matches api.example.com, whose rollouts take /v2 (api-v2) and /v1, /v2/models/legacy (api), and no :path given (--path): {REMOVED}\n")),
+            (None, None, format!("no rollout: no :authority (--host) given, which only a rollout of hosts * takes, and none lists *: {REMOVED}\n")),
         ];
         for (host, path, text) in cases {
             let e = explained(ROLLOUTS, host, path);
             assert_eq!(e.text(), text);
-            assert_eq!((e.reason, e.version.as_deref()), ("untouched", None));
+            assert_eq!((e.reason, e.version.as_deref()), ("unclaimed", None));
+            let unclaimed = e.unclaimed.as_ref().unwrap();
+            assert_eq!(unclaimed.removed, ["x-canary-version"]);
+            assert!(unclaimed.passed_as_sent.is_empty());
             assert!(!e.failed());
         }
         // `*` takes a request without a host.
@@ -664,11 +674,37 @@ mod tests {
         assert!(e.text().starts_with("rollout iris (rollouts[0]): no :authority (--host) given, which only * takes, every path\n"), "{}", e.text());
         // Nor does `*` take the api host's other paths: there is no fall-through.
         let e = explained(&any, Some("api.example.com"), Some("/health"));
-        assert!(e.text().ends_with("not path /health: the request passes untouched (no routing header written or removed, no cookie, no response header); the less specific * is not tried\n"), "{}", e.text());
+        assert!(
+            e.text().ends_with(&format!(
+                "not path /health: {REMOVED}; the less specific * is not tried\n"
+            )),
+            "{}",
+            e.text()
+        );
         assert_eq!(e.rollout.as_ref().unwrap().passed_over, ["*"]);
-        let long = "a".repeat(300);
+        // A host the filter cannot read: longer than its cap.
+        let long = "a".repeat(MAX_AUTHORITY_HOST_LEN + 1);
         let e = explained(ROLLOUTS, Some(&long), None);
-        assert!(e.text().starts_with(&format!("no rollout: the unusable :authority \"{long}\" (empty, or longer than a host name) given, which only")), "{}", e.text());
+        assert!(e.text().starts_with(&format!("no rollout: the unusable :authority \"{long}\" (empty, or longer than the 255 bytes the filter reads) given, which only")), "{}", e.text());
+        // The longest it reads is a host.
+        let longest = format!(
+            "{}.flowers.example.com",
+            "a".repeat(MAX_AUTHORITY_HOST_LEN - 20)
+        );
+        assert_eq!(longest.len(), MAX_AUTHORITY_HOST_LEN);
+        let e = explained(ROLLOUTS, Some(&longest), None);
+        assert_eq!(e.rollout.as_ref().unwrap().name.as_deref(), Some("flowers"));
+        // The config may let the routing headers through instead.
+        let passing = ROLLOUTS.replacen(
+            r#"{"rollouts":["#,
+            r#"{"passUnclaimedRoutingHeaders":true,"rollouts":["#,
+            1,
+        );
+        let e = explained(&passing, Some("models.other.org"), None);
+        assert_eq!(e.text(), "no rollout: host models.other.org matches no rollout's hosts: the request passes untouched: passUnclaimedRoutingHeaders lets the routing header x-canary-version through as the client sent it; no cookie, no response header\n");
+        let unclaimed = e.unclaimed.as_ref().unwrap();
+        assert!(unclaimed.removed.is_empty());
+        assert_eq!(unclaimed.passed_as_sent, ["x-canary-version"]);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! `canary-selector`: check, explain and diff a rollout before it reaches a
 //! sidecar, with the filter's own code: configs go through
-//! `Config::from_json` as Istio delivers them, requests through
-//! `Config::rollout_for` and `decision::decide`, weight changes through each
-//! rollout's slice thresholds. Nothing here re-implements the filter.
+//! `Config::from_json` as Istio delivers them, requests through the filter's
+//! host index (`HostIndex::claim`) and `decision::decide`, weight changes
+//! through each rollout's slice thresholds. Nothing here re-implements the
+//! filter: what only the CLI asks (which rollouts a more specific host
+//! pattern shadows, which rollouts a route's hosts reach) is answered by
+//! asking the index about hosts.
 //!
 //! Exit status: 0 when everything is fine, 1 for a finding (a config the
 //! filter rejects, broken wiring, a user moving backwards), 2 for input that
@@ -25,6 +28,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 mod check;
 mod diff;
 mod explain;
+#[cfg(test)]
+mod fuzz;
 mod hosts;
 mod input;
 
@@ -59,6 +64,11 @@ enum Command {
         /// Plugin-config JSON, Kubernetes YAML, directories (read recursively), or `-`
         #[arg(required = true)]
         files: Vec<String>,
+        /// The cluster's DNS domain, which a Service's short names in VirtualServices and
+        /// DestinationRules resolve in (`model` in namespace `models` is
+        /// `model.models.svc.<DOMAIN>`)
+        #[arg(long, value_name = "DOMAIN", default_value = "cluster.local", value_parser = check::cluster_domain)]
+        cluster_domain: String,
     },
     /// The rollout (for a config with `rollouts`) and version a request gets, and why
     Explain {
@@ -144,7 +154,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let output = cli.output;
     let result = match cli.command {
-        Command::Check { files } => check::run(&files).map(|r| emit(&r, output)),
+        Command::Check {
+            files,
+            cluster_domain,
+        } => check::run(&files, &cluster_domain).map(|r| emit(&r, output)),
         Command::Explain {
             file,
             headers,
