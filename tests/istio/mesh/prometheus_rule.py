@@ -5,12 +5,12 @@ here: no Prometheus Operator CRD is at hand), then its rule groups against
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
 import yaml
+from prometheus import tool  # tests/e2e/prometheus.py, on sys.path (paths.py)
 
 from .schemas import METADATA, schema_errors
 
@@ -74,10 +74,7 @@ PROMETHEUS_RULE = {
 
 def promtool_check_rules(path: Path) -> list[str]:
     """`promtool check rules` on a rule file (empty when valid)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        raise RuntimeError("promtool not found: apt-get install prometheus")
-    run = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    run = subprocess.run([tool("promtool"), "check", "rules", str(path)], capture_output=True, text=True)
     return [] if run.returncode == 0 else [f"promtool: {(run.stdout + run.stderr).strip()}"]
 
 
