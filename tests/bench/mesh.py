@@ -28,7 +28,6 @@ POLL (5), ROUNDS (12), DURATION (3), CONNECTIONS (32), PARTS (latency,cpu).
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
@@ -36,7 +35,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -47,16 +45,14 @@ import yaml
 import bench
 from bench import ROOT, Envoy, Variant, canary_expect, wasm_filter
 
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from prometheus import FakePrometheus, Prometheus, envoy_cluster  # noqa: E402  (tests/e2e/prometheus.py)
+
 RULES = ROOT / "istio/observability/canary-selector-mesh-rules.yaml"
 # Seconds between the shipped groups' evaluations (their `interval`).
 RULES_INTERVAL = max(int(g["interval"].removesuffix("s")) for g in yaml.safe_load(RULES.read_text())["groups"])
 PLUGIN = "canary-selector"  # the bench's inline filter: plugin name = root id
 STATS_CONFIG = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())["stats_config"]
-
-
-def cluster(name: str, port: int) -> dict:
-    return {"name": name, "connect_timeout": "0.25s", "load_assignment": {"cluster_name": name, "endpoints": [
-        {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
 
 
 def fault(percent: int) -> dict:
@@ -78,35 +74,6 @@ def mesh_config(port: int, poll: int, local: bool, canary: float = 10) -> dict:
                             "query": f'canary_selector:canary_failing{{plugin="{PLUGIN}"}}',
                             "pollSeconds": poll, "timeoutMs": 500}
     return cfg
-
-
-def prometheus(workdir: Path, port: int, targets: list[int], scrape: int, evaluation: int) -> subprocess.Popen:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        raise SystemExit("prometheus not found: apt-get install prometheus")
-    config = {"global": {"scrape_interval": f"{scrape}s", "evaluation_interval": f"{evaluation}s"},
-              "rule_files": [str(RULES)],
-              "scrape_configs": [{"job_name": "envoy", "metrics_path": "/stats/prometheus", "honor_labels": True,
-                                  "static_configs": [{"targets": [f"127.0.0.1:{t}" for t in targets]}]}]}
-    (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([binary, f"--config.file={workdir / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--log.level=warn"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2):
-                return proc
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("Prometheus not ready in 30 s")
-            time.sleep(0.2)
-
-
-def query(port: int, expr: str) -> list:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=5) as r:
-        return json.load(r)["data"]["result"]
 
 
 def polls_sent(envoy: Envoy) -> int:
@@ -133,13 +100,14 @@ def one_run(run: int, proxies: int, scrape: int, evaluation: int, poll: int) -> 
                 "layered_runtime": {"layers": [{"name": "admin", "admin_layer": {}}]},
                 # The labels the rules sum by, extracted as envoy/envoy.yaml
                 # (and Istio's extraStatTags) extract them.
-                "stats_config": STATS_CONFIG}, extra_clusters=[cluster("prometheus", prom_port)])
+                "stats_config": STATS_CONFIG}, extra_clusters=[envoy_cluster(prom_port)])
             e.start()
             envoys.append(e)
         # The fault filter goes after the plugin: restart each with it in.
         for e in envoys:
             insert_fault(e)
-        prom = prometheus(work, prom_port, [e.admin for e in envoys], scrape, evaluation)
+        prom = Prometheus(work, [(e.admin, {}) for e in envoys], [RULES], prom_port,
+                          scrape_interval=scrape, evaluation_interval=evaluation).start()
         # Steady traffic on the first proxy, a request a second on the others.
         load = subprocess.Popen(["wrk", "-t1", "-c4", "-d600s", "-s", str(ROOT / "tests/bench/load.lua"),
                                  f"http://127.0.0.1:{envoys[0].port}{bench.PATH}"],
@@ -172,8 +140,7 @@ def one_run(run: int, proxies: int, scrape: int, evaluation: int, poll: int) -> 
         for e in envoys:
             e.stop()
         if prom:
-            prom.terminate()
-            prom.wait(10)
+            prom.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -209,25 +176,10 @@ def set_runtime(envoy: Envoy, key: str, value: str) -> None:
         r.read()
 
 
-class EmptyVerdict(http.server.BaseHTTPRequestHandler):
-    """A Prometheus API that answers every query with an empty vector."""
-    body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
-
-    def do_GET(self):  # noqa: N802
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(self.body)))
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args):
-        pass
-
-
 def cpu(rounds: int, seconds: int, connections: int) -> dict:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EmptyVerdict)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = server.server_address[1]
+    # A Prometheus API that answers every query with an empty vector.
+    verdict = FakePrometheus()
+    port = verdict.port
     off = mesh_config(port, 1, local=True)
     del off["guard"]["mesh"]
     on = mesh_config(port, 1, local=True)
@@ -243,7 +195,7 @@ def cpu(rounds: int, seconds: int, connections: int) -> dict:
     runs: dict[str, list[dict]] = {n: [] for n in variants}
     try:
         for n, v in variants.items():
-            envoys[n] = Envoy(v, 0, extra_clusters=[cluster("prometheus", port)]).start()
+            envoys[n] = Envoy(v, 0, extra_clusters=[envoy_cluster(port)]).start()
             bench.check_routing(envoys[n])
             bench.load(envoys[n], 3, connections, 1)
         for r in range(rounds):
@@ -256,7 +208,7 @@ def cpu(rounds: int, seconds: int, connections: int) -> dict:
     finally:
         for e in envoys.values():
             e.stop()
-        server.shutdown()
+        verdict.stop()
     median = {n: statistics.median(m["cpu_us_per_req"] for m in runs[n]) for n in variants}
     per_round = sorted((a["cpu_us_per_req"] - z["cpu_us_per_req"]) / (b["cpu_us_per_req"] - z["cpu_us_per_req"])
                        for z, a, b in zip(runs["none"], runs["mesh-on"], runs["mesh-off"]))

@@ -19,16 +19,19 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import mmh3
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+
+from prometheus import envoy_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "envoy"))
@@ -137,17 +140,11 @@ def failing_version(version: str, percent: int = 0):
 
 
 def prometheus_cluster(port: int, name: str = "prometheus"):
-    """A bootstrap hook: a cluster `name` to a Prometheus on 127.0.0.1:`port`,
-    for the mesh verdict's polls (Istio's would be
-    `outbound|9090||prometheus.istio-system.svc.cluster.local`)."""
+    """A bootstrap hook: the cluster `name` to a Prometheus on
+    127.0.0.1:`port` (prometheus.envoy_cluster), for the mesh verdict's polls."""
 
     def hook(cfg: dict) -> None:
-        cfg["static_resources"]["clusters"].append({
-            "name": name,
-            "connect_timeout": "0.25s",
-            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
-        })
+        cfg["static_resources"]["clusters"].append(envoy_cluster(port, name))
 
     return hook
 
@@ -461,3 +458,30 @@ class Envoy:
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.ports["ingress"], timeout=10)
+
+
+class Traffic(threading.Thread):
+    """Requests to an Envoy on one keep-alive connection, in the background
+    until stopped: a new user id on each (`user_prefix`-1, -2, ...) or always
+    `same_user`, for each of `hosts` in turn (none: no host header). Their
+    statuses in `statuses`."""
+
+    def __init__(self, envoy: Envoy, same_user: str | None = None, hosts: Sequence[str] = (),
+                 user_prefix: str = "user"):
+        super().__init__(daemon=True)
+        self.envoy, self.same_user, self.hosts, self.user_prefix = envoy, same_user, hosts, user_prefix
+        self.stopping = threading.Event()
+        self.statuses: list[int] = []
+
+    def run(self) -> None:
+        conn = self.envoy.connection()
+        i = 0
+        while not self.stopping.is_set():
+            i += 1
+            headers = {"host": self.hosts[i % len(self.hosts)]} if self.hosts else {}
+            headers["x-user-id"] = self.same_user or f"{self.user_prefix}-{i}"
+            self.statuses.append(self.envoy.request(headers, conn=conn).status)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)

@@ -14,15 +14,12 @@ come from a scripted HTTP server in their own test.
 
 from __future__ import annotations
 
-import http.server
-import json
 import re
-import threading
 import time
 from datetime import datetime
 
-from harness import ROOT, Envoy, expected_version, failing_version, hooks, free_port, prometheus_cluster
-from test_prometheus import INTERVAL, Prometheus
+from harness import ROOT, Envoy, Traffic, expected_version, failing_version, hooks, free_port, prometheus_cluster
+from prometheus import FakePrometheus, Prometheus, vector
 from test_rollouts import rollout, with_routes
 
 MESH_RULES = ROOT / "istio" / "observability" / "canary-selector-mesh-rules.yaml"
@@ -55,24 +52,6 @@ def decided(r) -> tuple[str | None, str | None]:
     return r.header("x-canary-version"), r.header("x-canary-reason")
 
 
-class Busy(threading.Thread):
-    """New users to both models on one keep-alive connection, until stopped."""
-
-    def __init__(self, envoy: Envoy):
-        super().__init__(daemon=True)
-        self.envoy, self.stopping, self.statuses = envoy, threading.Event(), []
-
-    def run(self) -> None:
-        conn, i = self.envoy.connection(), 0
-        while not self.stopping.is_set():
-            i += 1
-            self.statuses.append(send(self.envoy, ("iris.example.com", "flowers.example.com")[i % 2], f"busy-{i}", conn).status)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(10)
-
-
 def polls(envoy: Envoy) -> int:
     """Requests this Envoy sent to Prometheus: its cluster's own counter."""
     return envoy.stats().get("cluster.prometheus.upstream_rq_total", 0)
@@ -95,13 +74,14 @@ def test_a_quiet_proxy_follows_the_mesh_verdict_and_keeps_it_without_prometheus(
     # the test Prometheus' evaluation_interval); it scrapes every second, not
     # every 15 s as Istio's addon does, to keep the test short: the bench
     # (tests/bench/mesh.py) times the follow with the addon's scrape.
-    prom = Prometheus(tmp_path, [(e, {"namespace": "kserve", "pod": f"gateway-{i}"})
+    prom = Prometheus(tmp_path, [(e.ports["admin"], {"namespace": "kserve", "pod": f"gateway-{i}"})
                                  for i, e in enumerate((busy, quiet, idle))],
-                      port=port, rule_files=[MESH_RULES])
+                      [MESH_RULES], port).start()
     iris = cfg["rollouts"][0]
     canary_users = [u for u in USERS if expected_version(iris, u) == "iris-v2"]
     flowers_canary = [u for u in USERS if expected_version(cfg["rollouts"][1], u) == "flowers-v2"]
-    traffic = Busy(busy)
+    # New users to both models on one keep-alive connection, until stopped.
+    traffic = Traffic(busy, hosts=["iris.example.com", "flowers.example.com"], user_prefix="busy")
     try:
         # The quiet proxy's canary users are on the canary, failing now and then.
         assert {decided(send(quiet, "iris.example.com", u))[0] for u in canary_users[:10]} == {"iris-v2"}
@@ -190,48 +170,6 @@ def test_a_push_that_keeps_a_rollout_keeps_its_mesh_trip_and_one_that_changes_it
         assert {decided(send(envoy, "iris.example.com", u)) for u in now_canary} == {("iris-v2", "sticky")}
     finally:
         fake.stop()
-
-
-def vector(series: list[dict], value: str = "1") -> bytes:
-    return json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
-        {"metric": {"__name__": "canary_selector:canary_failing", **s}, "value": [time.time(), value]}
-        for s in series]}}).encode()
-
-
-class FakePrometheus:
-    """An HTTP server that answers /api/v1/query with `answer` (bytes), or
-    with `status`, or hangs for `hang` seconds: the faults a real Prometheus
-    will not show on demand."""
-
-    def __init__(self):
-        self.answer, self.status, self.hang, self.queries = vector([]), 200, 0.0, 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                outer.queries += 1
-                outer.last_path = self.path
-                if outer.hang:
-                    time.sleep(outer.hang)
-                body = outer.answer
-                try:
-                    self.send_response(outer.status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the filter gave up on a hang (its timeoutMs), as the test wants
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
 
 
 def assert_logged_once_a_minute(logs: str, text: str) -> None:

@@ -18,18 +18,13 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import subprocess
-import threading
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import pytest
 import yaml
 
-from harness import ROOT, failing, failing_version, free_port
+from harness import ROOT, Envoy, Traffic, failing, failing_version, free_port
+from prometheus import Prometheus
 
 OBSERVABILITY = ROOT / "istio" / "observability"
 DASHBOARD = json.loads((OBSERVABILITY / "canary-selector-dashboard.json").read_text())
@@ -44,101 +39,12 @@ ISTIO_METRICS = {"istio_requests_total"}
 INTERVAL = 1
 
 
-class Prometheus:
-    """A Prometheus server scraping the given Envoys, with the rule files
-    (by default the alert rules), on `port` (by default a free one)."""
-
-    def __init__(self, workdir, targets: list[tuple[object, dict]], port: int | None = None,
-                 rule_files: list | None = None):
-        binary = shutil.which("prometheus")
-        if binary is None:
-            raise RuntimeError("prometheus not found: apt-get install prometheus (.ci/run does)")
-        self.workdir = workdir
-        self.port = port or free_port()
-        config = {
-            "global": {"scrape_interval": f"{INTERVAL}s", "evaluation_interval": f"{INTERVAL}s"},
-            "rule_files": [str(f) for f in (rule_files if rule_files is not None else [RULES_FILE])],
-            "scrape_configs": [{
-                "job_name": "envoy-stats",
-                "metrics_path": "/stats/prometheus",
-                # As Istio's kubernetes-pods job: the series' own labels win.
-                "honor_labels": True,
-                "static_configs": [
-                    {"targets": [f"127.0.0.1:{envoy.ports['admin']}"], "labels": labels} for envoy, labels in targets
-                ],
-            }],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.binary = binary
-        self.start()
-
-    def start(self) -> None:
-        workdir = self.workdir
-        self.log = open(workdir / "prometheus.log", "a")
-        self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            assert self.proc.poll() is None, (workdir / "prometheus.log").read_text()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "Prometheus did not become ready in 30 s"
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        self.log.close()
-
-    def api(self, path: str, **params) -> dict | list:
-        query = urllib.parse.urlencode(params, doseq=True)
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/{path}?{query}", timeout=10) as r:
-                body = json.load(r)
-        except urllib.error.HTTPError as e:
-            body = json.load(e)
-        assert body["status"] == "success", f"{path} {params}: {body.get('error')}"
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict]:
-        data = self.api("query", query=expr)
-        assert data["resultType"] == "vector", (expr, data["resultType"])
-        return data["result"]
-
-    def wait_for_samples(self, expr: str, timeout: float = 15) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while not (result := self.query(expr)):
-            assert time.monotonic() < deadline, f"no series for {expr}"
-            time.sleep(INTERVAL / 2)
-        return result
-
-
-class Traffic(threading.Thread):
-    """Requests on one keep-alive connection until stopped: a new user id on
-    each, or always `same_user`."""
-
-    def __init__(self, envoy, same_user: str | None = None):
-        super().__init__(daemon=True)
-        self.envoy, self.same_user = envoy, same_user
-        self.stopping = threading.Event()
-        self.statuses: list[int] = []
-
-    def run(self) -> None:
-        conn = self.envoy.connection()
-        i = 0
-        while not self.stopping.is_set():
-            i += 1
-            r = self.envoy.request({"x-user-id": self.same_user or f"user-{i}"}, conn=conn)
-            self.statuses.append(r.status)
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self.join(10)
+def start_prometheus(workdir, pods: list[tuple[Envoy, dict]]) -> Prometheus:
+    """Prometheus with the alert rules, scraping each Envoy as Istio's
+    scrapes a pod with these labels, every INTERVAL."""
+    targets = [(envoy.ports["admin"], labels) for envoy, labels in pods]
+    return Prometheus(workdir, targets, [RULES_FILE], free_port(),
+                      scrape_interval=INTERVAL, evaluation_interval=INTERVAL).start()
 
 
 def rollout(weights: tuple[float, float]) -> dict:
@@ -218,7 +124,7 @@ def alerts(prom: Prometheus) -> dict[str, list[dict]]:
 def test_the_dashboard_and_the_alert_rules_against_a_real_prometheus(start_envoy, tmp_path):
     client = start_envoy(rollout((99, 1)), bootstrap_hook=failing("model-v2", 0))
     batch = start_envoy(rollout((50, 50)))
-    prom = Prometheus(tmp_path, [
+    prom = start_prometheus(tmp_path, [
         (client, {"namespace": "models", "pod": "client-1", "app": "client"}),
         (batch, {"namespace": "batch", "pod": "batch-1", "app": "batch"}),
     ])
@@ -339,23 +245,6 @@ def test_the_dashboard_is_a_grafana_dashboard_with_the_documented_variables():
     assert described == [p["title"] for p in DASHBOARD["panels"]]
 
 
-class GatewayTraffic(Traffic):
-    """New users on each of `hosts` in turn, on one keep-alive connection."""
-
-    def __init__(self, envoy, hosts: list[str]):
-        super().__init__(envoy)
-        self.hosts = hosts
-
-    def run(self) -> None:
-        conn = self.envoy.connection()
-        i = 0
-        while not self.stopping.is_set():
-            i += 1
-            host = self.hosts[i % len(self.hosts)]
-            r = self.envoy.request({"host": host, "x-user-id": f"user-{i}"}, conn=conn)
-            self.statuses.append(r.status)
-
-
 def test_each_rollout_of_one_plugin_has_its_own_series_and_alerts(start_envoy, tmp_path):
     """A gateway's one plugin with two rollouts: the rollout variable lists
     both, every panel splits by rollout, and a failing model trips and
@@ -375,8 +264,8 @@ def test_each_rollout_of_one_plugin_has_its_own_series_and_alerts(start_envoy, t
         failing_version("flowers-v2")(cfg)
 
     gateway = start_envoy(config, bootstrap_hook=hook)
-    prom = Prometheus(tmp_path, [(gateway, {"namespace": "kserve", "pod": "gateway-1", "app": "gateway"})])
-    traffic = GatewayTraffic(gateway, ["iris.example.com", "flowers.example.com"])
+    prom = start_prometheus(tmp_path, [(gateway, {"namespace": "kserve", "pod": "gateway-1", "app": "gateway"})])
+    traffic = Traffic(gateway, hosts=["iris.example.com", "flowers.example.com"])
     started = time.monotonic()
     try:
         traffic.start()
