@@ -1,13 +1,15 @@
 """Prometheus for the tests and the benches, started one way: Debian's
 `prometheus` scraping Envoys' /stats/prometheus (each target with the
-labels Istio's Prometheus gives a pod's series) with the given rule files,
-on the caller's port, and waited for until it is ready; and
-`FakePrometheus`, its query API scripted, for the answers a real one will
-not give on demand (a 500, a body that is no JSON, a hang).
+labels Istio's Prometheus gives a pod's series), and optionally other
+scrape jobs, with the given rule files, on the caller's port, and waited
+for until it is ready; `FakePrometheus`, its query API scripted, for
+the answers a real one will not give on demand (a 500, a body that is no
+JSON, a hang); and `Exporter`, an HTTP server serving scripted metrics for
+it to scrape (an evaluator's, an application's).
 
-tests/e2e/test_prometheus.py and test_mesh.py run it, and so does
-tests/bench/mesh.py: it needs the standard library and PyYAML only, so the
-bench imports it without the e2e harness.
+tests/e2e/test_prometheus.py, test_mesh.py and test_quality.py run it, and
+so does tests/bench/mesh.py: it needs the standard library and PyYAML only,
+so the bench imports it without the e2e harness.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 import yaml
 
@@ -59,9 +61,12 @@ class Prometheus:
     series get, as Istio's Prometheus gives a pod's series its namespace,
     pod and pod labels) every `scrape_interval` seconds, and evaluates
     `rule_files` every `evaluation_interval` seconds (a group's own
-    `interval` wins). Its configuration, data and log (prometheus.log) are
-    in `workdir`. `start()` returns once it is ready; `stop()` and `start()`
-    again bring it back on the same port with its data."""
+    `interval` wins). `scrape_configs` are more jobs, as entries of
+    Prometheus' `scrape_configs` (an evaluator's or an application's own
+    metrics: `exporter_job`). Its configuration, data and log
+    (prometheus.log) are in `workdir`. `start()` returns once it is ready;
+    `stop()` and `start()` again bring it back on the same port with its
+    data."""
 
     workdir: Path
     targets: list[tuple[int, dict[str, str]]]
@@ -71,6 +76,7 @@ class Prometheus:
     # 15 s and evaluates every 60 s (the bench's defaults).
     scrape_interval: int = 1
     evaluation_interval: int = 1
+    scrape_configs: list[dict] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     log: IO[str] | None = None
 
@@ -90,7 +96,7 @@ class Prometheus:
                     {"targets": [f"127.0.0.1:{admin}"], **({"labels": labels} if labels else {})}
                     for admin, labels in self.targets
                 ],
-            }],
+            }, *self.scrape_configs],
         }
 
     def start(self) -> "Prometheus":
@@ -158,6 +164,12 @@ class Prometheus:
         return result
 
 
+def exporter_job(name: str, ports: list[int], **fields) -> dict:
+    """A scrape job for exporters on 127.0.0.1 serving /metrics; `fields`
+    are more of the job's settings (metric_relabel_configs, ...)."""
+    return {"job_name": name, "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}], **fields}
+
+
 def vector(series: list[dict], value: str = "1") -> bytes:
     """A query answer: one sample of `value` for each of `series` (the labels
     beside the mesh verdict's recorded name)."""
@@ -191,6 +203,37 @@ class FakePrometheus:
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the filter gave up on a hang (its timeoutMs), as the test wants
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+class Exporter:
+    """An HTTP server on 127.0.0.1 (its `port`) that answers each path of
+    `pages` with what its function returns, in Prometheus' text format,
+    computed afresh at every scrape: the metrics of an evaluator, an
+    application or (at /stats/prometheus) a proxy, as a test scripts them."""
+
+    def __init__(self, pages: dict[str, Callable[[], str]]):
+        self.pages = pages
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                page = outer.pages.get(self.path)
+                body = page().encode() if page is not None else b"not found\n"
+                self.send_response(200 if page is not None else 404)
+                self.send_header("content-type", "text/plain; version=0.0.4")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, *args):
                 pass

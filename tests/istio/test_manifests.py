@@ -32,6 +32,7 @@ def test_the_manifests_are_the_documented_set():
         ("Namespace", "models"),
         ("PrometheusRule", "canary-selector"),
         ("PrometheusRule", "canary-selector-mesh"),
+        ("PrometheusRule", "canary-selector-quality"),
         ("Service", "model"),
         ("TrafficExtension", "canary-selector"),
         ("VirtualService", "model"),

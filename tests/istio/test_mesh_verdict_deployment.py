@@ -1,6 +1,7 @@
 """The mesh verdict's wiring (docs/mesh-verdict.md): the page's Istio
-examples pass their CRDs, its `guard.mesh` examples and its `check` output
-are what the CLI says, and Envoy Gateway's EnvoyProxy
+examples pass their CRDs, its `guard.mesh` examples (the error verdict's
+query, and the one that polls the quality verdict beside it) and its
+`check` output are what the CLI says, and Envoy Gateway's EnvoyProxy
 (envoy/gateway/mesh-verdict/envoyproxy.yaml) adds a cluster and tag
 extractors a real Envoy takes. No EnvoyProxy CRD is at hand (CRD_DIR's
 gateway-crds/ holds the EnvoyExtensionPolicy and the Gateway API), so its
@@ -31,6 +32,16 @@ def blocks(language: str) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```$", PAGE.read_text(), re.M | re.S)
 
 
+def manifests() -> list[dict]:
+    """The page's YAML blocks that are Kubernetes objects (the other one, a
+    scrape job that renames an evaluator's labels, runs in
+    tests/e2e/test_quality.py)."""
+    docs = [yaml.safe_load(b) for b in blocks("yaml")]
+    objects = [d for d in docs if isinstance(d, dict) and "kind" in d]
+    assert len(docs) - len(objects) == 1
+    return objects
+
+
 def mesh_config(mesh_fields: dict) -> dict:
     return {"versions": [{"name": "model-v1", "weight": 90}, {"name": "model-v2", "weight": 10}],
             "guard": {"mesh": mesh_fields}}
@@ -44,7 +55,7 @@ def check(tmp_path, config: dict) -> str:
 
 
 def test_the_istio_examples_pass_their_crds_and_name_the_addon():
-    docs = [yaml.safe_load(b) for b in blocks("yaml")]
+    docs = manifests()
     assert [d["kind"] for d in docs] == ["Sidecar", "EnvoyFilter"]
     # CRD_DIR's istio-crds/ holds neither the Sidecar nor the EnvoyFilter
     # CRD today: each is checked against its CRD where there is one, and by
@@ -64,11 +75,16 @@ def test_the_istio_examples_pass_their_crds_and_name_the_addon():
 
 
 def test_the_pages_mesh_config_is_accepted(tmp_path):
-    (fragment,) = [b for b in blocks("json") if '"cluster"' in b]
-    fields = json.loads("{" + fragment + "}")["mesh"]
+    configs = [json.loads("{" + b + "}")["mesh"] for b in blocks("json") if '"cluster"' in b]
+    (fields,) = [c for c in configs if "quality_failing" not in c["query"]]
+    (with_quality,) = [c for c in configs if "quality_failing" in c["query"]]
     assert fields["cluster"] == ADDON_CLUSTER
     assert fields["query"] == 'canary_selector:canary_failing{plugin="models.canary-selector"}'
     assert check(tmp_path, mesh_config(fields)).startswith("config.json: accepted")
+    # Rolling back on model quality: the same poll, the quality verdict
+    # beside the error verdict.
+    assert with_quality == fields | {"query": fields["query"] + ' or canary_selector:quality_failing{plugin="models.canary-selector"}'}
+    assert check(tmp_path, mesh_config(with_quality)).startswith("config.json: accepted")
     assert check(tmp_path, mesh_config(fields | {"cluster": OWN_CLUSTER})).startswith("config.json: accepted")
     # A waypoint's cluster for a service it serves is taken, as the page says.
     waypoint = "inbound-vip|9090|http|prometheus.istio-system.svc.cluster.local"
@@ -131,7 +147,7 @@ def test_a_real_envoy_takes_the_envoy_proxys_bootstrap(tmp_path):
 
 
 def test_a_real_envoy_takes_the_envoy_filters_cluster(tmp_path):
-    (envoy_filter,) = [d for d in map(yaml.safe_load, blocks("yaml")) if d["kind"] == "EnvoyFilter"]
+    (envoy_filter,) = [d for d in manifests() if d["kind"] == "EnvoyFilter"]
     cluster = envoy_filter["spec"]["configPatches"][0]["patch"]["value"]
     run = envoy_validates(tmp_path, {"static_resources": {"clusters": [cluster]}})
     assert run.returncode == 0, run.stdout + run.stderr

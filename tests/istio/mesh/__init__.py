@@ -42,6 +42,7 @@ from .paths import (  # first: puts tests/e2e (harness) on sys.path
     MESH_RULES,
     NOT_MANIFESTS,
     OBSERVABILITY_DIR,
+    QUALITY_RULES,
     ROOT,
     RULES,
 )

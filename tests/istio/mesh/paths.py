@@ -18,8 +18,9 @@ OBSERVABILITY_DIR = ISTIO_DIR / "observability"
 DASHBOARD = OBSERVABILITY_DIR / "canary-selector-dashboard.json"
 RULES = OBSERVABILITY_DIR / "canary-selector-rules.yaml"
 MESH_RULES = OBSERVABILITY_DIR / "canary-selector-mesh-rules.yaml"
+QUALITY_RULES = OBSERVABILITY_DIR / "canary-selector-quality-rules.yaml"
 # Files under istio/ that are no Kubernetes object: the Grafana dashboard and
-# the plain Prometheus rule file.
-NOT_MANIFESTS = (DASHBOARD, RULES, MESH_RULES)
+# the plain Prometheus rule files.
+NOT_MANIFESTS = (DASHBOARD, RULES, MESH_RULES, QUALITY_RULES)
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
