@@ -20,6 +20,11 @@
 //!   authorities (ports, letter case, dots, IPv6, bytes that are no text),
 //!   checked against a linear oracle of the precedence: exact host, longest
 //!   wildcard, `*`, then the longest path prefix; duplicates are rejected.
+//! - `body_scan`: `body::scan` on JSON request bodies generated as values and
+//!   byte-mutated, checked against serde_json on the whole body (the verdict,
+//!   the fields with every copy of a key counted, the spans), the same for
+//!   every read size; and `body::rewrite_plan` on a buffer with Envoy's
+//!   semantics.
 //!
 //! One file per target; this one holds the runner, the generators, the spec
 //! of a valid config and the invariants of any accepted config, which the
@@ -840,6 +845,7 @@ const GRPC_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+mod body_scan;
 mod config_bytes;
 mod config_mutated;
 mod decide;
