@@ -89,9 +89,11 @@ impl Watch {
     }
 }
 
-/// Pulls `[0, len)` from `source` in slices of at most `slice` bytes.
-pub(super) struct Feed<'a, S: ?Sized> {
-    source: &'a mut S,
+/// Pulls `[0, len)` from `source` in slices of at most `slice` bytes. The
+/// source is a trait object: one instantiation of serde_json's deserializer
+/// serves every source (the glue's, and the token decoded in memory).
+pub(super) struct Feed<'a> {
+    source: &'a mut dyn BodySource,
     len: usize,
     slice: usize,
     watch: &'a Watch,
@@ -107,8 +109,8 @@ pub(super) struct Feed<'a, S: ?Sized> {
     bad: bool,
 }
 
-impl<'a, S: BodySource + ?Sized> Feed<'a, S> {
-    pub fn new(source: &'a mut S, len: usize, slice: usize, watch: &'a Watch) -> Self {
+impl<'a> Feed<'a> {
+    pub fn new(source: &'a mut dyn BodySource, len: usize, slice: usize, watch: &'a Watch) -> Self {
         Feed {
             source,
             len,
@@ -215,7 +217,7 @@ impl<'a, S: BodySource + ?Sized> Feed<'a, S> {
     }
 }
 
-impl<S: BodySource + ?Sized> io::Read for Feed<'_, S> {
+impl io::Read for Feed<'_> {
     /// Hands out one byte (serde_json asks for one at a time).
     #[inline]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -25,8 +25,8 @@ pub(super) fn token_bound(max_value: usize) -> usize {
     max_value.saturating_mul(6).saturating_add(2)
 }
 
-pub(super) fn scan<S: BodySource + ?Sized>(
-    source: &mut S,
+pub(super) fn scan(
+    source: &mut dyn BodySource,
     len: usize,
     fields: &[&str],
     max_value: usize,
@@ -68,6 +68,24 @@ pub(super) fn scan<S: BodySource + ?Sized>(
             },
         }),
     }
+}
+
+/// A string token copied from the body, decoded by the same deserializer
+/// type as the scan's (no second instantiation of serde_json's code).
+fn decode(token: &[u8]) -> Result<String, serde_json::Error> {
+    struct Token<'a>(&'a [u8]);
+    impl BodySource for Token<'_> {
+        fn slice(&mut self, start: usize, max: usize) -> Option<Vec<u8>> {
+            let end = self.0.len().min(start.saturating_add(max));
+            self.0.get(start..end).map(<[u8]>::to_vec)
+        }
+    }
+    let watch = Watch::new(0);
+    let mut source = Token(token);
+    let feed = Feed::new(&mut source, token.len(), token.len(), &watch);
+    let mut de = serde_json::Deserializer::from_reader(feed);
+    let value = <String as de::Deserialize>::deserialize(&mut de)?;
+    de.end().map(|()| value)
 }
 
 /// Stops the parse for `why`.
@@ -305,7 +323,7 @@ impl<'de> Visitor<'de> for Wanted<'_> {
         // Grammar, control characters and UTF-8 are already checked; what
         // serde_json can still refuse here is an escaped lone surrogate
         // (`"\ud800"`), which no UTF-8 string can hold.
-        match serde_json::from_slice::<String>(&c.bytes) {
+        match decode(&c.bytes) {
             Ok(value) if value.len() > self.max_value => Ok(Field::TooLong),
             Ok(value) => Ok(Field::Present {
                 value,
