@@ -139,6 +139,9 @@ impl<'a> Feed<'a> {
         if from >= self.len {
             return Ok(false);
         }
+        // The slice handed out is dropped before the next is fetched: one
+        // slice in memory at a time.
+        self.bytes = Vec::new();
         let mut bytes = self.fetch(from, self.slice)?;
         // A slice that holds only the start of a character (slices shorter
         // than 4 bytes, or a short read): fetch the rest of it, at most 4

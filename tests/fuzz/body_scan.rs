@@ -80,7 +80,10 @@ fn gen_value(rng: &mut Rng, depth: usize, max_value: usize) -> Value {
 fn gen_object(rng: &mut Rng, depth: usize, max_value: usize) -> Map<String, Value> {
     let mut m = Map::new();
     for _ in 0..rng.range(0, 6) {
-        let key = if rng.one_in(8) {
+        let key = if rng.one_in(40) {
+            // Around the bound on keys (6 * max_value + 1 bytes).
+            "k".repeat(rng.range(6 * max_value, 6 * max_value + 3))
+        } else if rng.one_in(8) {
             evil_string(rng).chars().take(20).collect()
         } else {
             rng.pick(KEYS).to_string()
@@ -273,11 +276,16 @@ fn grammar_only(value_error: &str) -> bool {
 struct Mem<'a> {
     body: &'a [u8],
     cap: usize,
+    /// Reads from this offset on fail.
+    fail_at: usize,
 }
 
 impl BodySource for Mem<'_> {
     fn slice(&mut self, start: usize, max: usize) -> Option<Vec<u8>> {
         assert!(max <= body::SLICE);
+        if start >= self.fail_at {
+            return None;
+        }
         let end = self.body.len().min(start + max.min(self.cap));
         self.body.get(start..end).map(<[u8]>::to_vec)
     }
@@ -313,7 +321,13 @@ impl BodyBuffer for Envoy {
 }
 
 fn scan(body: &[u8], cap: usize, max_value: usize) -> Result<body::Scanned, Unreadable> {
-    body::scan(&mut Mem { body, cap }, body.len(), FIELDS, max_value)
+    let fail_at = usize::MAX;
+    body::scan(
+        &mut Mem { body, cap, fail_at },
+        body.len(),
+        FIELDS,
+        max_value,
+    )
 }
 
 /// Carries out the rewrite of `span` to `new` and checks the bytes.
@@ -348,7 +362,7 @@ const SEEN_NAMES: [&str; 16] = [
     "not_utf8",
     "too_deep",
     "too_long_key",
-    "read_failed",
+    "read_failed (host)",
     "present",
     "duplicate",
     "not_string",
@@ -385,6 +399,23 @@ fn body_scan() {
         for &cap in CAPS {
             assert_eq!(scan(body, cap, case.max_value), got, "reads of {cap} bytes");
         }
+        // A host read that fails part way: the same result if the scan
+        // ended before it, else read_failed.
+        let fail_at = case.slice.min(body.len()) * 5 / 7;
+        let mut failing = Mem {
+            body,
+            cap: 7,
+            fail_at,
+        };
+        let partial = body::scan(&mut failing, body.len(), FIELDS, case.max_value);
+        assert!(
+            partial == got || partial == Err(Unreadable::ReadFailed),
+            "{partial:?}"
+        );
+        if partial == Err(Unreadable::ReadFailed) {
+            seen(8);
+        }
+        let mut tried = 2;
         // A key over the bound: with a bound that fits it, the body reads
         // as the oracle says.
         let (got, max_value) = match got {
@@ -428,7 +459,6 @@ fn body_scan() {
             _ => panic!("scan: {got:?}\noracle: {want:?}"),
         }
         // The rewrite of the model, then the rewritten body read again.
-        let mut tried = 1;
         if let Ok(found) = &got {
             if let Field::Present { span, .. } = found.field(0) {
                 let new = check_rewrite(body, span.clone(), &case.new_model, case.slice);
