@@ -9,32 +9,35 @@
 //! fetches one slice at a time (see `feed.rs`), with seeds and visitors that
 //! build nothing but the wanted values (see `scan.rs`). Three other
 //! maintained streaming crates were measured on the same scan (model and
-//! three user ids, duplicates, validity; slices of 64 KiB), natively on
-//! OpenAI-style chat bodies (`messages` with prose, code, escapes and
-//! non-ASCII), in MiB per second; the size is what the scan adds to the
-//! release `wasm32-wasip1` module of a crate that already parses with
-//! serde_json (opt-level "z", LTO, as this crate is built):
+//! three user ids, duplicates, validity; slices of 64 KiB) on OpenAI-style
+//! chat bodies (`messages` with prose, code, escapes and non-ASCII), in MiB
+//! per CPU second: natively at the module's opt-level ("z", LTO) for bodies
+//! of 1 KiB, 64 KiB and 1 MiB, and built for `wasm32-wasip1` as the module
+//! is, run in V8 (Node 20's, V8 11.3), 1 KiB to 1 MiB; the size is what the
+//! scan adds to the release module of a crate that already parses with
+//! serde_json:
 //!
-//! | option | 1 KiB | 64 KiB | 1 MiB | 1 MiB at opt-level 3 | wasm size | memory |
-//! |---|---|---|---|---|---|---|
-//! | serde_json `from_reader` (this module) | 98 | 119 | 114 | 170-195 | +22 KB | one slice, one key, the wanted values |
-//! | struson 0.7.2 | 130 | 166 | 160 | 260 | +46 KB | one slice, one key |
-//! | actson 2.1.0 (push) | 204 | 147-198 | 195 | 285 | +14 KB | every string whole, a `messages` content of 900 KB included |
-//! | json-event-parser 0.2.3 (low-level push) | 258 | 352-384 | 275 | 415 | +25 KB | every token whole, in one buffer |
-//! | `from_slice::<Value>`, whole body (reference) | 380 | 655 | 450 | 560 | | the body, and all of it built |
+//! | option | native 1 KiB / 64 KiB / 1 MiB | V8 | wasm size | memory held |
+//! |---|---|---|---|---|
+//! | serde_json `from_reader` (this module) | 98 / 119 / 114 | 47-59 | +22 KB | one slice, one key, the wanted values |
+//! | struson 0.7.2 | 130 / 166 / 160 | 42-52 | +46 KB | one slice, one key |
+//! | actson 2.1.0 (push) | 204 / 147-198 / 195 | 45-46 | +14 KB | every string whole (a 900 KB message too) |
+//! | json-event-parser 0.2.3 (low-level push) | 258 / 352-384 / 275 | 148-216 | +25 KB | every token whole, in one buffer |
+//! | `from_slice::<Value>`, body in memory (reference) | 380 / 655 / 450 | 165-371 | | the body, and all of it built |
 //!
 //! actson and json-event-parser need the longest string of the body in
-//! memory at once, which bounded slices exist to avoid; struson is about 1.4
-//! times as fast as serde_json here but doubles the module's growth and adds
-//! a crate; serde_json is already in the module, audited, and agrees with
-//! the config parser (and with itself on the whole body, see below) on
-//! escapes, depth and grammar. The cost is serde_json's `IoRead`, which
-//! takes its input one byte per call: 1 MiB takes about 9 ms natively at the
-//! module's opt-level (`cargo bench --bench body`; 1 KiB 10 µs, 64 KiB
-//! 0.5 ms), against 0.4 ms for the best scanning parsers (Go) and 2 to 3 ms
-//! for `from_slice::<Value>` on the body in memory. In the module, the scan
-//! and the rewrite add 23.9 KB (486,602 to 510,463 bytes, measured with
-//! both referenced from an exported function).
+//! memory at once, which bounded slices exist to avoid; struson is 1.4
+//! times as fast natively but no faster in V8, and doubles the module's
+//! growth with a crate more; serde_json is already in the module and
+//! agrees with the config parser (and with itself on the whole body, see
+//! below) on escapes, depth and grammar. The cost is serde_json's `IoRead`,
+//! which takes its input one byte per call through five functions that
+//! neither LLVM at opt-level "z" nor V8 inlines: natively 1 MiB takes about
+//! 9 ms (`cargo bench --bench body`: 1 KiB 10 µs, 64 KiB 0.5 ms), in V8
+//! about 17 ms (1 KiB 21 µs, 64 KiB 1.1 ms), where the best scanning parsers
+//! (Go) take 0.4 ms and `from_slice::<Value>` on the body in memory 2 to
+//! 3 ms natively. In the module, the scan and the rewrite add 23.9 KB
+//! (486,602 to 510,463 bytes, both referenced from an exported function).
 //!
 //! # What a scan gives
 //!
@@ -67,12 +70,14 @@
 //!
 //! The scan holds one slice ([`SLICE`] bytes), one key (at most
 //! `6 * max_value + 2` bytes as written, the token bound below) and the
-//! wanted values. Nesting is walked on the stack to [`MAX_DEPTH`] levels,
-//! never more. A wanted value is skipped by serde_json without being
-//! buffered while the reader copies its token up to `6 * max_value + 2`
-//! bytes (an escape of 6 bytes decodes to at least one): a longer token, or
-//! a decoded value over `max_value`, makes that field `TooLong`, and the scan
-//! goes on. Skipping (rather than stopping the scan) keeps the other fields
+//! wanted values: its peak heap is 65.7 KB to 78 KB whatever the body
+//! holds (`tests/body_memory.rs`: a 3 MiB string, a 2 MiB model, 100,000
+//! messages, nesting to the bound, keys at their bound). Nesting is walked
+//! on the stack to [`MAX_DEPTH`] levels, never more. A wanted value is
+//! skipped by serde_json without being buffered while the reader copies its
+//! token up to `6 * max_value + 2` bytes (an escape of 6 bytes decodes to at
+//! least one): a longer token, or a decoded value over `max_value`, makes
+//! that field `TooLong`, and the scan goes on. Skipping (rather than stopping the scan) keeps the other fields
 //! and the verdict on the whole body: a 5 KB `user` id must not stop a
 //! rollout that routes by `model`, and the body must still be checked to be
 //! JSON before anything is routed by it.
@@ -104,7 +109,12 @@ use std::ops::Range;
 
 pub use rewrite::{apply, replacement, rewrite_plan, BodyBuffer, Op, Replacement};
 
-/// The most bytes the scan holds of the body at once (one host read).
+/// The most bytes the scan (and the rewrite) holds of the body at once: one
+/// host read. The scan's speed does not depend on it (serde_json reads a
+/// byte at a time); a larger slice means fewer host calls (16 reads per MiB
+/// scanned, 49 to 52 calls per MiB rewritten, against 64 and 193 to 196 at
+/// 16 KiB), a smaller one less of the VM's linear memory, which never
+/// shrinks: 64 KiB is small beside the module's own.
 pub const SLICE: usize = 64 * 1024;
 
 /// A sensible bound on a wanted value (a model name, a user id), decoded.
