@@ -53,6 +53,8 @@ pub(super) struct Watch {
     /// but nothing more is fetched and no later fault is recorded, so the
     /// first error in the text is the one reported.
     pub stopped: Cell<bool>,
+    /// The top-level object has begun.
+    pub started: Cell<bool>,
     /// The longest key, in bytes as written.
     pub key_bound: usize,
 }
@@ -66,6 +68,7 @@ impl Watch {
             capture: RefCell::new(Capture::default()),
             fault: Cell::new(None),
             stopped: Cell::new(false),
+            started: Cell::new(false),
             key_bound,
         }
     }

@@ -63,6 +63,14 @@ pub(super) fn scan(
         Err(e) => Err(match watch.fault.get() {
             Some(why) => why,
             None => match e.classify() {
+                // The text ended before any value began: only whitespace
+                // (the last byte read is whitespace, or there was none).
+                serde_json::error::Category::Eof
+                    if !watch.started.get()
+                        && matches!(watch.last.get(), 0 | b' ' | b'\t' | b'\n' | b'\r') =>
+                {
+                    Unreadable::EmptyBody
+                }
                 serde_json::error::Category::Eof => Unreadable::Truncated,
                 _ => Unreadable::NotJson,
             },
@@ -115,24 +123,19 @@ impl<'de> Visitor<'de> for Top<'_> {
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         match self.watch.last.get() {
-            b'{' => d.deserialize_map(self),
+            b'{' => {
+                self.watch.started.set(true);
+                d.deserialize_map(self)
+            }
             // The start of another JSON value: not read further.
             b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' => {
                 Err(fail(self.watch, Unreadable::NotObject))
             }
             // Nothing but whitespace (serde_json peeked no byte), or a byte
-            // no JSON value starts with: let serde_json say which.
+            // no JSON value starts with: serde_json's error says which.
             _ => {
-                let only_whitespace =
-                    matches!(self.watch.last.get(), 0 | b' ' | b'\t' | b'\n' | b'\r');
-                let result = d.deserialize_ignored_any(IgnoredAny);
-                let why = match result {
-                    Err(_) if only_whitespace && self.watch.fault.get().is_none() => {
-                        Unreadable::EmptyBody
-                    }
-                    _ => Unreadable::NotJson,
-                };
-                Err(fail(self.watch, why))
+                self.watch.seen(d.deserialize_ignored_any(IgnoredAny))?;
+                Err(fail(self.watch, Unreadable::NotJson))
             }
         }
     }

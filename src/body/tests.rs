@@ -147,6 +147,14 @@ fn empty_bodies() {
     for body in [&b" "[..], b"\n", b" \t\r\n  "] {
         assert_eq!(reason(body), Unreadable::EmptyBody);
     }
+    // A byte that is not whitespace is not an empty body.
+    for body in [&b"\0"[..], b" \0 ", b"\x0b", b"\x0c{}", b"\xc2\xa0{}"] {
+        assert_eq!(reason(body), Unreadable::NotJson, "{body:?}");
+    }
+    // A top-level literal cut short.
+    for body in [&b"n"[..], b" nu", b"nul"] {
+        assert_eq!(reason(body), Unreadable::Truncated, "{body:?}");
+    }
 }
 
 #[test]
