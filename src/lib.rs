@@ -3,6 +3,8 @@
 //! routing header a VirtualService matches.
 //!
 //! Pure modules (no host calls, tested natively):
+//! - [`body`]: an OpenAI-style JSON request body read in bounded slices for
+//!   its top-level `model` and user-id fields, and the `model` rewrite plan;
 //! - [`config`]: the plugin config, parsed (serde_json) and validated into a
 //!   [`config::Config`]: its rollouts and the host index that picks one;
 //! - [`hash`]: MurmurHash3 x86_32, the documented bucketing hash;
@@ -32,6 +34,7 @@
     )
 )]
 
+pub mod body;
 pub mod config;
 pub mod decision;
 pub mod filter;

@@ -20,6 +20,11 @@
 //!   authorities (ports, letter case, dots, IPv6, bytes that are no text),
 //!   checked against a linear oracle of the precedence: exact host, longest
 //!   wildcard, `*`, then the longest path prefix; duplicates are rejected.
+//! - `body_scan`: `body::scan` on JSON request bodies generated as values and
+//!   byte-mutated, checked against serde_json on the whole body (the verdict,
+//!   the fields with every copy of a key counted, the spans), the same for
+//!   every read size; and `body::rewrite_plan` on a buffer with Envoy's
+//!   semantics.
 //!
 //! One file per target; `runner.rs` holds the seeded runner (shared with the
 //! CLI's target `cli_scope`, inside the binary: src/bin/canary-selector/
@@ -764,6 +769,7 @@ const GRPC_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+mod body_scan;
 mod config_bytes;
 mod config_mutated;
 mod decide;
