@@ -124,15 +124,12 @@ pub struct Live {
     pub now_ms: i64,
     /// The versions the guard holds back, bit `i` for version `i`: they
     /// receive only what rules pin to them. A local trip holds back every
-    /// canary ([`Live::ALL_CANARIES`]); the mesh verdict the versions it
-    /// names. The stable version (bit 0) is never held back.
-    pub tripped: u32,
+    /// canary ([`ALL_CANARIES`]); the mesh verdict the versions it names.
+    /// The stable version (bit 0) is never held back.
+    pub held_back: u32,
 }
 
-impl Live {
-    /// Every version but the stable one.
-    pub const ALL_CANARIES: u32 = !1;
-}
+pub use crate::shared::held::ALL_CANARIES;
 
 pub fn decide(
     rollout: &Rollout,
@@ -143,7 +140,7 @@ pub fn decide(
     let mut d = choose(rollout, req, rng, live.now_ms);
     let held = u32::try_from(d.version)
         .ok()
-        .and_then(|v| live.tripped.checked_shr(v))
+        .and_then(|v| live.held_back.checked_shr(v))
         .is_some_and(|bits| bits & 1 == 1);
     if held && d.reason != Reason::Rule && d.version != 0 {
         d.version = 0;

@@ -57,7 +57,7 @@ pub struct Outcome {
 
 /// When the guard can judge a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Judging {
     /// At its headers: an HTTP response, or a gRPC reply whose status came
     /// in the headers (trailers-only, as Envoy's own replies are).
     Now(Outcome),
@@ -146,7 +146,7 @@ pub fn on_response_headers(
     rollout: &Rollout,
     pending: &Pending,
     host: &mut impl ResponseHost,
-) -> Option<Verdict> {
+) -> Option<Judging> {
     if let Some(header) = &rollout.response_reason_header {
         host.set_response_header(header, pending.reason.as_str().as_bytes());
     }
@@ -194,15 +194,15 @@ pub fn on_response_headers(
         .is_some_and(|t| grpc::is_grpc(&t))
     {
         return Some(match host.response_header("grpc-status") {
-            Some(status) => Verdict::Now(awaiting.judged(grpc_failure(rollout, &status))),
-            None => Verdict::AtTrailers(awaiting),
+            Some(status) => Judging::Now(awaiting.judged(grpc_failure(rollout, &status))),
+            None => Judging::AtTrailers(awaiting),
         });
     }
     let status = host.response_header(":status");
     let error = status
         .and_then(|s| std::str::from_utf8(&s).ok()?.parse::<u16>().ok())
         .is_some_and(|s| (500..600).contains(&s));
-    Some(Verdict::Now(
+    Some(Judging::Now(
         awaiting.judged(error.then_some(Failure::Http5xx)),
     ))
 }

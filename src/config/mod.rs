@@ -149,7 +149,7 @@ pub struct Config {
     /// Which rollout a request takes, by host and path; `None` when the
     /// config has no `rollouts` list (its one rollout takes every request,
     /// and the filter reads neither `:authority` nor `:path`).
-    pub scope: Option<HostIndex>,
+    pub index: Option<HostIndex>,
     /// The routing headers removed from a request no rollout takes: every
     /// rollout's `routingHeader`, each once, so that no host or path
     /// spelling lets a client pick a version; empty with
@@ -190,7 +190,7 @@ impl Config {
     /// a config with `rollouts` their number and names (the CLI's `check`
     /// prints the same).
     pub fn summary(&self) -> String {
-        match (&self.scope, self.rollouts.as_slice()) {
+        match (&self.index, self.rollouts.as_slice()) {
             (None, [one]) => one.summary(),
             _ => {
                 let names: Vec<&str> = self.rollouts.iter().filter_map(Rollout::name).collect();
@@ -218,7 +218,7 @@ impl Config {
         host: Option<&[u8]>,
         path: impl FnOnce() -> Option<&'p [u8]>,
     ) -> Option<usize> {
-        match &self.scope {
+        match &self.index {
             None => Some(0),
             Some(index) => index.lookup(host)?.rollout_for(path),
         }
@@ -249,7 +249,7 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
         }
         return Ok(Config {
             rollouts: vec![rollout::validate(raw)?],
-            scope: None,
+            index: None,
             unclaimed_removes: Vec::new(),
             by_name: HashMap::new(),
         });
@@ -311,7 +311,7 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
         .collect();
     Ok(Config {
         rollouts,
-        scope: Some(index.build()),
+        index: Some(index.build()),
         unclaimed_removes,
         by_name,
     })

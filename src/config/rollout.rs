@@ -81,7 +81,7 @@ impl Rollout {
     /// [`Config::from_json`]'s.
     pub fn from_json(bytes: &[u8]) -> Result<Rollout, ConfigError> {
         let config = Config::from_json(bytes)?;
-        if config.scope.is_some() {
+        if config.index.is_some() {
             return err(
                 "rollouts",
                 "holds several rollouts: read this config with Config::from_json",

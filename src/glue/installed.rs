@@ -107,7 +107,7 @@ impl Installed {
         CURRENT.with(|c| c.borrow_mut().insert(plugin.to_string(), serial));
         let plugin_names = MetricNames::new(plugin, None);
         let no_rollout = Counter::default();
-        if config.scope.is_some() {
+        if config.index.is_some() {
             no_rollout.define(&plugin_names.no_rollout_requests());
         }
         let installed = Installed {
@@ -125,7 +125,7 @@ impl Installed {
         };
         // A config without `rollouts` serves every request; a rollout the
         // proxy served before keeps its gauges current in every VM.
-        let scoped = installed.config.scope.is_some();
+        let scoped = installed.config.index.is_some();
         for (i, (rollout, m)) in installed.each().enumerate() {
             if !scoped || m.served_by_proxy(&store) {
                 m.activate(&store, rollout, now_ms, installed.held_back(i));
@@ -215,7 +215,7 @@ impl Installed {
             } else {
                 self.now_ms.get()
             },
-            tripped: self.held_back(index),
+            held_back: self.held_back(index),
         }
     }
 
@@ -338,7 +338,7 @@ impl Installed {
     /// Shows what a push or a tick did: log lines, counters, gauges.
     fn show(&self, events: Vec<Event>) {
         let store = HostShared;
-        let scoped = self.config.scope.is_some();
+        let scoped = self.config.index.is_some();
         for event in events {
             match event {
                 Event::Pushed {

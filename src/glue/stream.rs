@@ -12,7 +12,7 @@ use super::installed::Installed;
 use super::now_ms;
 use crate::config::{authority_host, MAX_AUTHORITY_HOST_LEN};
 use crate::decision::{Entropy, Reason, Request, WyRand};
-use crate::filter::{self, AwaitingTrailers, Host, Pending, ResponseHost, Verdict};
+use crate::filter::{self, AwaitingTrailers, Host, Judging, Pending, ResponseHost};
 
 /// A config reading this many distinct request headers or more gets them
 /// with one call for the whole header map instead of one call per header:
@@ -48,7 +48,7 @@ impl Stream {
     /// `:authority` and, only when the host's rollouts differ by path, its
     /// `:path`. A config without them reads neither.
     fn rollout_of(&self, installed: &Installed) -> Option<usize> {
-        if installed.config.scope.is_none() {
+        if installed.config.index.is_none() {
             return Some(0);
         }
         let authority = self.get_http_request_header_bytes(":authority");
@@ -118,11 +118,11 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         match filter::on_response_headers(rollout, &pending, self) {
-            Some(Verdict::Now(outcome)) => installed.record(self.rollout, outcome),
-            Some(Verdict::AtTrailers(awaiting)) if end_of_stream => {
+            Some(Judging::Now(outcome)) => installed.record(self.rollout, outcome),
+            Some(Judging::AtTrailers(awaiting)) if end_of_stream => {
                 installed.record(self.rollout, filter::on_stream_lost(&awaiting));
             }
-            Some(Verdict::AtTrailers(awaiting)) => self.awaiting = Some(awaiting),
+            Some(Judging::AtTrailers(awaiting)) => self.awaiting = Some(awaiting),
             None => {}
         }
         Action::Continue

@@ -89,7 +89,7 @@ pub fn apply<'k>(
             }
         }
     }
-    let scoped = config.scope.is_some();
+    let scoped = config.index.is_some();
     for sample in samples {
         if sample.value == 0.0 {
             continue;

@@ -81,7 +81,7 @@ fn canary_pending(r: &Rollout) -> filter::Pending {
     let mut host = FakeRequest::with(&[("x-user-id", user.as_bytes())]);
     let live = Live {
         now_ms: 1_000,
-        tripped: 0,
+        held_back: 0,
     };
     filter::on_request_headers(r, &mut host, &mut WyRand(1), live)
         .1
@@ -91,7 +91,7 @@ fn canary_pending(r: &Rollout) -> filter::Pending {
 #[test]
 fn grpc_responses_are_judged_by_grpc_status_in_headers_or_trailers() {
     use crate::guard::Failure;
-    use filter::{AwaitingTrailers, Verdict};
+    use filter::{AwaitingTrailers, Judging};
     let r = rollout(GUARDED);
     let pending = canary_pending(&r);
     let judge = |content_type, grpc_status, status| {
@@ -105,7 +105,7 @@ fn grpc_responses_are_judged_by_grpc_status_in_headers_or_trailers() {
         filter::on_response_headers(&r, &pending, &mut resp).unwrap()
     };
     let now = |failure| {
-        Verdict::Now(filter::Outcome {
+        Judging::Now(filter::Outcome {
             version: 1,
             reason: Reason::Sticky,
             failure,
@@ -142,7 +142,7 @@ fn grpc_responses_are_judged_by_grpc_status_in_headers_or_trailers() {
     };
     assert_eq!(
         judge("application/grpc", None, 200),
-        Verdict::AtTrailers(awaiting)
+        Judging::AtTrailers(awaiting)
     );
     let at_trailers =
         |status: Option<&[u8]>| filter::on_response_trailers(&r, &awaiting, status).failure;

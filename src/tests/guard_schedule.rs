@@ -174,7 +174,10 @@ fn the_schedule_moves_the_split_at_each_step_and_only_forward() {
     .unwrap();
     let start = r.schedule.as_ref().unwrap().start_ms;
     let share = |now_ms: i64| {
-        let live = Live { now_ms, tripped: 0 };
+        let live = Live {
+            now_ms,
+            held_back: 0,
+        };
         let on_v2 = (0..20_000)
             .filter(|i| {
                 let id = format!("user-{i}");
@@ -208,7 +211,7 @@ fn the_schedule_moves_the_split_at_each_step_and_only_forward() {
                 &mut WyRand(1),
                 Live {
                     now_ms: t,
-                    tripped: 0,
+                    held_back: 0,
                 },
             )
             .version;
@@ -223,7 +226,7 @@ fn a_tripped_guard_sends_unpinned_traffic_to_stable_but_rules_still_apply() {
     let r = rollout(GUARDED);
     let tripped = Live {
         now_ms: 0,
-        tripped: Live::ALL_CANARIES,
+        held_back: crate::decision::ALL_CANARIES,
     };
     let v2_user = (0..1000)
         .map(|i| format!("user-{i}"))
@@ -261,7 +264,7 @@ fn guarded_streams_report_errors_and_slow_responses() {
     let mut host = FakeRequest::with(&[("x-user-id", v2_user.as_bytes())]);
     let live = Live {
         now_ms: 1_000,
-        tripped: 0,
+        held_back: 0,
     };
     let (_, pending) = filter::on_request_headers(&r, &mut host, &mut WyRand(1), live);
     let pending = pending.expect("the guard counts every response");
@@ -278,7 +281,7 @@ fn guarded_streams_report_errors_and_slow_responses() {
             now_ms: now,
             ..Default::default()
         };
-        let Some(filter::Verdict::Now(outcome)) =
+        let Some(filter::Judging::Now(outcome)) =
             filter::on_response_headers(&r, &pending, &mut resp)
         else {
             panic!("an HTTP response is judged at its headers");

@@ -52,7 +52,7 @@ const TWO_MODELS: &str = r#"{"rollouts": [
 #[test]
 fn each_entry_is_a_full_rollout_with_a_name_and_hosts() {
     let c = config(TWO_MODELS);
-    assert!(c.scope.is_some());
+    assert!(c.index.is_some());
     assert_eq!(c.rollouts.len(), 2);
     let iris = &c.rollouts[0];
     assert_eq!(iris.name(), Some("iris"));
@@ -92,7 +92,7 @@ fn each_entry_is_a_full_rollout_with_a_name_and_hosts() {
 #[test]
 fn a_config_without_rollouts_is_one_rollout_for_every_request() {
     let c = config(r#"{"versions":[{"name":"v1","weight":100}]}"#);
-    assert!(c.scope.is_none());
+    assert!(c.index.is_none());
     assert_eq!(c.rollouts[0].name(), None);
     let mut read_path = false;
     assert_eq!(
@@ -230,7 +230,7 @@ fn the_claim_names_the_pattern_and_the_prefix_the_filter_took() {
         ),
         entry("b", &["*"], ""),
     ]));
-    let index = c.scope.as_ref().unwrap();
+    let index = c.index.as_ref().unwrap();
     let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
     let host = authority_host(b"X.Example.com:443", &mut buf);
     let claim = index
@@ -251,7 +251,7 @@ fn every_pattern_matching_a_host_comes_most_specific_first_and_the_first_takes_i
         entry("wide", &["*.example.com"], ""),
         entry("deep", &["*.eu.example.com", "api.eu.example.com"], ""),
     ]));
-    let index = c.scope.as_ref().unwrap();
+    let index = c.index.as_ref().unwrap();
     let matching = |host: Option<&[u8]>| -> Vec<&str> {
         index.matching(host).map(HostRollouts::pattern).collect()
     };

@@ -223,13 +223,26 @@ def test_faults_never_make_it_worse(start_envoy):
         fake.answer = vector([{"rollout": "flowers", "version": "flowers-v9"}, {"rollout": "flowers", "version": "flowers-v1"},
                               {"rollout": "tulips", "version": "v2"}])
         wait_for(lambda: envoy.metric("canary_selector_mesh_ignored_series_total") >= 2)
+        assert envoy.metric("canary_selector_mesh_ignored_series_total", reason="unknown_rollout") >= 1
+        assert envoy.metric("canary_selector_mesh_ignored_series_total", reason="unknown_version") >= 1
+        assert envoy.metric("canary_selector_mesh_trips_total", rollout="flowers") == 0
+        assert {decided(send(envoy, "flowers.example.com", u)) for u in flowers_canary} == {("flowers-v2", "sticky")}
+        # A value that counts nothing (a raw ratio's NaN, a difference below
+        # zero, an infinity) trips nothing and is counted.
+        for value in ["NaN", "-0.2", "-Inf", "+Inf"]:
+            before = envoy.metric("canary_selector_mesh_ignored_series_total", reason="bad_value")
+            fake.answer = vector([{"rollout": "flowers", "version": "flowers-v2"}], value=value)
+            wait_for(lambda: envoy.metric("canary_selector_mesh_ignored_series_total", reason="bad_value") > before, value)
         assert envoy.metric("canary_selector_mesh_trips_total", rollout="flowers") == 0
         assert {decided(send(envoy, "flowers.example.com", u)) for u in flowers_canary} == {("flowers-v2", "sticky")}
         logs = envoy.logs()
         assert "panicked" not in logs
-        # Logged once a minute, whatever the faults.
-        assert_logged_once_a_minute(logs, "canary-selector: mesh verdict:")
-        (first,) = [line for line in logs.splitlines() if "canary-selector: mesh verdict:" in line]
+        # Each kind logged once a minute, whatever the faults, and one kind
+        # never hides another.
+        assert_logged_once_a_minute(logs, "canary-selector: mesh verdict: the poll of")
+        assert_logged_once_a_minute(logs, "name no rollout polling it, or no version")
+        assert_logged_once_a_minute(logs, "have a value that is negative, NaN or infinite")
+        first = next(line for line in logs.splitlines() if "canary-selector: mesh verdict: the poll of" in line)
         assert re.search(r"mesh verdict: the poll of 127\.0\.0\.1:\d+ \(cluster prometheus\) failed \(http_500\)", first)
     finally:
         fake.stop()

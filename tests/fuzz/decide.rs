@@ -332,8 +332,8 @@ fn gen_moment(rng: &mut Rng, spec: &Spec) -> Moment {
             now_ms,
             // The guard holds back every canary (a local trip), the ones
             // a mesh verdict named, or none.
-            tripped: match rng.below(4) {
-                0 => Live::ALL_CANARIES,
+            held_back: match rng.below(4) {
+                0 => canary_selector::decision::ALL_CANARIES,
                 1 => rng.u64() as u32,
                 _ => 0,
             },
@@ -380,7 +380,7 @@ fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: &Moment)
     };
     // A version the guard holds back gets only what a rule pins to it;
     // the rest goes to stable. Stable itself is never held back.
-    let held = |v: usize| v != 0 && reason != Reason::Rule && (m.live.tripped >> v) & 1 == 1;
+    let held = |v: usize| v != 0 && reason != Reason::Rule && (m.live.held_back >> v) & 1 == 1;
     match chosen {
         Some(v) if held(v) => assert_eq!((d.version, d.reason), (0, Reason::Guard)),
         Some(v) => assert_eq!((d.version, d.reason), (v, reason)),
@@ -471,18 +471,18 @@ fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: &Moment)
     let want_outcome = counted.map(|&(_, _, codes)| {
         let failed = |code: usize| (codes & 1 << code != 0).then_some(Failure::Grpc(code as u8));
         match (grpc, &m.grpc_status) {
-            (true, Some(v)) => Verdict::Now(Outcome {
+            (true, Some(v)) => Judging::Now(Outcome {
                 version,
                 reason,
                 failure: failed(code_of(v)),
                 slow,
             }),
-            (true, None) => Verdict::AtTrailers(AwaitingTrailers {
+            (true, None) => Judging::AtTrailers(AwaitingTrailers {
                 version,
                 reason,
                 slow,
             }),
-            (false, _) => Verdict::Now(Outcome {
+            (false, _) => Judging::Now(Outcome {
                 version,
                 reason,
                 failure: m
@@ -494,7 +494,7 @@ fn check_request(spec: &Spec, rollout: &Rollout, request: &FakeHost, m: &Moment)
         }
     });
     assert_eq!(outcome, want_outcome);
-    if let (Some(Verdict::AtTrailers(awaiting)), Some(&(_, _, codes))) = (outcome, counted) {
+    if let (Some(Judging::AtTrailers(awaiting)), Some(&(_, _, codes))) = (outcome, counted) {
         let (got, failure) = match &m.trailer_status {
             Some(status) => (
                 filter::on_response_trailers(rollout, &awaiting, status.as_deref()),

@@ -50,7 +50,7 @@ use std::fmt::Debug;
 
 use canary_selector::config::{self, Rollout, Source};
 use canary_selector::decision::{decide, Decision, Entropy, Live, Reason, Request, WyRand};
-use canary_selector::filter::{self, AwaitingTrailers, Host, Outcome, ResponseHost, Verdict};
+use canary_selector::filter::{self, AwaitingTrailers, Host, Judging, Outcome, ResponseHost};
 use canary_selector::guard::{self, Counts, Failure, Window};
 use canary_selector::hash::murmur3_32;
 use canary_selector::matcher::MAX_COOKIE_HEADER_SCAN;

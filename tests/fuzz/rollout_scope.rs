@@ -180,7 +180,7 @@ fn rollout_scope() {
             let got = config.rollout_for(host, || path.as_deref());
             // The CLI's list of the patterns matching the host starts with
             // the one the filter looks up.
-            let index = config.scope.as_ref().unwrap();
+            let index = config.index.as_ref().unwrap();
             let first = index
                 .matching(host)
                 .next()

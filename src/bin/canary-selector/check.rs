@@ -310,7 +310,7 @@ pub fn run(files: &[String], cluster_domain: &str) -> Result<CheckReport, Fatal>
                     })
                     .collect();
                 verdict.shadowed = hosts::shadowed(&config);
-                verdict.unclaimed = config.scope.as_ref().map(|_| Unclaimed::of(&config));
+                verdict.unclaimed = config.index.as_ref().map(|_| Unclaimed::of(&config));
             }
             Err(e) => verdict.error = Some(e.to_string()),
         }

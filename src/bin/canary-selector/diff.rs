@@ -251,7 +251,7 @@ pub fn run(old: &str, new: &str, at: At, allow_backward: bool) -> Result<DiffRep
 }
 
 fn side(p: &PluginConfig, config: Option<&Config>) -> Side {
-    let one = config.filter(|c| c.scope.is_none());
+    let one = config.filter(|c| c.index.is_none());
     Side {
         file: p.file.clone(),
         resource: p.resource.as_ref().map(ToString::to_string),
@@ -292,8 +292,8 @@ pub fn diff(
     };
     let sides = (Sides::new(old_p, &old), Sides::new(new_p, &new));
     match (
-        old.scope.is_some(),
-        new.scope.is_some(),
+        old.index.is_some(),
+        new.index.is_some(),
         old.rollouts.first(),
         new.rollouts.first(),
     ) {
@@ -314,7 +314,7 @@ impl Sides {
     fn new(p: &PluginConfig, config: &Config) -> Sides {
         // Both configs were accepted, so both are JSON objects.
         let doc = serde_json::from_str::<Value>(&p.json).unwrap_or(Value::Null);
-        Sides(match (&config.scope, doc.get("rollouts")) {
+        Sides(match (&config.index, doc.get("rollouts")) {
             (Some(_), Some(Value::Array(entries))) => entries.clone(),
             _ => vec![doc],
         })
@@ -338,7 +338,7 @@ fn per_rollout(
     at: &At,
     allow_backward: bool,
 ) -> RolloutsDiff {
-    let find = |config: &Config, name: &str| match &config.scope {
+    let find = |config: &Config, name: &str| match &config.index {
         None => Some(0),
         Some(_) => config.rollouts.iter().position(|r| r.name() == Some(name)),
     };
@@ -354,9 +354,9 @@ fn per_rollout(
     for (i, r) in old.rollouts.iter().enumerate() {
         if let Some(name) = r.name() {
             let kept = find(new, name);
-            if new.scope.is_some() && kept.is_none() {
+            if new.index.is_some() && kept.is_none() {
                 pairs.push((name.to_string(), Some(i), None));
-            } else if new.scope.is_none() {
+            } else if new.index.is_none() {
                 pairs.push((name.to_string(), Some(i), kept));
             }
         }
@@ -371,11 +371,11 @@ fn per_rollout(
         notes: Vec::new(),
         verdict: String::new(),
     };
-    let unclaimed = new.scope.as_ref().map(|_| Unclaimed::of(new));
-    if let (None, Some(unclaimed)) = (&old.scope, &unclaimed) {
+    let unclaimed = new.index.as_ref().map(|_| Unclaimed::of(new));
+    if let (None, Some(unclaimed)) = (&old.index, &unclaimed) {
         out.notes.push(format!("OLD has no `rollouts`: its one rollout took every request; each rollout is compared with it, and a request none of them takes now goes to no rollout ({})", unclaimed.short()));
     }
-    if new.scope.is_none() {
+    if new.index.is_none() {
         out.notes.push("NEW has no `rollouts`: its one rollout takes every request, those no rollout took too; each rollout is compared with it".into());
     }
     out.unclaimed = unclaimed;

@@ -305,7 +305,7 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
             return out;
         }
     };
-    let chosen = match &config.scope {
+    let chosen = match &config.index {
         // No `rollouts`: its one rollout takes every request.
         None => config.rollouts.first(),
         Some(index) => {
@@ -322,7 +322,7 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
     };
     let live = Live {
         now_ms: at.ms,
-        tripped: 0,
+        held_back: 0,
     };
     let seed = {
         let mut bytes = [0u8; 8];

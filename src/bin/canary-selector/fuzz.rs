@@ -291,7 +291,7 @@ fn filter_pattern<'c>(config: &'c Config, host: &str) -> Option<&'c str> {
     let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
     let host = authority_host(host.as_bytes(), &mut buf);
     config
-        .scope
+        .index
         .as_ref()?
         .lookup(host)
         .map(HostRollouts::pattern)

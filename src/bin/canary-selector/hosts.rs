@@ -26,7 +26,7 @@ impl<'c> Patterns<'c> {
     /// `None` for a config without `rollouts`, whose one rollout takes
     /// every host.
     pub fn of(config: &'c Config) -> Option<Patterns<'c>> {
-        let index = config.scope.as_ref()?;
+        let index = config.index.as_ref()?;
         let mut listed: Vec<&str> = Vec::new();
         for host in config
             .rollouts
