@@ -23,7 +23,7 @@ WASM := target/canary-selector.wasm
 # against the glue.
 WASM_EXPORTS := memory _initialize proxy_abi_version_0_2_1 proxy_on_memory_allocate \
   proxy_on_context_create proxy_on_delete \
-  proxy_on_configure proxy_on_tick proxy_on_request_headers proxy_on_response_headers \
+  proxy_on_configure proxy_on_tick proxy_on_request_headers proxy_on_request_body proxy_on_response_headers \
   proxy_on_response_trailers proxy_on_http_call_response
 
 # The CRD schemas tests/istio and tests/kserve check manifests against (and

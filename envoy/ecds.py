@@ -70,6 +70,12 @@ def resource(
                         # load lets requests through untouched; they then take
                         # the default route to the stable version.
                         "failure_policy": failure_policy,
+                        # Envoy hands the filter a request's body while the
+                        # filter holds its headers (Envoy 1.35+): what
+                        # rollouts scoped by the model in the body need.
+                        # Without it a request that waits for its body is
+                        # decided without it a tick later (docs/llm.md).
+                        "allow_on_headers_stop_iteration": True,
                     },
                 },
             }

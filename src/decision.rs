@@ -2,7 +2,7 @@
 //! bucket of the first user id found, then an anonymous pick. Pure: the
 //! request is read through [`Request`], randomness comes from [`Entropy`].
 
-use crate::config::{Rollout, Source};
+use crate::config::{Rollout, Rule, Source};
 use crate::matcher::{cookie_value, trim};
 
 /// Read access to the request being decided.
@@ -12,6 +12,12 @@ pub trait Request {
     /// at most once per request. With repeated headers, the host returns the
     /// first value.
     fn header(&mut self, slot: usize, name: &str) -> Option<&[u8]>;
+
+    /// The value of the top-level string field `name` of the request's JSON
+    /// body, once the body was read (`None` before, or without one).
+    fn body_field(&mut self, _name: &str) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// Randomness for anonymous requests. Not security sensitive: a client can
@@ -104,7 +110,12 @@ pub struct Decision {
     pub new_id: Option<AnonymousId>,
 }
 
-fn read<'r>(rollout: &Rollout, req: &'r mut impl Request, source: &Source) -> Option<&'r [u8]> {
+/// The value `source` reads from the request.
+pub fn read_source<'r>(
+    rollout: &Rollout,
+    req: &'r mut impl Request,
+    source: &Source,
+) -> Option<&'r [u8]> {
     match source {
         Source::Header { slot } => {
             let name = rollout.headers.get(*slot)?;
@@ -114,6 +125,7 @@ fn read<'r>(rollout: &Rollout, req: &'r mut impl Request, source: &Source) -> Op
             let header_name = rollout.headers.get(*slot)?;
             cookie_value(req.header(*slot, header_name)?, name)
         }
+        Source::BodyField { name } => req.body_field(name),
     }
 }
 
@@ -130,6 +142,13 @@ pub struct Live {
 }
 
 pub use crate::shared::held::ALL_CANARIES;
+
+/// Whether every condition of `rule` holds for the request.
+pub fn rule_holds(rollout: &Rollout, rule: &Rule, req: &mut impl Request) -> bool {
+    rule.conditions
+        .iter()
+        .all(|c| read_source(rollout, req, &c.source).is_some_and(|value| c.matcher.matches(value)))
+}
 
 pub fn decide(
     rollout: &Rollout,
@@ -156,11 +175,7 @@ fn choose(
     now_ms: i64,
 ) -> Decision {
     for (index, rule) in rollout.rules.iter().enumerate() {
-        let holds = rule
-            .conditions
-            .iter()
-            .all(|c| read(rollout, req, &c.source).is_some_and(|value| c.matcher.matches(value)));
-        if holds {
+        if rule_holds(rollout, rule, req) {
             return Decision {
                 version: rule.version,
                 reason: Reason::Rule,
@@ -172,7 +187,7 @@ fn choose(
 
     let thresholds = rollout.thresholds_at(now_ms);
     for (source, from) in rollout.user_ids.iter().enumerate() {
-        let Some(id) = read(rollout, req, from).map(trim) else {
+        let Some(id) = read_source(rollout, req, from).map(trim) else {
             continue;
         };
         if id.is_empty() {

@@ -107,6 +107,13 @@ pub fn on_request_headers(
     live: Live,
 ) -> (Decision, Option<Pending>) {
     let d = decide(rollout, host, rng, live);
+    let pending = apply(rollout, &d, host, live);
+    (d, pending)
+}
+
+/// Carries out decision `d`: writes the routing header (replacing whatever
+/// the client sent) and counts it. Returns the work left for the response.
+pub fn apply(rollout: &Rollout, d: &Decision, host: &mut impl Host, live: Live) -> Option<Pending> {
     let name = rollout
         .versions
         .get(d.version)
@@ -121,13 +128,12 @@ pub fn on_request_headers(
         .guard
         .as_ref()
         .is_some_and(|g| g.slow_response_ms.is_some());
-    let pending = respond.then_some(Pending {
+    respond.then_some(Pending {
         version: d.version,
         reason: d.reason,
         new_id: d.new_id,
         started_ms: timed.then_some(live.now_ms),
-    });
-    (d, pending)
+    })
 }
 
 /// A request no rollout of `config` takes: the routing headers its rollouts
@@ -385,6 +391,17 @@ impl MetricNames {
             &[("version", version)],
             "canary_selector_guard_window_failed_responses",
         )
+    }
+
+    /// Requests whose model the filter needed from the body and did not
+    /// learn, by why (`crate::plan::Unknown::as_str`; counter; a plugin's).
+    pub fn model_unknown(&self, reason: &str) -> String {
+        self.name(&[("reason", reason)], "canary_selector_model_unknown_total")
+    }
+
+    /// Request bodies the filter read (counter; a plugin's).
+    pub fn bodies_read(&self) -> String {
+        self.name(&[], "canary_selector_bodies_read_total")
     }
 
     /// Versions the mesh verdict tripped (counter; `guard_trips` counts the

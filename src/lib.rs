@@ -13,6 +13,8 @@
 //! - [`filter`]: what the filter does to a stream, against a narrow host trait;
 //! - [`grpc`]: gRPC's status codes and content type (a leaf, for the
 //!   config and the guard);
+//! - [`plan`]: what a config that may read bodies does with a request at
+//!   its headers, and a body's model;
 //! - [`guard`]: the sliding window and judgement behind automatic rollback;
 //! - [`mesh`]: the mesh verdict read from Prometheus (the poll's turn, the
 //!   answer, the versions it names);
@@ -43,6 +45,7 @@ pub mod guard;
 pub mod hash;
 pub mod matcher;
 pub mod mesh;
+pub mod plan;
 pub mod shared;
 pub mod vm;
 

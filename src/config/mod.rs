@@ -32,11 +32,12 @@ pub use rollout::{AnonymousCookie, Condition, Rollout, Rule, Source, Version};
 pub use rules::whole_value_regex;
 pub use schedule::{rfc3339_ms, Schedule, Step, MAX_SCHEDULE_STEPS};
 pub use scope::{
-    authority_host, prefix_takes, Claim, HostIndex, HostRollouts, Scope, MAX_AUTHORITY_HOST_LEN,
+    authority_host, prefix_takes, Claim, HostIndex, HostRollouts, PrefixRollouts, Scope,
+    MAX_AUTHORITY_HOST_LEN,
 };
 
 pub(crate) use raw::OrderedMap;
-use raw::{parse, Object, RawRollout};
+use raw::{parse, Object, RawRollout, WholeNumber};
 
 pub const DEFAULT_ROUTING_HEADER: &str = "x-canary-version";
 pub const DEFAULT_ANONYMOUS_COOKIE_MAX_AGE: u32 = 30 * 24 * 3600;
@@ -76,6 +77,17 @@ pub const MAX_HOSTS_PER_ROLLOUT: usize = 64;
 pub const MAX_HOSTS: usize = 4000;
 pub const MAX_PATH_PREFIXES: usize = 16;
 pub const MAX_PATH_PREFIX_LEN: usize = 1024;
+
+/// Bounds on reading bodies: a rollout's `models`, a model name, the
+/// largest `maxBodyBytes` (a body is held in Envoy's buffer while it is
+/// read, so the bound is Envoy's buffer limit's business too), and the
+/// default.
+pub const MAX_MODELS_PER_ROLLOUT: usize = 64;
+pub const MAX_MODEL_NAME_LEN: usize = 256;
+pub const MAX_BODY_BYTES: u32 = 64 << 20;
+pub const DEFAULT_MAX_BODY_BYTES: u32 = 1 << 20;
+/// The body's field that names the model (OpenAI's `model`).
+pub const MODEL_FIELD: &str = "model";
 
 /// Characters a version or rollout name may not hold: they frame the stat
 /// tags in the metrics' names (`version=.=model-v2;.;`, Istio's encoding).
@@ -158,6 +170,92 @@ pub struct Config {
     pub unclaimed_removes: Vec<String>,
     /// The rollouts by name (a config with `rollouts`).
     by_name: HashMap<String, usize>,
+    /// What the filter may read from a request's body, and how it learns
+    /// a request's model.
+    pub body: BodyRead,
+}
+
+/// What the filter may read from a JSON request body: a request's model (for
+/// rollouts scoped by `models`, or to rewrite it), and user ids
+/// (`userIdBodyFields`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyRead {
+    /// `modelHeader`: the request header that names the model, read before
+    /// the body, and written when the model was learnt from the body or
+    /// rewritten.
+    pub model_header: Option<String>,
+    /// `maxBodyBytes`: a longer body is not read (its model is unknown).
+    pub max_bytes: usize,
+    /// The top-level fields a scan looks for: `model` first, then every
+    /// rollout's `userIdBodyFields`, each once.
+    pub fields: Vec<String>,
+    /// Whether any rollout is scoped by `models`, reads a user id from the
+    /// body, or rewrites the model: if not, no request's body is ever read.
+    pub reads: bool,
+}
+
+impl BodyRead {
+    fn of(
+        rollouts: &[Rollout],
+        model_header: Option<String>,
+        max_bytes: u32,
+    ) -> Result<BodyRead, ConfigError> {
+        let mut fields = vec![MODEL_FIELD.to_string()];
+        let mut reads = false;
+        for r in rollouts {
+            reads |= r.scope.as_ref().is_some_and(|s| !s.models.is_empty())
+                || r.versions.iter().any(|v| v.model.is_some());
+            for source in &r.user_ids {
+                if let Source::BodyField { name } = source {
+                    reads = true;
+                    if !fields.iter().any(|f| **f == **name) {
+                        fields.push(name.to_string());
+                    }
+                }
+            }
+        }
+        if let Some(header) = &model_header {
+            if let Some(r) = rollouts.iter().find(|r| r.routing_header == *header) {
+                return err(
+                    "modelHeader",
+                    format!(
+                        "{header:?} is a routing header ({})",
+                        r.name().unwrap_or("the config's")
+                    ),
+                );
+            }
+        }
+        Ok(BodyRead {
+            model_header,
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
+            fields,
+            reads,
+        })
+    }
+
+    /// The index of body field `name` in [`BodyRead::fields`].
+    pub fn field(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|f| f == name)
+    }
+}
+
+/// The top-level options about bodies: `modelHeader` and `maxBodyBytes`.
+fn body_options(raw: &mut RawRollout) -> Result<(Option<String>, u32), ConfigError> {
+    let model_header = match raw.model_header.take() {
+        Some(h) => Some(names::other_written_header("modelHeader", &h)?),
+        None => None,
+    };
+    let max = match raw.max_body_bytes.take() {
+        Some(WholeNumber(n)) if (1..=MAX_BODY_BYTES).contains(&n) => n,
+        Some(WholeNumber(n)) => {
+            return err(
+                "maxBodyBytes",
+                format!("{n} is not from 1 to {MAX_BODY_BYTES}"),
+            )
+        }
+        None => DEFAULT_MAX_BODY_BYTES,
+    };
+    Ok((model_header, max))
 }
 
 impl Config {
@@ -228,6 +326,7 @@ impl Config {
 /// The top level: one rollout, or the `rollouts` list and nothing else.
 fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
     let pass_unclaimed = raw.pass_unclaimed_routing_headers.take();
+    let (model_header, max_body_bytes) = body_options(&mut raw)?;
     let Some(entries) = raw.rollouts.take() else {
         if pass_unclaimed.is_some() {
             return err(
@@ -239,6 +338,7 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
             ("name", raw.name.is_some()),
             ("hosts", raw.hosts.is_some()),
             ("pathPrefixes", raw.path_prefixes.is_some()),
+            ("models", raw.models.is_some()),
         ] {
             if present {
                 return err(
@@ -247,16 +347,29 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
                 );
             }
         }
+        let rollouts = vec![rollout::validate(raw)?];
+        let body = BodyRead::of(&rollouts, model_header, max_body_bytes)?;
         return Ok(Config {
-            rollouts: vec![rollout::validate(raw)?],
+            rollouts,
             index: None,
             unclaimed_removes: Vec::new(),
             by_name: HashMap::new(),
+            body,
         });
     };
-    if let Some(field) = rollout::fields_present(&raw).first() {
+    let scope_fields = [
+        ("name", raw.name.is_some()),
+        ("hosts", raw.hosts.is_some()),
+        ("pathPrefixes", raw.path_prefixes.is_some()),
+        ("models", raw.models.is_some()),
+    ];
+    let scope_field = scope_fields.iter().find(|(_, present)| *present);
+    if let Some(field) = scope_field
+        .map(|(f, _)| *f)
+        .or(rollout::fields_present(&raw).first().copied())
+    {
         return err(
-            *field,
+            field,
             "belongs in each entry of `rollouts`; the top level of a config with `rollouts` holds only the options about them",
         );
     }
@@ -277,11 +390,20 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
         if entry.rollouts.is_some() {
             return err(format!("{at}.rollouts"), "rollouts do not nest");
         }
-        if entry.pass_unclaimed_routing_headers.is_some() {
-            return err(
-                format!("{at}.passUnclaimedRoutingHeaders"),
-                "belongs at the top level: it is about requests no rollout takes",
-            );
+        for (field, present) in [
+            (
+                "passUnclaimedRoutingHeaders",
+                entry.pass_unclaimed_routing_headers.is_some(),
+            ),
+            ("modelHeader", entry.model_header.is_some()),
+            ("maxBodyBytes", entry.max_body_bytes.is_some()),
+        ] {
+            if present {
+                return err(
+                    format!("{at}.{field}"),
+                    "belongs at the top level: it applies to every request of the config",
+                );
+            }
         }
         let scoped = scope::validate(&mut entry, &rollouts).map_err(|e| e.within(&at))?;
         let mut rollout = rollout::validate(entry).map_err(|e| e.within(&at))?;
@@ -309,10 +431,12 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
         .enumerate()
         .filter_map(|(i, r)| Some((r.name()?.to_string(), i)))
         .collect();
+    let body = BodyRead::of(&rollouts, model_header, max_body_bytes)?;
     Ok(Config {
         rollouts,
         index: Some(index.build()),
         unclaimed_removes,
         by_name,
+        body,
     })
 }

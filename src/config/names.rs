@@ -4,7 +4,9 @@
 
 use super::rollout::Source;
 use super::DEFAULT_ROUTING_HEADER;
-use super::{err, ConfigError, MAX_HEADERS_READ, MAX_NAME_LEN, STAT_TAG_FRAMING};
+use super::{
+    err, ConfigError, MAX_HEADERS_READ, MAX_MODEL_NAME_LEN, MAX_NAME_LEN, STAT_TAG_FRAMING,
+};
 
 /// RFC 9110 `tchar`: what a header or cookie name may hold.
 fn is_tchar(b: u8) -> bool {
@@ -125,6 +127,31 @@ fn written_header(field: &str, name: &str) -> Result<String, ConfigError> {
         );
     }
     Ok(name)
+}
+
+/// A model name (`rollouts[].models`, `versions[].model`): what the filter
+/// compares with a request's model and may write into the body's `model`
+/// string and into `modelHeader`, so 1 to 256 bytes with no control
+/// character and no space at either end.
+pub(super) fn model_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > MAX_MODEL_NAME_LEN {
+        return err(
+            field,
+            format!("a model name is 1 to {MAX_MODEL_NAME_LEN} bytes"),
+        );
+    }
+    if name.chars().any(char::is_control) || name.trim() != name {
+        return err(
+            field,
+            format!("{name:?} holds a control character or starts or ends with a space"),
+        );
+    }
+    Ok(())
+}
+
+/// A header the filter writes besides the routing header (`modelHeader`).
+pub(super) fn other_written_header(field: &str, name: &str) -> Result<String, ConfigError> {
+    written_header(field, name)
 }
 
 /// The headers the filter writes, lowercased.

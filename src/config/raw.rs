@@ -23,9 +23,12 @@ use crate::grpc;
 pub(super) struct RawRollout {
     pub rollouts: Option<Vec<Object<RawRollout>>>,
     pub pass_unclaimed_routing_headers: Option<bool>,
+    pub model_header: Option<String>,
+    pub max_body_bytes: Option<WholeNumber>,
     pub name: Option<String>,
     pub hosts: Option<Vec<String>>,
     pub path_prefixes: Option<Vec<String>>,
+    pub models: Option<Vec<String>>,
     pub routing_header: Option<String>,
     pub versions: Option<Vec<Object<RawVersion>>>,
     pub stickiness: Option<Object<RawStickiness>>,
@@ -79,6 +82,7 @@ pub(super) struct RawStep {
 pub(super) struct RawVersion {
     pub name: String,
     pub weight: Number,
+    pub model: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -88,6 +92,8 @@ pub(super) struct RawStickiness {
     pub user_id_headers: Vec<String>,
     #[serde(default)]
     pub user_id_cookies: Vec<String>,
+    #[serde(default)]
+    pub user_id_body_fields: Vec<String>,
     pub salt: Option<String>,
     pub anonymous_cookie: Option<Object<RawAnonymousCookie>>,
 }

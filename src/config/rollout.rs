@@ -15,6 +15,9 @@ use crate::matcher::StringMatch;
 pub struct Version {
     pub name: String,
     pub weight: f64,
+    /// The model name a request that gets this version asks for: the
+    /// filter rewrites the body's `model` string (and `modelHeader`) to it.
+    pub model: Option<String>,
 }
 
 /// Where a value is read from. Headers are referenced by slot, an index into
@@ -22,8 +25,17 @@ pub struct Version {
 /// request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    Header { slot: usize },
-    Cookie { slot: usize, name: Box<[u8]> },
+    Header {
+        slot: usize,
+    },
+    Cookie {
+        slot: usize,
+        name: Box<[u8]>,
+    },
+    /// A top-level string field of the JSON body (`user`).
+    BodyField {
+        name: Box<str>,
+    },
 }
 
 #[derive(Debug)]
@@ -192,6 +204,7 @@ impl Rollout {
                 Source::Cookie { name, .. } => {
                     format!("cookie {}", String::from_utf8_lossy(name))
                 }
+                Source::BodyField { name } => format!("body field {name}"),
             })
             .collect();
         format!(

@@ -21,8 +21,8 @@ use super::names;
 use super::raw::RawRollout;
 use super::rollout::Rollout;
 use super::{
-    err, ConfigError, MAX_HOSTS, MAX_HOSTS_PER_ROLLOUT, MAX_PATH_PREFIXES, MAX_PATH_PREFIX_LEN,
-    MAX_VERSION_NAME_LEN,
+    err, ConfigError, MAX_HOSTS, MAX_HOSTS_PER_ROLLOUT, MAX_MODELS_PER_ROLLOUT, MAX_PATH_PREFIXES,
+    MAX_PATH_PREFIX_LEN, MAX_VERSION_NAME_LEN,
 };
 
 /// A rollout's place in a config that lists `rollouts`.
@@ -33,6 +33,9 @@ pub struct Scope {
     pub hosts: Vec<String>,
     /// Path prefixes; empty for every path.
     pub path_prefixes: Vec<String>,
+    /// The models it takes (the request's model: `modelHeader`, or the
+    /// JSON body's `model`); empty for requests of any model.
+    pub models: Vec<String>,
 }
 
 /// The longest host, in bytes, that the index looks up; a DNS name has at
@@ -116,10 +119,15 @@ pub(super) fn validate(raw: &mut RawRollout, earlier: &[Rollout]) -> Result<Scop
         None => Vec::new(),
         Some(prefixes) => path_prefixes(prefixes)?,
     };
+    let models = match raw.models.take() {
+        None => Vec::new(),
+        Some(models) => models_of(models)?,
+    };
     Ok(Scope {
         name,
         hosts,
         path_prefixes,
+        models,
     })
 }
 
@@ -184,6 +192,29 @@ fn host_pattern(field: &str, text: &str) -> Result<String, ConfigError> {
         }
     }
     Ok(pattern)
+}
+
+fn models_of(written: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if written.is_empty() {
+        return err(
+            "models",
+            "must list at least one model; leave it out for requests of any model",
+        );
+    }
+    if written.len() > MAX_MODELS_PER_ROLLOUT {
+        return err(
+            "models",
+            format!("lists more than {MAX_MODELS_PER_ROLLOUT} models"),
+        );
+    }
+    for (i, model) in written.iter().enumerate() {
+        let field = format!("models[{i}]");
+        names::model_name(&field, model)?;
+        if written.iter().take(i).any(|seen| seen == model) {
+            return err(field, format!("{model:?} is listed twice"));
+        }
+    }
+    Ok(written)
 }
 
 /// The prefixes as written, each as the index compares it: a trailing `/`
@@ -266,15 +297,53 @@ pub fn prefix_takes(prefix: &[u8], path: &[u8]) -> bool {
     }
 }
 
+/// The rollouts one host pattern holds under one path prefix: the one that
+/// takes requests of any model, and those that take given models.
+#[derive(Debug, Default)]
+pub struct PrefixRollouts {
+    /// Empty for every path.
+    prefix: Box<[u8]>,
+    /// The rollout without `models`.
+    any_model: Option<usize>,
+    /// Each listed model's rollout.
+    by_model: HashMap<Box<[u8]>, usize>,
+}
+
+impl PrefixRollouts {
+    /// The prefix, as the index compares it (empty: every path).
+    pub fn prefix(&self) -> &str {
+        // Prefixes are validated visible ASCII.
+        std::str::from_utf8(&self.prefix).unwrap_or_default()
+    }
+
+    /// Whether a rollout here takes requests by their model: the request's
+    /// model must be learnt before its rollout is known.
+    pub fn by_model(&self) -> bool {
+        !self.by_model.is_empty()
+    }
+
+    /// The rollout of a request whose model is `model` (`None`: not known):
+    /// the rollout listing it, else the one of any model, if there is one.
+    pub fn rollout_for(&self, model: Option<&[u8]>) -> Option<usize> {
+        model
+            .and_then(|m| self.by_model.get(m).copied())
+            .or(self.any_model)
+    }
+
+    /// The rollout that takes requests of any model.
+    pub fn any_model(&self) -> Option<usize> {
+        self.any_model
+    }
+}
+
 /// The rollouts one host pattern holds, by path prefix.
 #[derive(Debug, Default)]
 pub struct HostRollouts {
     /// The pattern as the config writes it (lowercased): `name.example.com`,
     /// `*.example.com` or `*`.
     pattern: Box<str>,
-    /// (prefix, rollout index), the longest prefix first; an empty prefix
-    /// (every path) comes last.
-    by_prefix: Vec<(Box<[u8]>, usize)>,
+    /// The longest prefix first; an empty prefix (every path) comes last.
+    by_prefix: Vec<PrefixRollouts>,
 }
 
 /// What takes a request in a config that lists `rollouts`: the host pattern
@@ -285,8 +354,10 @@ pub struct Claim<'c> {
     /// The host pattern, as the config writes it (lowercased).
     pub pattern: &'c str,
     /// The rollout (an index into the config's rollouts) and the path
-    /// prefix it takes the request by (empty: every path); `None` when the
-    /// pattern's rollouts all have prefixes and none takes the path.
+    /// prefix it takes the request by (empty: every path), for a request
+    /// whose model is not known; `None` when the pattern's rollouts all
+    /// have prefixes and none takes the path, or the prefix's rollouts all
+    /// take given models.
     pub taker: Option<(usize, &'c str)>,
 }
 
@@ -296,24 +367,29 @@ impl HostRollouts {
         &self.pattern
     }
 
-    /// The rollout whose prefix is the longest that takes `path` (read only
-    /// if a prefix needs it), and that prefix.
-    pub fn taker<'p>(&self, path: impl FnOnce() -> Option<&'p [u8]>) -> Option<(usize, &str)> {
-        let found = match self.by_prefix.as_slice() {
-            [(every, rollout)] if every.is_empty() => Some((every, *rollout)),
+    /// The rollouts of the longest prefix that takes `path` (read only if
+    /// a prefix needs it).
+    pub fn prefix_for<'p>(
+        &self,
+        path: impl FnOnce() -> Option<&'p [u8]>,
+    ) -> Option<&PrefixRollouts> {
+        match self.by_prefix.as_slice() {
+            [every] if every.prefix.is_empty() => Some(every),
             entries => {
                 let path = path().unwrap_or_default();
-                entries
-                    .iter()
-                    .find(|(prefix, _)| prefix_takes(prefix, path))
-                    .map(|(prefix, rollout)| (prefix, *rollout))
+                entries.iter().find(|e| prefix_takes(&e.prefix, path))
             }
-        }?;
-        // Prefixes are validated visible ASCII.
-        Some((found.1, std::str::from_utf8(found.0).unwrap_or_default()))
+        }
     }
 
-    /// The rollout whose prefix is the longest that takes `path`.
+    /// The rollout of a request whose model is not known (the one of any
+    /// model under the longest prefix that takes `path`), and that prefix.
+    pub fn taker<'p>(&self, path: impl FnOnce() -> Option<&'p [u8]>) -> Option<(usize, &str)> {
+        let entry = self.prefix_for(path)?;
+        Some((entry.any_model?, entry.prefix()))
+    }
+
+    /// The rollout of a request whose model is not known.
     pub fn rollout_for<'p>(&self, path: impl FnOnce() -> Option<&'p [u8]>) -> Option<usize> {
         self.taker(path).map(|(rollout, _)| rollout)
     }
@@ -442,12 +518,8 @@ impl IndexBuilder {
                 held.pattern = pattern.as_str().into();
             }
             for (p, prefix) in prefixes.iter().enumerate() {
-                let claimed = held
-                    .by_prefix
-                    .iter()
-                    .find(|(q, _)| **q == *prefix.as_bytes());
-                if let Some(&(_, other)) = claimed {
-                    let (field, what) = if scope.path_prefixes.is_empty() {
+                let place = || {
+                    if scope.path_prefixes.is_empty() {
                         (
                             format!("{at}.hosts[{h}]"),
                             format!("{pattern:?} (every path)"),
@@ -457,14 +529,47 @@ impl IndexBuilder {
                             format!("{at}.pathPrefixes[{p}]"),
                             format!("{prefix:?} on {pattern:?}"),
                         )
-                    };
+                    }
+                };
+                let claimed_by = |other: usize| {
                     let name = earlier.get(other).and_then(Rollout::name).unwrap_or("?");
-                    return err(
-                        field,
-                        format!("{what} is already claimed by rollouts[{other}] ({name:?}): a host and path prefix take one rollout"),
-                    );
+                    format!("rollouts[{other}] ({name:?})")
+                };
+                let entry = match held
+                    .by_prefix
+                    .iter_mut()
+                    .position(|e| *e.prefix == *prefix.as_bytes())
+                {
+                    Some(i) => held.by_prefix.get_mut(i),
+                    None => {
+                        held.by_prefix.push(PrefixRollouts {
+                            prefix: prefix.as_bytes().into(),
+                            ..Default::default()
+                        });
+                        held.by_prefix.last_mut()
+                    }
+                };
+                let Some(entry) = entry else { continue };
+                if scope.models.is_empty() {
+                    if let Some(other) = entry.any_model {
+                        let (field, what) = place();
+                        return err(
+                            field,
+                            format!("{what} is already claimed by {}: a host and path prefix take one rollout of any model", claimed_by(other)),
+                        );
+                    }
+                    entry.any_model = Some(rollout);
                 }
-                held.by_prefix.push((prefix.as_bytes().into(), rollout));
+                for (m, model) in scope.models.iter().enumerate() {
+                    if let Some(&other) = entry.by_model.get(model.as_bytes()) {
+                        let (_, what) = place();
+                        return err(
+                            format!("{at}.models[{m}]"),
+                            format!("{model:?} on {what} is already claimed by {}: a host, path prefix and model take one rollout", claimed_by(other)),
+                        );
+                    }
+                    entry.by_model.insert(model.as_bytes().into(), rollout);
+                }
             }
         }
         Ok(())
@@ -479,7 +584,7 @@ impl IndexBuilder {
             .chain(self.index.any.as_mut());
         for held in all {
             held.by_prefix
-                .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+                .sort_by_key(|e| std::cmp::Reverse(e.prefix.len()));
             held.by_prefix.shrink_to_fit();
         }
         self.index

@@ -5,7 +5,8 @@ use super::names::{self, HeaderSlots};
 use super::raw::{Object, RawStickiness, WholeNumber};
 use super::rollout::{AnonymousCookie, Source, Version};
 use super::{
-    err, ConfigError, DEFAULT_ANONYMOUS_COOKIE_MAX_AGE, MAX_SALT_LEN, MAX_USER_ID_SOURCES,
+    err, ConfigError, DEFAULT_ANONYMOUS_COOKIE_MAX_AGE, MAX_NAME_LEN, MAX_SALT_LEN,
+    MAX_USER_ID_SOURCES,
 };
 use crate::hash::Murmur3;
 
@@ -24,11 +25,12 @@ pub(super) fn validate(
     routing_header: &str,
     slots: &mut HeaderSlots,
 ) -> Result<Stickiness, ConfigError> {
-    let n_sources = st.user_id_headers.len() + st.user_id_cookies.len();
+    let n_sources =
+        st.user_id_headers.len() + st.user_id_body_fields.len() + st.user_id_cookies.len();
     if n_sources > MAX_USER_ID_SOURCES {
         return err(
             "stickiness",
-            format!("userIdHeaders and userIdCookies list more than {MAX_USER_ID_SOURCES} sources"),
+            format!("userIdHeaders, userIdBodyFields and userIdCookies list more than {MAX_USER_ID_SOURCES} sources"),
         );
     }
     let mut user_ids = Vec::with_capacity(n_sources + 1);
@@ -43,6 +45,24 @@ pub(super) fn validate(
         };
         if user_ids.contains(&source) {
             return err(field, format!("{h:?} is listed twice"));
+        }
+        user_ids.push(source);
+    }
+    // Body fields come after the headers (a header id needs no body read)
+    // and before the cookies.
+    for (i, f) in st.user_id_body_fields.iter().enumerate() {
+        let field = format!("stickiness.userIdBodyFields[{i}]");
+        if f.is_empty() || f.len() > MAX_NAME_LEN || f.chars().any(char::is_control) {
+            return err(
+                field,
+                format!("a body field name is 1 to {MAX_NAME_LEN} bytes, no control character"),
+            );
+        }
+        let source = Source::BodyField {
+            name: f.as_str().into(),
+        };
+        if user_ids.contains(&source) {
+            return err(field, format!("{f:?} is listed twice"));
         }
         user_ids.push(source);
     }

@@ -40,7 +40,14 @@ pub(super) fn validate(
                 format!("{} is not between 0 and 100", decimal(weight)),
             );
         }
-        versions.push(Version { name, weight });
+        if let Some(model) = &v.model {
+            names::model_name(&format!("{field}.model"), model)?;
+        }
+        versions.push(Version {
+            name,
+            weight,
+            model: v.model,
+        });
     }
     let weights: Vec<f64> = versions.iter().map(|v| v.weight).collect();
     let sum: f64 = weights.iter().sum();

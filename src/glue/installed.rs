@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use log::{info, warn};
 
+use super::bodies::Deliveries;
 use super::logs;
 use super::metrics::{add_to_counter, Counter};
 use super::polls::Polls;
@@ -24,6 +25,7 @@ use crate::filter::{MetricNames, Outcome};
 use crate::guard;
 use crate::hash::murmur3_32;
 use crate::mesh::{self, Ignored, Poll, PollFailure, Sample};
+use crate::plan::Unknown;
 use crate::shared::{self, accept_push, gauged, Held, Keys, UNNAMED_ROLLOUT};
 use crate::vm::{self, Event};
 
@@ -33,6 +35,10 @@ thread_local! {
     static CURRENT: RefCell<HashMap<String, u64>> = RefCell::new(HashMap::new());
     static SERIALS: Cell<u64> = const { Cell::new(0) };
 }
+
+/// How long a request waits for its body before the tick decides it
+/// without (when Envoy delivers no body while it holds the headers).
+pub const BODY_RESCUE_MS: u64 = 200;
 
 /// The longest summary of a config kept for the log line of a rejected one.
 const MAX_SERVING_SUMMARY: usize = 1024;
@@ -56,6 +62,12 @@ pub struct Installed {
     /// wyrand state for anonymous picks, seeded on first use.
     pub rng: Cell<Option<u64>>,
     polls: Polls,
+    /// Whether Envoy delivers the bodies of requests the filter holds.
+    pub bodies: Deliveries,
+    /// Request bodies read, and requests whose model was needed from the
+    /// body and not learnt, by why.
+    bodies_read: Counter,
+    model_unknown: Vec<(Unknown, Counter)>,
 }
 
 impl Installed {
@@ -121,6 +133,9 @@ impl Installed {
             serial,
             now_ms: Cell::new(now_ms),
             rng: Cell::new(None),
+            bodies: Deliveries::default(),
+            bodies_read: Counter::default(),
+            model_unknown: Unknown::all().map(|u| (u, Counter::default())).collect(),
             config,
         };
         // A config without `rollouts` serves every request; a rollout the
@@ -151,14 +166,21 @@ impl Installed {
     /// The tick period: once a second, or a few times per slot of the
     /// shortest guard window that is judged here.
     pub fn tick_ms(&self) -> u64 {
-        self.config
+        let guards = self
+            .config
             .rollouts
             .iter()
             .filter_map(|r| r.guard.as_ref())
             .filter(|g| g.judges_locally())
             .map(|g| guard::Window::new(1, g.window_ms).slot_ms())
             .min()
-            .map_or(1000, |slot| slot.clamp(100, 1000))
+            .map_or(1000, |slot| slot.clamp(100, 1000));
+        // A request waiting for a body Envoy does not deliver waits a tick.
+        if self.config.body.reads {
+            guards.min(BODY_RESCUE_MS)
+        } else {
+            guards
+        }
     }
 
     /// The tick: flushes the counters; then, for the config the plugin
@@ -186,6 +208,10 @@ impl Installed {
     pub fn flush_counts(&self) {
         self.no_rollout
             .flush(|| self.plugin_names.no_rollout_requests());
+        self.bodies_read.flush(|| self.plugin_names.bodies_read());
+        for (why, c) in &self.model_unknown {
+            c.flush(|| self.plugin_names.model_unknown(why.as_str()));
+        }
         let now = self.now_ms.get();
         for (i, (rollout, m)) in self.each().enumerate() {
             m.flush(&HostShared, rollout, now, self.held_back(i));
@@ -195,6 +221,24 @@ impl Installed {
     /// Counts a request no rollout takes.
     pub fn count_unclaimed(&self) {
         self.no_rollout.add();
+    }
+
+    /// Counts a request whose model was needed from its body and not learnt.
+    pub fn count_model_unknown(&self, why: Unknown) {
+        if let Some((_, c)) = self.model_unknown.iter().find(|(u, _)| *u == why) {
+            c.add();
+        }
+    }
+
+    /// Counts a body read.
+    pub fn count_body_read(&self) {
+        self.bodies_read.add();
+    }
+
+    /// Whether a line of kind `what` may be logged now (once a minute per
+    /// proxy).
+    pub fn log_due(&self, what: &str, now_ms: i64) -> bool {
+        shared::log_due(&HostShared, &self.plugin_keys.logged(what), now_ms)
     }
 
     /// What the decision for rollout `index` needs from the clock and the
@@ -260,7 +304,7 @@ impl Installed {
         let samples = match answer {
             Ok(samples) => samples,
             Err(failure) => {
-                if self.log_due(poll, "failure") {
+                if self.poll_log_due(poll, "failure") {
                     warn!("{}", logs::poll_failed(poll, failure));
                 }
                 return;
@@ -320,17 +364,17 @@ impl Installed {
             }
         }
         let unknown = ignored.unknown_rollout + ignored.unknown_version;
-        if unknown > 0 && self.log_due(poll, "ignored") {
+        if unknown > 0 && self.poll_log_due(poll, "ignored") {
             warn!("{}", logs::series_ignored(poll, unknown));
         }
-        if ignored.bad_value > 0 && self.log_due(poll, "values") {
+        if ignored.bad_value > 0 && self.poll_log_due(poll, "values") {
             warn!("{}", logs::values_ignored(poll, ignored.bad_value));
         }
     }
 
     /// Whether a line of kind `what` about `poll` may be logged now: each
     /// kind at most once a minute per proxy, apart from the others.
-    fn log_due(&self, poll: &Poll, what: &str) -> bool {
+    fn poll_log_due(&self, poll: &Poll, what: &str) -> bool {
         let key = self.plugin_keys.poll_logged(poll.index, what);
         shared::log_due(&HostShared, &key, self.now_ms.get())
     }

@@ -11,6 +11,8 @@
 //! - `stream`: the HTTP context, one per request, which implements the
 //!   core's `Host` and `ResponseHost` with SDK calls and does nothing else
 //!   (the decision itself is `filter`'s);
+//! - `bodies`: the requests that wait for their body, and what is done with
+//!   the body once it came (or when it does not come);
 //! - `metrics`: Envoy's counters and gauges, each name defined once per VM;
 //! - `logs`: the log lines.
 //!
@@ -29,6 +31,7 @@ use proxy_wasm::types::LogLevel;
 
 use crate::shared::{SharedData, VmId};
 
+mod bodies;
 mod installed;
 mod logs;
 mod metrics;
@@ -45,6 +48,14 @@ proxy_wasm::main! {{
 fn now_ms(ctx: &dyn Context) -> i64 {
     ctx.get_current_time()
         .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Unix time in ms, asked of the host without a context at hand.
+fn now_ms_of_host() -> i64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 

@@ -9,7 +9,8 @@ use log::error;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
-use super::installed::{serving, Installed};
+use super::bodies;
+use super::installed::{serving, Installed, BODY_RESCUE_MS};
 use super::logs;
 use super::now_ms;
 use super::stream::Stream;
@@ -83,8 +84,8 @@ impl RootContext for Plugin {
         true
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream::new(self.installed.clone())))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Stream::new(self.installed.clone(), context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -97,7 +98,12 @@ impl RootContext for Plugin {
         };
         #[cfg(feature = "alloc-stats")]
         super::metrics::alloc_stats::report();
-        installed.tick(now_ms(self), |poll| {
+        let now = now_ms(self);
+        if installed.config.body.reads {
+            let after = i64::try_from(BODY_RESCUE_MS).unwrap_or(i64::MAX);
+            bodies::rescue(&installed, now, after);
+        }
+        installed.tick(now, |poll| {
             let headers = vec![
                 (":method", "GET"),
                 (":path", poll.path.as_str()),

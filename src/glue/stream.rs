@@ -1,18 +1,22 @@
 //! The HTTP context: one per stream. It finds the stream's rollout, hands
 //! the decision to `filter`, and implements the core's host traits with SDK
-//! calls.
+//! calls. A request whose body the decision needs waits for it
+//! (`super::bodies`).
 
 use std::cell::Cell;
 use std::rc::Rc;
 
+use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, Bytes};
+use proxy_wasm::types::{Action, Bytes, MapType};
 
+use super::bodies::{self, Waiting};
 use super::installed::Installed;
 use super::now_ms;
-use crate::config::{authority_host, MAX_AUTHORITY_HOST_LEN};
-use crate::decision::{Entropy, Reason, Request, WyRand};
+use crate::config::{authority_host, Config, PrefixRollouts, MAX_AUTHORITY_HOST_LEN};
+use crate::decision::{decide, Entropy, Reason, Request, WyRand};
 use crate::filter::{self, AwaitingTrailers, Host, Judging, Pending, ResponseHost};
+use crate::plan::{self, AtHeaders, BodyFacts};
 
 /// A config reading this many distinct request headers or more gets them
 /// with one call for the whole header map instead of one call per header:
@@ -21,12 +25,11 @@ use crate::filter::{self, AwaitingTrailers, Host, Judging, Pending, ResponseHost
 const READ_ALL_HEADERS_FROM: usize = 16;
 
 pub struct Stream {
+    /// Envoy's id of this stream's context.
+    id: u32,
     installed: Option<Rc<Installed>>,
     /// The stream's rollout: an index into the config's rollouts.
     rollout: usize,
-    /// The request headers the rollout reads, by slot: `None` until
-    /// fetched. Emptied when the request headers have passed.
-    fetched: Vec<Option<Option<Bytes>>>,
     /// What the response phase still has to do.
     pending: Option<Pending>,
     /// A gRPC response the guard judges at its trailers.
@@ -34,48 +37,123 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(installed: Option<Rc<Installed>>) -> Stream {
+    pub fn new(installed: Option<Rc<Installed>>, id: u32) -> Stream {
         Stream {
+            id,
             installed,
             rollout: 0,
-            fetched: Vec::new(),
             pending: None,
             awaiting: None,
         }
     }
 
-    /// The rollout that takes this request, if any: with `rollouts`, by its
-    /// `:authority` and, only when the host's rollouts differ by path, its
-    /// `:path`. A config without them reads neither.
-    fn rollout_of(&self, installed: &Installed) -> Option<usize> {
-        if installed.config.index.is_none() {
-            return Some(0);
-        }
-        let authority = self.get_http_request_header_bytes(":authority");
-        let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
-        let host = authority
-            .as_deref()
-            .and_then(|a| authority_host(a, &mut buf));
+    /// Decides at the headers, as in a config that reads no body: the
+    /// rollout by host and (only when the host's rollouts differ by path)
+    /// path; a config without `rollouts` reads neither.
+    fn decide_now(&mut self, installed: &Installed) -> Action {
+        let host = host_of(&installed.config);
         let mut path = None;
         let slot = &mut path;
-        installed.config.rollout_for(host, move || {
-            *slot = self.get_http_request_header_bytes(":path");
+        let index = installed.config.rollout_for(host.as_deref(), move || {
+            *slot = header(":path");
             let read: &Option<Bytes> = slot;
             read.as_deref()
-        })
+        });
+        match index {
+            Some(index) => self.decided(installed, index, None),
+            None => unclaimed(installed),
+        }
+        Action::Continue
     }
 
-    /// Fetches every header the rollout reads with one call for the whole
-    /// map.
-    fn fetch_all(&mut self, names: &[String]) {
-        for (name, value) in self.get_http_request_headers_bytes() {
-            let slot = names.iter().position(|n| *n == name);
-            if let Some(entry @ None) = slot.and_then(|i| self.fetched.get_mut(i)) {
-                *entry = Some(Some(value));
+    /// Decides rollout `index` (a decision taken from the headers already,
+    /// if `decided`), writes the routing header and counts.
+    fn decided(
+        &mut self,
+        installed: &Installed,
+        index: usize,
+        decided: Option<crate::decision::Decision>,
+    ) {
+        let Some(rollout) = installed.config.rollouts.get(index) else {
+            return;
+        };
+        self.rollout = index;
+        let mut calls = Calls::new(installed, index, None);
+        let live = installed.live(index, || now_ms(self));
+        let d = decided
+            .unwrap_or_else(|| decide(rollout, &mut calls, &mut CellRng(&installed.rng), live));
+        self.pending = filter::apply(rollout, &d, &mut calls, live);
+    }
+
+    /// At the headers of a config that may read bodies: decide, leave the
+    /// request unclaimed, or wait for the body (only where it matters).
+    fn plan(&mut self, installed: &Rc<Installed>, end_of_stream: bool) -> Action {
+        let config = &installed.config;
+        let host = host_of(config);
+        let entry = prefix_entry(config, host.as_deref());
+        let model = config.body.model_header.as_deref().and_then(header);
+        let facts = BodyFacts {
+            json: header("content-type").is_some_and(|t| plan::is_json(&t)),
+            content_length: header("content-length")
+                .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok()),
+            end_of_stream,
+        };
+        let unreadable = facts.unreadable(config.body.max_bytes);
+        let readable = unreadable.is_none() && installed.bodies.held_while_read();
+        match plan::at_headers(config, entry, model.as_deref(), readable) {
+            AtHeaders::Unclaimed => {
+                unclaimed(installed);
+                Action::Continue
+            }
+            AtHeaders::WaitForModel => self.wait(installed, Waiting::ForModel),
+            AtHeaders::Rollout(index) => {
+                let Some(rollout) = config.rollouts.get(index) else {
+                    return Action::Continue;
+                };
+                if entry.is_some_and(PrefixRollouts::by_model) && model.is_none() {
+                    // Scoped by model, and the body could not say which.
+                    if let Some(why) = unreadable {
+                        installed.count_model_unknown(why);
+                    }
+                }
+                let mut calls = Calls::new(installed, index, None);
+                if readable && plan::reaches_body(rollout, &mut calls) {
+                    return self.wait(installed, Waiting::ForId { rollout: index });
+                }
+                let live = installed.live(index, || now_ms(self));
+                let d = decide(rollout, &mut calls, &mut CellRng(&installed.rng), live);
+                if readable && plan::rewrites(rollout, &d).is_some() {
+                    return self.wait(
+                        installed,
+                        Waiting::ToRewrite {
+                            rollout: index,
+                            decision: d,
+                        },
+                    );
+                }
+                if let (Some(_), Some(why)) = (plan::rewrites(rollout, &d), unreadable) {
+                    // The version asks for another model, in a body the
+                    // filter cannot read: the request goes as it is.
+                    installed.count_model_unknown(why);
+                }
+                self.rollout = index;
+                self.pending = filter::apply(rollout, &d, &mut calls, live);
+                Action::Continue
             }
         }
-        for entry in &mut self.fetched {
-            entry.get_or_insert(None);
+    }
+
+    fn wait(&mut self, installed: &Rc<Installed>, waiting: Waiting) -> Action {
+        bodies::wait(self.id, installed.clone(), waiting, now_ms(self));
+        Action::Pause
+    }
+
+    /// What a waiting request was decided as, once its body came (or the
+    /// filter stopped waiting for it).
+    fn take_decided(&mut self) {
+        if let Some((rollout, pending)) = bodies::take_decided(self.id) {
+            self.rollout = rollout;
+            self.pending = pending;
         }
     }
 }
@@ -83,34 +161,29 @@ impl Stream {
 impl Context for Stream {}
 
 impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
         let Some(installed) = self.installed.clone() else {
             return Action::Continue;
         };
-        // No rollout takes the request: it passes, without the routing
-        // headers a client may have sent.
-        let Some((index, rollout)) = self
-            .rollout_of(&installed)
-            .and_then(|i| Some((i, installed.config.rollouts.get(i)?)))
-        else {
-            installed.count_unclaimed();
-            filter::on_unclaimed_request(&installed.config, self);
-            return Action::Continue;
-        };
-        self.rollout = index;
-        self.fetched = vec![None; rollout.headers.len()];
-        if rollout.headers.len() >= READ_ALL_HEADERS_FROM {
-            self.fetch_all(&rollout.headers);
+        if installed.config.body.reads {
+            self.plan(&installed, end_of_stream)
+        } else {
+            self.decide_now(&installed)
         }
-        let live = installed.live(index, || now_ms(self));
-        let (_, pending) =
-            filter::on_request_headers(rollout, self, &mut CellRng(&installed.rng), live);
-        self.pending = pending;
-        self.fetched = Vec::new();
-        Action::Continue
+    }
+
+    /// Only a request that waits for its body has anything to do here: the
+    /// others continue at once.
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let action = bodies::on_body(self.id, body_size, end_of_stream);
+        if action == Action::Continue {
+            self.take_decided();
+        }
+        action
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
+        self.take_decided();
         let (Some(installed), Some(pending)) = (self.installed.clone(), self.pending.take()) else {
             return Action::Continue;
         };
@@ -150,45 +223,12 @@ impl HttpContext for Stream {
 
 impl Drop for Stream {
     /// Envoy deletes a stream's context when the stream ends, however it
-    /// ends: a gRPC call still waiting for its status never got one.
+    /// ends: a gRPC call still waiting for its status never got one, and a
+    /// request still waiting for its body waits no more.
     fn drop(&mut self) {
+        bodies::forget(self.id);
         if let (Some(installed), Some(awaiting)) = (&self.installed, self.awaiting.take()) {
             installed.record(self.rollout, filter::on_stream_lost(&awaiting));
-        }
-    }
-}
-
-impl Request for Stream {
-    fn header(&mut self, slot: usize, name: &str) -> Option<&[u8]> {
-        if matches!(self.fetched.get(slot), Some(None)) {
-            // Header values are bytes: the `String` getters panic on a
-            // value that is not UTF-8 (a latin-1 byte, say).
-            let value = self.get_http_request_header_bytes(name);
-            if let Some(entry) = self.fetched.get_mut(slot) {
-                *entry = Some(value);
-            }
-        }
-        self.fetched.get(slot)?.as_ref()?.as_deref()
-    }
-}
-
-impl Host for Stream {
-    fn set_request_header(&mut self, name: &str, value: &[u8]) {
-        self.set_http_request_header_bytes(name, Some(value));
-    }
-
-    fn remove_request_header(&mut self, name: &str) {
-        // Looked up first: a removal clears Envoy's route cache, which a
-        // request without the header (nearly every one) need not pay for.
-        if self.get_http_request_header_bytes(name).is_some() {
-            self.set_http_request_header_bytes(name, None);
-        }
-    }
-
-    fn count(&mut self, version: usize, reason: Reason) {
-        // Counted in the VM, flushed to Envoy's counters on the tick.
-        if let Some(installed) = &self.installed {
-            installed.count_request(self.rollout, version, reason);
         }
     }
 }
@@ -211,9 +251,134 @@ impl ResponseHost for Stream {
     }
 }
 
+/// A request header's value, as bytes (the `String` getters panic on a value
+/// that is not UTF-8: a latin-1 byte, say). Of the stream whose callback
+/// runs, or of the one `hostcalls::set_effective_context` named.
+pub fn header(name: &str) -> Option<Bytes> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+}
+
+/// The request's host, as the host index looks it up ([`authority_host`]);
+/// read only for a config with `rollouts`.
+pub fn host_of(config: &Config) -> Option<Vec<u8>> {
+    config.index.as_ref()?;
+    let authority = header(":authority")?;
+    let mut buf = [0u8; MAX_AUTHORITY_HOST_LEN];
+    authority_host(&authority, &mut buf).map(<[u8]>::to_vec)
+}
+
+/// The rollouts of the longest prefix that takes the request, in a config
+/// with `rollouts`.
+pub fn prefix_entry<'c>(config: &'c Config, host: Option<&[u8]>) -> Option<&'c PrefixRollouts> {
+    let held = config.index.as_ref()?.lookup(host)?;
+    let mut path = None;
+    let slot = &mut path;
+    held.prefix_for(move || {
+        *slot = header(":path");
+        let read: &Option<Bytes> = slot;
+        read.as_deref()
+    })
+}
+
+/// A request no rollout takes: counted, and its routing headers removed.
+pub fn unclaimed(installed: &Installed) {
+    installed.count_unclaimed();
+    filter::on_unclaimed_request(&installed.config, &mut Calls::new(installed, 0, None));
+}
+
+/// The request phase's host operations on the stream whose callback runs
+/// (or the effective context), with each header the rollout reads fetched
+/// at most once, and the body's fields once a scan found them.
+pub struct Calls<'i> {
+    installed: &'i Installed,
+    rollout: usize,
+    /// The request headers the rollout reads, by slot: `None` until
+    /// fetched.
+    fetched: Vec<Option<Option<Bytes>>>,
+    /// The body's fields, as a scan found them (`config.body.fields`).
+    body: Option<&'i crate::body::Scanned>,
+}
+
+impl<'i> Calls<'i> {
+    pub fn new(
+        installed: &'i Installed,
+        rollout: usize,
+        body: Option<&'i crate::body::Scanned>,
+    ) -> Calls<'i> {
+        let names = installed
+            .config
+            .rollouts
+            .get(rollout)
+            .map_or(&[][..], |r| &r.headers[..]);
+        let mut calls = Calls {
+            installed,
+            rollout,
+            fetched: vec![None; names.len()],
+            body,
+        };
+        if names.len() >= READ_ALL_HEADERS_FROM {
+            calls.fetch_all(names);
+        }
+        calls
+    }
+
+    /// Fetches every header the rollout reads with one call for the whole
+    /// map.
+    fn fetch_all(&mut self, names: &[String]) {
+        let all = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        for (name, value) in all {
+            let slot = names.iter().position(|n| *n == name);
+            if let Some(entry @ None) = slot.and_then(|i| self.fetched.get_mut(i)) {
+                *entry = Some(Some(value));
+            }
+        }
+        for entry in &mut self.fetched {
+            entry.get_or_insert(None);
+        }
+    }
+}
+
+impl Request for Calls<'_> {
+    fn header(&mut self, slot: usize, name: &str) -> Option<&[u8]> {
+        if matches!(self.fetched.get(slot), Some(None)) {
+            let value = header(name);
+            if let Some(entry) = self.fetched.get_mut(slot) {
+                *entry = Some(value);
+            }
+        }
+        self.fetched.get(slot)?.as_ref()?.as_deref()
+    }
+
+    fn body_field(&mut self, name: &str) -> Option<&[u8]> {
+        let index = self.installed.config.body.field(name)?;
+        self.body?.value(index).map(str::as_bytes)
+    }
+}
+
+impl Host for Calls<'_> {
+    fn set_request_header(&mut self, name: &str, value: &[u8]) {
+        let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        // Looked up first: a removal clears Envoy's route cache, which a
+        // request without the header (nearly every one) need not pay for.
+        if header(name).is_some() {
+            let _ = hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, None);
+        }
+    }
+
+    fn count(&mut self, version: usize, reason: Reason) {
+        // Counted in the VM, flushed to Envoy's counters on the tick.
+        self.installed.count_request(self.rollout, version, reason);
+    }
+}
+
 /// The VM's wyrand, its state in a cell; seeded from the host (WASI
 /// `random_get`) on first use.
-struct CellRng<'a>(&'a Cell<Option<u64>>);
+pub struct CellRng<'a>(pub &'a Cell<Option<u64>>);
 
 impl Entropy for CellRng<'_> {
     fn next_u64(&mut self) -> u64 {

@@ -173,6 +173,11 @@ impl Keys {
         format!("{}.mesh.{index}.turn", self.plugin)
     }
 
+    /// When the plugin last logged a line of kind `what` ([`log_due`]).
+    pub fn logged(&self, what: &str) -> String {
+        format!("{}.logged-{what}", self.plugin)
+    }
+
     /// When the `index`-th poll last logged a line of kind `what`, so that
     /// each kind is logged at most once a minute per proxy
     /// ([`log_due`]).

@@ -348,7 +348,7 @@ fn check_names_the_rollouts_entry_of_an_error() {
         ),
         (
             format!("rollouts:\n{}\n{}", entry("a", "[\"*.example.com\"]", (90, 10)), entry("b", "[x.example.org, \"*.Example.com\"]", (90, 10))),
-            "rollouts[1].hosts[1]: \"*.example.com\" (every path) is already claimed by rollouts[0] (\"a\"): a host and path prefix take one rollout".to_string(),
+            "rollouts[1].hosts[1]: \"*.example.com\" (every path) is already claimed by rollouts[0] (\"a\"): a host and path prefix take one rollout of any model".to_string(),
         ),
         (
             format!("rollouts:\n{}\n{}", entry("a", "[a.example.com]", (90, 10)), entry("b", "[\"b.example.com:443\"]", (90, 10))),

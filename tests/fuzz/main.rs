@@ -709,6 +709,7 @@ fn check_rollout(r: &Rollout) {
                 && name.len() <= config::MAX_NAME_LEN
                 && name.iter().copied().all(is_tchar)
         }
+        Source::BodyField { name } => !name.is_empty() && name.len() <= config::MAX_NAME_LEN,
     };
     assert!(r.user_ids.len() <= config::MAX_USER_ID_SOURCES + 1);
     assert!(r.user_ids.iter().all(source_ok));

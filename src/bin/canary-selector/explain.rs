@@ -208,6 +208,7 @@ pub fn source_name(rollout: &Rollout, source: &Source) -> String {
             rollout.headers.get(*slot).map_or("?", String::as_str)
         ),
         Source::Cookie { name, .. } => format!("cookie {}", String::from_utf8_lossy(name)),
+        Source::BodyField { name } => format!("body field {name}"),
     }
 }
 
@@ -385,6 +386,7 @@ fn id_value(rollout: &Rollout, req: &mut Given, source: &Source) -> Option<Strin
             req.header(*slot, rollout.headers.get(*slot)?)?,
             name,
         )?,
+        Source::BodyField { name } => req.body_field(name)?,
     };
     let id = canary_selector::matcher::trim(raw);
     let id = id.get(..canary_selector::MAX_USER_ID_LEN).unwrap_or(id);
