@@ -144,5 +144,6 @@ mod grpc;
 mod guard_schedule;
 mod hashing;
 mod interleavings;
+mod models;
 mod rollouts;
 mod stream;
