@@ -352,8 +352,8 @@ impl MetricNames {
         self.name(&[("version", version)], "canary_selector_guard_trips_total")
     }
 
-    /// Requests no rollout of the config takes, which pass untouched
-    /// (counter; a plugin's, not a rollout's).
+    /// Requests no rollout of the config takes, their routing headers
+    /// removed (counter; a plugin's, not a rollout's).
     pub fn no_rollout_requests(&self) -> String {
         self.name(&[], "canary_selector_no_rollout_requests_total")
     }

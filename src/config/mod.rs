@@ -310,7 +310,7 @@ impl Config {
     /// The rollout of a request to `host` (the `:authority` without its port,
     /// lowercased: [`authority_host`]; `None` without one) whose `:path`
     /// `path` gives, read only when the host's rollouts differ by path.
-    /// `None`: no rollout takes the request, which then passes untouched.
+    /// `None`: no rollout takes the request (`filter::on_unclaimed_request`).
     pub fn rollout_for<'p>(
         &self,
         host: Option<&[u8]>,

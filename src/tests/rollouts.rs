@@ -150,7 +150,7 @@ fn the_most_specific_host_wins_then_the_longest_path_prefix() {
         pick(&c, "iris.models.example.com", "/v2/health"),
         Some("exact-v2")
     );
-    // No prefix of the most specific host matches: untouched, even though
+    // No prefix of the most specific host matches: unclaimed, even though
     // a less specific pattern would have taken the request.
     assert_eq!(pick(&c, "iris.models.example.com", "/metrics"), None);
 }
