@@ -4,12 +4,14 @@
 //! by [`Installed::install`]; streams hold it by `Rc`, so a stream keeps the
 //! config it started with across a push.
 //!
-//! Only the config a root context installed last acts for the plugin: one
-//! that a push replaced while streams still hold it ([`Installed::superseded`])
-//! flushes what those streams count and does nothing else.
+//! Only the config installed last acts for the plugin: one that a push
+//! replaced while streams (or its root context) still hold it
+//! ([`Installed::superseded`]) flushes what those streams count and does
+//! nothing else.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::rc::{Rc, Weak};
 
 use log::{info, warn};
 
@@ -30,10 +32,10 @@ use crate::shared::{self, accept_push, gauged, Held, Keys, UNNAMED_ROLLOUT};
 use crate::vm::{self, Event};
 
 thread_local! {
-    /// The serial of the config each plugin's root context installed last
-    /// in this VM.
-    static CURRENT: RefCell<HashMap<String, u64>> = RefCell::new(HashMap::new());
-    static SERIALS: Cell<u64> = const { Cell::new(0) };
+    /// The config each plugin serves in this VM. Envoy gives every push a
+    /// root context of its own, so this, not the root, is where a push
+    /// finds the config it replaces.
+    static SERVING: RefCell<HashMap<String, Weak<Installed>>> = RefCell::new(HashMap::new());
 }
 
 /// How long a request waits for its body before the tick decides it
@@ -54,8 +56,6 @@ pub struct Installed {
     plugin: String,
     plugin_names: MetricNames,
     plugin_keys: Keys,
-    /// This config's number in the VM ([`CURRENT`]).
-    serial: u64,
     /// Unix ms at the last tick: the clock the guard's windows and the
     /// polls use.
     pub now_ms: Cell<i64>,
@@ -72,17 +72,12 @@ pub struct Installed {
 
 impl Installed {
     /// This VM's state for `config` (its JSON text `text`), pushed to the
-    /// plugin `plugin`; `previous` is the config it replaces in this root,
-    /// whose guards go on where the push kept a rollout's generation. Logs
-    /// what the push changed (once per proxy) and zeroes the gauges of what
-    /// it dropped.
-    pub fn install(
-        config: Config,
-        text: &[u8],
-        plugin: &str,
-        now_ms: i64,
-        previous: Option<&Installed>,
-    ) -> Installed {
+    /// plugin `plugin`, now serving the plugin in this VM. The guards of the
+    /// config it replaces go on where the push kept a rollout's generation.
+    /// Logs what the push changed (once per proxy) and zeroes the gauges of
+    /// what it dropped.
+    pub fn install(config: Config, text: &[u8], plugin: &str, now_ms: i64) -> Rc<Installed> {
+        let previous = SERVING.with(|s| s.borrow().get(plugin).and_then(Weak::upgrade));
         let store = HostShared;
         let plugin_keys = Keys::new(plugin, None);
         let whole = accept_push(
@@ -105,18 +100,18 @@ impl Installed {
         for name in gauged::dropped(&store, &plugin_keys.gauged_rollouts(), &current) {
             zero_dropped_rollout(&store, plugin, &name);
         }
-        let (state, events) =
-            vm::State::install(&store, plugin, &config, vm_id(), previous.map(|p| &p.state));
+        let (state, events) = vm::State::install(
+            &store,
+            plugin,
+            &config,
+            vm_id(),
+            previous.as_deref().map(|p| &p.state),
+        );
         let metrics = config
             .rollouts
             .iter()
             .map(|r| RolloutMetrics::new(plugin, r))
             .collect();
-        let serial = SERIALS.with(|s| {
-            s.set(s.get() + 1);
-            s.get()
-        });
-        CURRENT.with(|c| c.borrow_mut().insert(plugin.to_string(), serial));
         let plugin_names = MetricNames::new(plugin, None);
         let no_rollout = Counter::default();
         if config.index.is_some() {
@@ -130,7 +125,6 @@ impl Installed {
             plugin: plugin.to_string(),
             plugin_names,
             plugin_keys,
-            serial,
             now_ms: Cell::new(now_ms),
             rng: Cell::new(None),
             bodies: Deliveries::default(),
@@ -147,6 +141,11 @@ impl Installed {
             }
         }
         installed.show(events);
+        let installed = Rc::new(installed);
+        SERVING.with(|s| {
+            s.borrow_mut()
+                .insert(plugin.to_string(), Rc::downgrade(&installed))
+        });
         installed
     }
 
@@ -160,7 +159,8 @@ impl Installed {
 
     /// Whether a later push replaced this config in the VM.
     pub fn superseded(&self) -> bool {
-        CURRENT.with(|c| c.borrow().get(&self.plugin) != Some(&self.serial))
+        let serving = SERVING.with(|s| s.borrow().get(&self.plugin).cloned());
+        !serving.is_some_and(|s| std::ptr::eq(s.as_ptr(), self))
     }
 
     /// The tick period: once a second, or a few times per slot of the

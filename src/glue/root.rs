@@ -72,15 +72,9 @@ impl RootContext for Plugin {
                 return false;
             }
         };
-        let installed = Installed::install(
-            config,
-            &text,
-            &plugin,
-            now_ms(self),
-            self.installed.as_deref(),
-        );
+        let installed = Installed::install(config, &text, &plugin, now_ms(self));
         self.set_tick_period(Duration::from_millis(installed.tick_ms()));
-        self.installed = Some(Rc::new(installed));
+        self.installed = Some(installed);
         true
     }
 
