@@ -7,10 +7,12 @@
 
 use serde::Serialize;
 
+use canary_selector::body::{self, Scanned};
 use canary_selector::config::{
     authority_host, Config, HostIndex, HostRollouts, Rollout, Source, MAX_AUTHORITY_HOST_LEN,
 };
 use canary_selector::decision::{decide, Basis, Live, Reason, Request, WyRand};
+use canary_selector::plan::{self, Unknown};
 
 use crate::hosts::{self, Taker, Unclaimed};
 use crate::input::{self, PluginConfig};
@@ -18,14 +20,57 @@ use crate::{percent, slice, At, Fatal, Report};
 
 /// The request: lowercase header names and their values, the first of a
 /// repeated header winning, as the filter's host returns them.
-struct Given(Vec<(String, Vec<u8>)>);
+struct Given {
+    headers: Vec<(String, Vec<u8>)>,
+    /// The body as given (`--body`), and once the config is known, what the
+    /// filter's scan finds in it (by `config.body.fields`).
+    body: Option<Vec<u8>>,
+    scanned: Option<(Vec<String>, Result<Scanned, Unknown>)>,
+}
+
+impl Given {
+    /// Reads the body as the filter does for `config`: the fields it wants,
+    /// or why it cannot. A body over `maxBodyBytes` is not read.
+    fn scan(&mut self, config: &Config) {
+        let Some(body) = &self.body else { return };
+        let fields: Vec<&str> = config.body.fields.iter().map(String::as_str).collect();
+        let scanned = if body.len() > config.body.max_bytes {
+            Err(Unknown::TooLarge)
+        } else {
+            body::scan(
+                &mut InMemory(body),
+                body.len(),
+                &fields,
+                body::DEFAULT_MAX_VALUE,
+            )
+            .map_err(Unknown::Unreadable)
+        };
+        self.scanned = Some((config.body.fields.clone(), scanned));
+    }
+}
+
+/// A body given whole, as a `BodySource`.
+struct InMemory<'b>(&'b [u8]);
+
+impl body::BodySource for InMemory<'_> {
+    fn slice(&mut self, start: usize, max: usize) -> Option<Vec<u8>> {
+        let end = start.saturating_add(max).min(self.0.len());
+        self.0.get(start..end).map(<[u8]>::to_vec)
+    }
+}
 
 impl Request for Given {
     fn header(&mut self, _slot: usize, name: &str) -> Option<&[u8]> {
-        self.0
+        self.headers
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
+    }
+
+    fn body_field(&mut self, name: &str) -> Option<&[u8]> {
+        let (fields, scanned) = self.scanned.as_ref()?;
+        let index = fields.iter().position(|f| f == name)?;
+        scanned.as_ref().ok()?.value(index).map(str::as_bytes)
     }
 }
 
@@ -36,6 +81,8 @@ pub struct RequestArgs<'a> {
     pub cookies: &'a [String],
     pub host: Option<&'a str>,
     pub path: Option<&'a str>,
+    /// The JSON body (`--body`).
+    pub body: Option<&'a str>,
 }
 
 fn request(args: &RequestArgs) -> Result<Given, Fatal> {
@@ -86,7 +133,14 @@ fn request(args: &RequestArgs) -> Result<Given, Fatal> {
     if !cookie_parts.is_empty() {
         out.push(("cookie".into(), cookie_parts.join("; ").into_bytes()));
     }
-    Ok(Given(out))
+    if args.body.is_some() && !out.iter().any(|(n, _)| n == "content-type") {
+        out.push(("content-type".into(), b"application/json".to_vec()));
+    }
+    Ok(Given {
+        headers: out,
+        body: args.body.map(|b| b.as_bytes().to_vec()),
+        scanned: None,
+    })
 }
 
 /// A header name as the filter sees it: lowercase, and `Host` as Envoy
@@ -139,6 +193,10 @@ pub struct Explanation {
     /// The filter's one-line error when it rejects the config.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    /// The model the version asks for: the filter rewrites the body's
+    /// `model` (and `modelHeader`) to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rewrites_model: Option<String>,
 }
 
 /// How a config with `rollouts` takes the request, as the filter's index
@@ -167,6 +225,71 @@ struct Pick {
     pattern_rollouts: Vec<Taker>,
     /// Less specific patterns that match the host too: never tried.
     passed_over: Vec<String>,
+    /// Where the prefix's rollouts are scoped by model: the request's model
+    /// and where it came from (`header` or `body`), or why it is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<Model>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Model {
+    name: Option<String>,
+    from: Option<&'static str>,
+    unknown: Option<&'static str>,
+}
+
+impl Model {
+    fn text(&self) -> String {
+        match (&self.name, self.from, self.unknown) {
+            (Some(name), Some(from), _) => format!(", model {name} (from the {from})"),
+            (_, _, Some(why)) => format!(", model unknown ({why})"),
+            _ => String::new(),
+        }
+    }
+}
+
+/// The request's model, as the filter learns it where a prefix's rollouts
+/// are scoped by model: the `modelHeader` value, else the body's `model`
+/// (read only if the body is JSON, present and within `maxBodyBytes`).
+fn model_of(config: &Config, req: &mut Given) -> Model {
+    if let Some(value) = config
+        .body
+        .model_header
+        .as_deref()
+        .and_then(|h| req.header(0, h))
+        .filter(|v| !v.is_empty())
+    {
+        return Model {
+            name: Some(String::from_utf8_lossy(value).into_owned()),
+            from: Some("header"),
+            unknown: None,
+        };
+    }
+    let facts = plan::BodyFacts {
+        json: req.header(0, "content-type").is_some_and(plan::is_json),
+        content_length: req.body.as_ref().map(|b| b.len() as u64),
+        end_of_stream: req.body.is_none(),
+    };
+    let found = match facts.unreadable(config.body.max_bytes) {
+        Some(why) => Err(why),
+        None => match &req.scanned {
+            Some((_, scanned)) => plan::model_of(scanned).map(|(m, _)| m.to_string()),
+            None => Err(Unknown::NoBody),
+        },
+    };
+    match found {
+        Ok(name) => Model {
+            name: Some(name),
+            from: Some("body"),
+            unknown: None,
+        },
+        Err(why) => Model {
+            name: None,
+            from: None,
+            unknown: Some(why.as_str()),
+        },
+    }
 }
 
 #[derive(Serialize)]
@@ -258,7 +381,19 @@ fn pick(config: &Config, index: &HostIndex, req: &mut Given) -> Pick {
         .as_deref()
         .and_then(|a| authority_host(a, &mut buf));
     let claim = index.claim(host, || path.as_deref());
-    let taker = claim.and_then(|c| c.taker);
+    let entry = index
+        .lookup(host)
+        .and_then(|held| held.prefix_for(|| path.as_deref()));
+    // Where the prefix's rollouts are scoped by model, the request's model
+    // picks among them, as the filter picks.
+    let (taker, model) = match entry.filter(|e| e.by_model()) {
+        Some(entry) => {
+            let model = model_of(config, req);
+            let rollout = entry.rollout_for(model.name.as_deref().map(str::as_bytes));
+            (rollout.map(|r| (r, entry.prefix())), Some(model))
+        }
+        None => (claim.and_then(|c| c.taker), None),
+    };
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
     Pick {
         authority: authority.as_deref().map(text),
@@ -279,6 +414,7 @@ fn pick(config: &Config, index: &HostIndex, req: &mut Given) -> Pick {
             .map(HostRollouts::pattern)
             .map(str::to_string)
             .collect(),
+        model,
     }
 }
 
@@ -298,6 +434,7 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
         schedule_step: None,
         guard_would_divert: false,
         error: None,
+        rewrites_model: None,
     };
     let config = match Config::from_json(plugin.json.as_bytes()) {
         Ok(c) => c,
@@ -306,6 +443,7 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
             return out;
         }
     };
+    req.scan(&config);
     let chosen = match &config.index {
         // No `rollouts`: its one rollout takes every request.
         None => config.rollouts.first(),
@@ -333,6 +471,7 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
     let d = decide(rollout, req, &mut WyRand(seed), live);
     let thresholds = rollout.thresholds_at(at.ms);
     out.version = rollout.versions.get(d.version).map(|v| v.name.clone());
+    out.rewrites_model = plan::rewrites(rollout, &d).map(str::to_string);
     out.reason = d.reason.as_str();
     out.weights = shares(rollout, thresholds)
         .into_iter()
@@ -421,7 +560,18 @@ impl Pick {
                     Some(prefix) => format!("prefix {prefix} takes path {path}"),
                     None => "every path".into(),
                 };
-                format!("rollout {name} (rollouts[{index}]): {matched}, {paths}\n")
+                let model = self.model.as_ref().map(Model::text).unwrap_or_default();
+                format!("rollout {name} (rollouts[{index}]): {matched}, {paths}{model}\n")
+            }
+            _ if self.model.is_some() => {
+                let model = self.model.as_ref();
+                let listed = if model.is_some_and(|m| m.name.is_some()) {
+                    "no rollout there lists that model, and none takes any model"
+                } else {
+                    "no rollout there takes any model"
+                };
+                let model = model.map(Model::text).unwrap_or_default();
+                format!("no rollout: {matched}, path {path}{model}: {listed}: {unclaimed}\n")
             }
             _ => {
                 let held: Vec<String> = self
@@ -501,6 +651,12 @@ impl Report for Explanation {
             }
             (None, None, None, None) => String::new(),
         };
+        if let Some(model) = &self.rewrites_model {
+            out.push_str(&format!(
+                "{} asks for model {model}: the filter rewrites the body's \"model\" to it\n",
+                self.version.as_deref().unwrap_or_default()
+            ));
+        }
         if self.error.is_none() {
             let when = self.at.as_deref().unwrap_or("now");
             if let Some(step) = self.schedule_step {
@@ -532,6 +688,7 @@ mod tests {
             cookies,
             host: None,
             path: None,
+            body: None,
         }
     }
 
@@ -717,5 +874,51 @@ mod tests {
         assert!(with.rollout.is_none());
         assert_eq!(with.text(), without.text());
         assert!(with.text().starts_with("v1: sticky"), "{}", with.text());
+    }
+
+    #[test]
+    fn a_body_picks_the_rollout_by_its_model_and_gives_the_user_id_as_the_filter_does() {
+        const CHAT: &str = r#"{"modelHeader": "x-gateway-model-name", "rollouts": [
+          {"name": "llama", "hosts": ["*"], "pathPrefixes": ["/v1/chat/completions"], "models": ["llama"],
+           "versions": [{"name": "llama-v1", "weight": 50}, {"name": "llama-v2", "weight": 50, "model": "llama-ft"}],
+           "stickiness": {"userIdHeaders": ["x-user-id"], "userIdBodyFields": ["user"]}}]}"#;
+        let explain = |headers: &[String], body: Option<&str>| {
+            let args = RequestArgs {
+                headers,
+                cookies: &[],
+                host: Some("gateway.example.com"),
+                path: Some("/v1/chat/completions"),
+                body,
+            };
+            let plugin = PluginConfig {
+                file: "chat.json".into(),
+                resource: None,
+                json: CHAT.into(),
+                target_gateways: Default::default(),
+            };
+            explain_request(&plugin, &args, At::now()).unwrap().text()
+        };
+        let text = explain(
+            &[],
+            Some(r#"{"messages": [], "model": "llama", "user": "bob"}"#),
+        );
+        assert!(text.starts_with("rollout llama (rollouts[0]): host gateway.example.com matches *, prefix /v1/chat/completions takes path /v1/chat/completions, model llama (from the body)\nllama-v2: sticky: body field user is \"bob\""), "{text}");
+        assert!(
+            text.contains(
+                "llama-v2 asks for model llama-ft: the filter rewrites the body's \"model\" to it"
+            ),
+            "{text}"
+        );
+        // The header names the model first.
+        let text = explain(&["x-gateway-model-name: llama".into()], None);
+        assert!(text.contains("model llama (from the header)"), "{text}");
+        // A model no rollout lists, and a body the filter cannot read.
+        let text = explain(&[], Some(r#"{"model": "gpt-4o"}"#));
+        assert!(text.starts_with("no rollout: host gateway.example.com matches *, path /v1/chat/completions, model gpt-4o (from the body): no rollout there lists that model"), "{text}");
+        let text = explain(&[], Some(r#"{"model": "llama", "model": "llama"}"#));
+        assert!(
+            text.contains("model unknown (duplicate): no rollout there takes any model"),
+            "{text}"
+        );
     }
 }

@@ -352,6 +352,7 @@ fn check_explain(
             cookies: &[],
             host: authority.as_deref(),
             path: path.as_deref(),
+            body: None,
         };
         let e = explain_request(&plugin(written), &args, at.clone()).unwrap();
         let got = serde_json::to_value(&e).unwrap();

@@ -90,6 +90,11 @@ enum Command {
         /// (only a rule on :path would see it)
         #[arg(long, value_name = "PATH")]
         path: Option<String>,
+        /// The request's JSON body (`{"model": "...", "user": "..."}`), read as the filter
+        /// reads it: its `model` picks among rollouts scoped by `models`, and its
+        /// `userIdBodyFields` give user ids (a request with a body is `application/json`)
+        #[arg(long, value_name = "JSON")]
+        body: Option<String>,
         /// Evaluate a schedule at this RFC 3339 time instead of now
         #[arg(long, value_name = "RFC3339", value_parser = At::parse)]
         at: Option<At>,
@@ -164,6 +169,7 @@ fn main() -> ExitCode {
             cookies,
             host,
             path,
+            body,
             at,
         } => {
             let request = explain::RequestArgs {
@@ -171,6 +177,7 @@ fn main() -> ExitCode {
                 cookies: &cookies,
                 host: host.as_deref(),
                 path: path.as_deref(),
+                body: body.as_deref(),
             };
             explain::run(&file, &request, at.unwrap_or_else(At::now)).map(|r| emit(&r, output))
         }
