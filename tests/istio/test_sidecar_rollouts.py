@@ -2,8 +2,8 @@
 it: the rollout scoped to the model Service's host names. Every form of
 the name a client sends (short, with the namespace, .svc, the full name;
 with or without the port, in any letter case) takes the split; a request
-for another Service, or for the ClusterIP, passes untouched to the default
-route."""
+for another Service, or for the ClusterIP, loses a routing header the
+client sent and takes the default route, to stable."""
 
 import pytest
 
@@ -91,4 +91,4 @@ def test_a_request_for_another_host_cannot_pick_a_version(scoped, start_sidecar,
                 "model-v1",
                 None,
                 None,
-            )
+            ), sent

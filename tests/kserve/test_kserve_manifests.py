@@ -36,6 +36,9 @@ def test_the_manifests_are_the_documented_set():
         ("istio/kserve/many-models/inferenceservice.yaml", "InferenceService", "xgboost-iris"),
         ("istio/kserve/many-models/wasmplugin.yaml", "WasmPlugin", "canary-selector"),
         ("istio/kserve/namespace.yaml", "Namespace", "kserve-test"),
+        # Testers by their token (docs/operations.md, "Security"): applied instead of wasmplugin.yaml.
+        ("istio/kserve/security/requestauthentication.yaml", "RequestAuthentication", "canary-testers"),
+        ("istio/kserve/security/wasmplugin.yaml", "WasmPlugin", "canary-selector"),
         ("istio/kserve/trafficextension/canary-selector.yaml", "TrafficExtension", "canary-selector"),
         ("istio/kserve/wasmplugin.yaml", "WasmPlugin", "canary-selector"),
     ]
@@ -118,6 +121,43 @@ MISTAKES = [
         "istio/kserve/trafficextension/canary-selector.yaml",
         _set("spec.wasm.url", "ftp://registry.example.com/x"),
         "url must have schema",
+    ),
+    # The RequestAuthentication against the schema written from Istio's API
+    # reference (tests/istio/mesh/request_authentication.py; no CRD at hand).
+    (
+        "istio/kserve/security/requestauthentication.yaml",
+        _set("spec.jwtRules.0.outputClaimToHeaders.0.header", "x-jwt canary"),
+        "does not match",
+    ),
+    (
+        "istio/kserve/security/requestauthentication.yaml",
+        _set("spec.jwtRules.0.outputClaimToHeader", []),
+        "'outputClaimToHeader' was unexpected",
+    ),
+    (
+        "istio/kserve/security/requestauthentication.yaml",
+        _set("spec.jwtRules.0.outputClaimToHeaders.0.claim", DELETE),
+        "'claim' is a required property",
+    ),
+    (
+        "istio/kserve/security/requestauthentication.yaml",
+        _set("spec.jwtRules.0.jwks", '{"keys": []}'),
+        "only one of jwks or jwksUri",
+    ),
+    (
+        "istio/kserve/security/requestauthentication.yaml",
+        _set("spec.jwtRules.0.jwksUri", "auth.example.com/jwks.json"),
+        "url must have scheme",
+    ),
+    (
+        "istio/kserve/security/requestauthentication.yaml",
+        _set("spec.selector", {"matchLabels": {"app": "x"}}),
+        "only one of targetRefs or selector",
+    ),
+    (
+        "istio/kserve/security/requestauthentication.yaml",
+        _set("spec.targetRefs.0.namespace", "kserve-test"),
+        "cross namespace referencing is not currently supported",
     ),
     (
         "envoy/gateway/envoyextensionpolicy.yaml",

@@ -3,7 +3,8 @@ rollout for each (istio/kserve/many-models/, envoy/gateway/many-models/),
 on both gateway shapes: the wiring of both models' routes, KServe's gRPC
 rule outranked by ours, and in the real Envoy each model's split,
 stickiness, testers and gRPC calls following its own rollout, a request for
-a third model passing untouched, and a failing model tripping its own
+a third model losing the routing header a client sent and nothing else, and
+a failing model tripping its own
 canary alone, across a push of the other rollout."""
 
 import copy
@@ -255,7 +256,7 @@ def test_one_filter_splits_each_model_by_its_own_rollout_and_a_third_model_canno
                 "model-v1",
                 None,
                 None,
-            )
+            ), sent
     # A host behind no route at all: 404, untouched too.
     r = envoy.request({"host": "nobody-kserve-test.example.com", "x-user-id": "u"})
     assert (r.status, r.header("x-canary-version")) == (404, None)

@@ -8,7 +8,9 @@ Istio would build from them.
   kubectl's strict field validation, the CRD's CEL rules evaluated by
   cel-python), a Kubernetes kind against Kubernetes' own schemas
   (kubernetes-validate), the PrometheusRule against its own schema (no
-  Prometheus Operator CRD is at hand) and its rule groups against promtool.
+  Prometheus Operator CRD is at hand) and its rule groups against promtool,
+  the RequestAuthentication against its own schema (no CRD of its group is
+  at hand either).
 - `Cluster`: the objects `kubectl apply -f` creates, changed by the README's
   `kubectl patch` and `delete` commands exactly as the API server would.
 - `plugin_config_json()`: a WasmPlugin's pluginConfig as Istio delivers it.
@@ -23,6 +25,7 @@ keep writing `mesh.<name>`:
 - schemas.py: the CRD schemas (strict, defaulted) and ObjectMeta; JSON Schema errors.
 - cel.py: the CRDs' CEL rules on cel-python.
 - prometheus_rule.py: the PrometheusRule's schema and `promtool check rules`.
+- request_authentication.py: the RequestAuthentication's schema, from Istio's API reference.
 - validation.py: `validate()`, a manifest against the schema its kind takes.
 - cluster.py: `Cluster`, the objects the runbooks' kubectl commands leave.
 - plugin.py: what Istio makes of a WasmPlugin or TrafficExtension.
@@ -50,6 +53,7 @@ from .manifests import OTHER_SCENARIOS, demo_bootstrap, kubectl_files, load, man
 from .schemas import CRD_DIRS, CRD_GROUPS, CRD_ROOT, CRDS, CRDS_MISSING, METADATA, crd, defaulted, schema_errors
 from .cel import CEL_FUNCTIONS
 from .prometheus_rule import PROMETHEUS_RULE, promtool_check_rules, validate_prometheus_rule
+from .request_authentication import REQUEST_AUTHENTICATION, validate_request_authentication
 from .validation import K8S_VERSIONS, validate, validate_custom_resource, validate_kubernetes
 from .plugin import (
     RBAC_FILTER,

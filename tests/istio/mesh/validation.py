@@ -2,7 +2,8 @@
 resource (Istio, Gateway API, Envoy Gateway, KServe) against its CRD (its
 defaults applied, unknown fields errors, its CEL rules evaluated), a
 Kubernetes kind against Kubernetes' own schemas (kubernetes-validate), the
-PrometheusRule against prometheus_rule.py."""
+PrometheusRule against prometheus_rule.py, the RequestAuthentication against
+request_authentication.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from .cel import cel_errors
 from .prometheus_rule import validate_prometheus_rule
+from .request_authentication import validate_request_authentication
 from .schemas import CRD_GROUPS, CRD_ROOT, CRDS, CRDS_MISSING, METADATA, defaulted, schema_errors, strict
 
 # Kubernetes releases whose schemas the Kubernetes kinds must pass: every
@@ -59,10 +61,14 @@ def validate_kubernetes(doc: dict) -> list[str]:
 def validate(doc: dict) -> list[str]:
     """A manifest against the schema `kubectl apply` would apply: a kind of a
     group with CRDs in ../shared against its CRD, the PrometheusRule against
-    its schema (prometheus_rule.py), any other kind against Kubernetes' own schemas."""
+    its schema (prometheus_rule.py), the RequestAuthentication against its
+    schema (request_authentication.py: no CRD of its group is at hand), any
+    other kind against Kubernetes' own schemas."""
     group = str(doc.get("apiVersion", "")).split("/")[0]
     if group in CRD_GROUPS:
         return validate_custom_resource(doc)
     if group == "monitoring.coreos.com":
         return validate_prometheus_rule(doc)
+    if group == "security.istio.io":
+        return validate_request_authentication(doc)
     return validate_kubernetes(doc)
