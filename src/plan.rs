@@ -166,6 +166,16 @@ pub fn at_headers(
     rollout.map_or(AtHeaders::Unclaimed, AtHeaders::Rollout)
 }
 
+/// Whether `rollout` may need a request's body: a `userIdBodyFields`
+/// source, or a version that rewrites the model.
+pub fn reads_body(rollout: &Rollout) -> bool {
+    rollout
+        .user_ids
+        .iter()
+        .any(|s| matches!(s, Source::BodyField { .. }))
+        || rollout.versions.iter().any(|v| v.model.is_some())
+}
+
 /// Whether deciding `rollout` for the request would read a body field: no
 /// rule holds, and no user id source before the first body field gives an
 /// id.

@@ -91,6 +91,26 @@ impl Stream {
         let config = &installed.config;
         let host = host_of(config);
         let entry = prefix_entry(config, host.as_deref());
+        // A request whose rollout is known without its model, and whose
+        // rollout never reads a body, is decided as in a config that reads
+        // none: no header more is read for it.
+        if !entry.is_some_and(PrefixRollouts::by_model) {
+            let rollout = match (&config.index, entry) {
+                (None, _) => Some(0),
+                (Some(_), entry) => entry.and_then(PrefixRollouts::any_model),
+            };
+            match rollout {
+                None => {
+                    unclaimed(installed);
+                    return Action::Continue;
+                }
+                Some(index) if !config.rollouts.get(index).is_some_and(plan::reads_body) => {
+                    self.decided(installed, index, None);
+                    return Action::Continue;
+                }
+                Some(_) => {}
+            }
+        }
         let model = config.body.model_header.as_deref().and_then(header);
         let facts = BodyFacts {
             json: header("content-type").is_some_and(|t| plan::is_json(&t)),
@@ -98,8 +118,13 @@ impl Stream {
                 .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok()),
             end_of_stream,
         };
-        let unreadable = facts.unreadable(config.body.max_bytes);
-        let readable = unreadable.is_none() && installed.bodies.held_while_read();
+        // Why the body will not be read, if it will not: what the headers
+        // say of it, or that Envoy delivers no body while the filter holds
+        // the headers (`super::bodies`).
+        let unreadable = facts.unreadable(config.body.max_bytes).or_else(|| {
+            (!installed.bodies.held_while_read()).then_some(plan::Unknown::NotDelivered)
+        });
+        let readable = unreadable.is_none();
         match plan::at_headers(config, entry, model.as_deref(), readable) {
             AtHeaders::Unclaimed => {
                 unclaimed(installed);

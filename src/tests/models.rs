@@ -80,6 +80,9 @@ fn what_a_config_reads_from_bodies_is_known_at_the_push() {
     assert_eq!(c.body.fields, ["model", "user", "prompt_cache_key"]);
     assert_eq!(c.body.model_header.as_deref(), Some("x-gateway-model-name"));
     assert_eq!(c.body.max_bytes, 65536);
+    // Which rollouts may need a body once they take a request.
+    let reads: Vec<bool> = c.rollouts.iter().map(plan::reads_body).collect();
+    assert_eq!(reads, [true, false, false, false]);
     // A config with none of the fields never reads a body.
     let plain = config(r#"{"versions": [{"name": "v1", "weight": 100}]}"#);
     assert!(!plain.body.reads);
