@@ -28,6 +28,9 @@ const GAUGED_VERSIONS: usize = 4 * MAX_VERSIONS;
 /// Rollout names the plugin's gauge record keeps.
 const GAUGED_ROLLOUTS: usize = 2 * MAX_ROLLOUTS;
 
+/// The name of a counter by decision, from a version and a reason.
+type DecisionMetric = fn(&MetricNames, &str, Reason) -> String;
+
 /// Counters per (version, reason), at `version * Reason::ALL.len() + reason`.
 #[derive(Default)]
 struct ByDecision(Vec<Counter>);
@@ -142,6 +145,16 @@ impl RolloutMetrics {
         gauged::holds(store, &self.keys.gauged_rollouts(), &self.recorded_as)
     }
 
+    /// The counters by decision, each with the name it is defined under.
+    fn by_decision(&self) -> [(&ByDecision, DecisionMetric); 4] {
+        [
+            (&self.requests, MetricNames::requests),
+            (&self.responses, MetricNames::responses),
+            (&self.failed_responses, MetricNames::failed_responses),
+            (&self.slow_responses, MetricNames::slow_responses),
+        ]
+    }
+
     /// Counts one decision (no host call: the request path).
     pub fn count_request(&self, version: usize, reason: Reason) {
         self.requests.add(version, reason);
@@ -174,12 +187,9 @@ impl RolloutMetrics {
             return;
         }
         let names = &self.names;
-        self.requests.define(rollout, |v, r| names.requests(v, r));
-        self.responses.define(rollout, |v, r| names.responses(v, r));
-        self.failed_responses
-            .define(rollout, |v, r| names.failed_responses(v, r));
-        self.slow_responses
-            .define(rollout, |v, r| names.slow_responses(v, r));
+        for (counters, name) in self.by_decision() {
+            counters.define(rollout, |v, r| name(names, v, r));
+        }
         if rollout.guard.is_some() {
             // A count of trips starts at zero.
             for v in &rollout.versions {
@@ -223,12 +233,9 @@ impl RolloutMetrics {
             self.activate(store, rollout, now_ms, held_back);
         }
         let names = &self.names;
-        self.requests.flush(rollout, |v, r| names.requests(v, r));
-        self.responses.flush(rollout, |v, r| names.responses(v, r));
-        self.failed_responses
-            .flush(rollout, |v, r| names.failed_responses(v, r));
-        self.slow_responses
-            .flush(rollout, |v, r| names.slow_responses(v, r));
+        for (counters, name) in self.by_decision() {
+            counters.flush(rollout, |v, r| name(names, v, r));
+        }
         let kinds = rollout
             .versions
             .iter()

@@ -53,7 +53,7 @@ pub trait SharedData {
 /// on an absent key is no obstacle, as in Envoy): for native tests, where
 /// several "VMs" share one store.
 #[derive(Default)]
-pub struct MemoryStore(RefCell<HashMap<String, (Vec<u8>, u32)>>);
+pub struct MemoryStore(RefCell<Records>);
 
 impl MemoryStore {
     /// The keys set so far: what a proxy would hold for the VM's life.
@@ -73,15 +73,23 @@ impl SharedData for MemoryStore {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        let mut map = self.0.borrow_mut();
-        let token = match map.get(key) {
-            Some((_, current)) if cas.is_some_and(|c| c != *current) => return false,
-            Some((_, current)) => current.wrapping_add(1),
-            None => 1,
-        };
-        map.insert(key.into(), (value.to_vec(), token));
-        true
+        set_in(&mut self.0.borrow_mut(), key, value, cas)
     }
+}
+
+/// Each key's value and compare-and-swap token, as a host keeps them.
+pub type Records = HashMap<String, (Vec<u8>, u32)>;
+
+/// A `set` with the host's compare-and-swap rules: a token that is not the
+/// key's current one loses; no token, or an absent key, always wins.
+pub fn set_in(records: &mut Records, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+    let token = match records.get(key) {
+        Some((_, current)) if cas.is_some_and(|c| c != *current) => return false,
+        Some((_, current)) => current.wrapping_add(1),
+        None => 1,
+    };
+    records.insert(key.into(), (value.to_vec(), token));
+    true
 }
 
 /// The name a config without `rollouts` gives its one rollout in the

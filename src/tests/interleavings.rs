@@ -14,7 +14,6 @@
 //! - a breach is recorded once, and every VM that ticks after it learns it;
 //! - of VMs asking at the same instant, one sends a poll per turn.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use shuttle::sync::Mutex;
@@ -22,16 +21,13 @@ use shuttle::sync::Mutex;
 use crate::config::Config;
 use crate::guard::{Failure, Guarded, Window};
 use crate::mesh;
-use crate::shared::{self, accept_push, held, vms, Held, News, SharedData};
+use crate::shared::{self, accept_push, held, vms, Held, News, Records, SharedData};
 use crate::vm::{Event, State};
 
 /// Shared data behind a shuttle mutex, with the host's compare-and-swap
 /// rules: each call is one step the scheduler may interleave.
 #[derive(Clone, Default)]
 struct Store(Arc<Mutex<Records>>);
-
-/// Each key's value and compare-and-swap token.
-type Records = HashMap<String, (Vec<u8>, u32)>;
 
 impl SharedData for Store {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
@@ -43,14 +39,7 @@ impl SharedData for Store {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        let mut map = self.0.lock().unwrap();
-        let token = match map.get(key) {
-            Some((_, current)) if cas.is_some_and(|c| c != *current) => return false,
-            Some((_, current)) => current.wrapping_add(1),
-            None => 1,
-        };
-        map.insert(key.into(), (value.to_vec(), token));
-        true
+        shared::set_in(&mut self.0.lock().unwrap(), key, value, cas)
     }
 }
 

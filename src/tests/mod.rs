@@ -92,6 +92,20 @@ impl ResponseHost for FakeResponse {
     }
 }
 
+/// A config (with `rollouts` or not), which must be accepted.
+fn config(json: &str) -> crate::config::Config {
+    crate::config::Config::from_json(json.as_bytes())
+        .unwrap_or_else(|e| panic!("config rejected: {e}\n{json}"))
+}
+
+/// The error of a config (with `rollouts` or not) that must be rejected.
+fn rejected_config(json: &str) -> ConfigError {
+    match crate::config::Config::from_json(json.as_bytes()) {
+        Ok(_) => panic!("config accepted but should not be: {json}"),
+        Err(e) => e,
+    }
+}
+
 fn rollout(json: &str) -> Rollout {
     Rollout::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("config rejected: {e}\n{json}"))
 }

@@ -4,20 +4,11 @@
 
 use super::FakeRequest;
 use crate::body::{Field, Scanned, Unreadable};
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::decision::{decide, Live, Reason, Request, WyRand};
 use crate::plan::{self, AtHeaders, BodyFacts, Unknown};
 
-fn config(json: &str) -> Config {
-    Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("config rejected: {e}\n{json}"))
-}
-
-fn rejected(json: &str) -> ConfigError {
-    match Config::from_json(json.as_bytes()) {
-        Ok(_) => panic!("config accepted but should not be: {json}"),
-        Err(e) => e,
-    }
-}
+use super::{config, rejected_config as rejected};
 
 /// A chat gateway: two rollouts by model on the chat path, one for every
 /// other model there, and KServe V1 elsewhere.

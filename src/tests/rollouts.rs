@@ -2,22 +2,13 @@
 //! prefixes, and the errors that name `rollouts[i]`), the precedence of the
 //! host index, and the isolation of each rollout's guard in shared data.
 
-use crate::config::{authority_host, Config, ConfigError, HostRollouts, MAX_AUTHORITY_HOST_LEN};
+use crate::config::{authority_host, Config, HostRollouts, MAX_AUTHORITY_HOST_LEN};
 use crate::guard::Failure;
 use crate::shared::held::ALL_CANARIES;
 use crate::shared::{Held, Keys, MemoryStore, News, VmId};
 use crate::vm::{Event, State};
 
-fn config(json: &str) -> Config {
-    Config::from_json(json.as_bytes()).unwrap_or_else(|e| panic!("config rejected: {e}\n{json}"))
-}
-
-fn rejected(json: &str) -> ConfigError {
-    match Config::from_json(json.as_bytes()) {
-        Ok(_) => panic!("config accepted but should not be: {json}"),
-        Err(e) => e,
-    }
-}
+use super::{config, rejected_config as rejected};
 
 /// A `rollouts` entry named `name` on `hosts`, with `extra` fields.
 fn entry(name: &str, hosts: &[&str], extra: &str) -> String {
