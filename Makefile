@@ -1,6 +1,6 @@
 # canary-selector: build, run the local demo, test.
 #
-#   make run     build, then serve the demo on localhost:10000 (Envoy + two model servers)
+#   make run     build, then serve the demo on localhost:10000 (Envoy + its model servers)
 #   make test    lint, native unit tests, end-to-end tests in the real Envoy
 #   make help    every target with what it does
 
@@ -82,12 +82,15 @@ run: build venv
 	@echo "  curl -si localhost:10000/v1/models/model:predict -d '{}' -H 'x-user-id: alice'"
 	@echo "  curl -si localhost:10000/v1/models/model:predict -d '{}' -H 'x-canary-tester: true'"
 	@echo "  $(VPY) envoy/grpc_models.py --infer user-27        # gRPC ModelInfer (KServe V2, Triton)"
+	@echo "  curl -si localhost:10000/v1/chat/completions -H 'content-type: application/json' \\"
+	@echo "    -d '{\"model\":\"llama-3-8b\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"user\":\"bob\"}'"
 	@echo "  curl -s localhost:9901/stats/prometheus | grep canary_selector"
 	@echo "Edit envoy/plugin-config.json and save: the new config is applied live. Ctrl-C stops."
 	@echo
 	@$(VPY) envoy/ecds.py --watch & watcher=$$!; \
 	  $(VPY) envoy/grpc_models.py >/dev/null & models=$$!; \
-	  trap 'kill $$watcher $$models 2>/dev/null' EXIT; \
+	  $(VPY) envoy/openai_models.py >/dev/null & chat=$$!; \
+	  trap 'kill $$watcher $$models $$chat 2>/dev/null' EXIT; \
 	  $(ENVOY) -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart \
 	    -l warning --component-log-level wasm:info
 

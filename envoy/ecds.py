@@ -43,10 +43,13 @@ def resource(
     root_id: str = DEFAULT_ROOT_ID,
     fail_open: bool = True,
     failure_policy: str | None = None,
+    allow_on_headers_stop_iteration: bool = True,
 ) -> dict:
     """The ECDS discovery response holding one canary-selector filter.
     `failure_policy` (Envoy's FAIL_OPEN, FAIL_CLOSED or FAIL_RELOAD), when
-    given, overrides `fail_open`."""
+    given, overrides `fail_open`. `allow_on_headers_stop_iteration` off is
+    Envoy's default (the tests turn it off to see what the filter does when
+    Envoy delivers no body while it holds the headers)."""
     if failure_policy is None:
         failure_policy = "FAIL_OPEN" if fail_open else "FAIL_CLOSED"
     version = hashlib.sha256(plugin_config.encode()).hexdigest()[:12]
@@ -75,7 +78,7 @@ def resource(
                         # rollouts scoped by the model in the body need.
                         # Without it a request that waits for its body is
                         # decided without it a tick later (docs/llm.md).
-                        "allow_on_headers_stop_iteration": True,
+                        "allow_on_headers_stop_iteration": allow_on_headers_stop_iteration,
                     },
                 },
             }

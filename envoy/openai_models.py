@@ -6,8 +6,9 @@ behind KServe's LLMInferenceService, one server per model version.
 Each answers with the model it was asked for (the body's `model`) and names
 itself (`x-served-by`), and echoes what reached it, so a test can see the
 filter's work upstream: the routing header (`x-upstream-saw-version`), the
-model header (`x-upstream-saw-model`), and the body's length and SHA-256
-(`x-upstream-body-length`, `x-upstream-body-sha256`). With `"stream": true`
+model header (`x-upstream-saw-model`), the body's length and SHA-256
+(`x-upstream-body-length`, `x-upstream-body-sha256`) and how it was framed
+(`x-upstream-content-length`, `x-upstream-transfer-encoding`). With `"stream": true`
 it answers in server-sent events, one chunk every `--chunk-delay` seconds
 (the first at once), then `data: [DONE]`.
 
@@ -32,6 +33,9 @@ WORDS = ["Hello", " from", " the", " model", "."]
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes: without TCP_NODELAY, each
+    # answer would wait out the client's delayed ACK (40 ms).
+    disable_nagle_algorithm = True
     version_name = "chat-v1"
     chunk_delay = 0.05
 
@@ -57,6 +61,9 @@ class Handler(BaseHTTPRequestHandler):
             ("x-upstream-saw-model", self.headers.get("x-gateway-model-name", "")),
             ("x-upstream-body-length", str(len(body))),
             ("x-upstream-body-sha256", hashlib.sha256(body).hexdigest()),
+            # How the body was framed when it reached the server.
+            ("x-upstream-content-length", self.headers.get("content-length", "")),
+            ("x-upstream-transfer-encoding", self.headers.get("transfer-encoding", "")),
         ]
 
     def do_POST(self) -> None:

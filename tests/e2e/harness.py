@@ -194,6 +194,9 @@ class Envoy:
     wasm: Path = WASM
     # Envoy's failure_policy for the Wasm filter (FAIL_OPEN, FAIL_CLOSED, FAIL_RELOAD).
     failure_policy: str = "FAIL_OPEN"
+    # The Wasm filter's allow_on_headers_stop_iteration (ecds.resource): on,
+    # Envoy hands the filter a body while it holds the headers.
+    allow_on_headers_stop_iteration: bool = True
     # More filter types the ECDS subscription accepts (Istio also lists RBAC,
     # the filter its agent substitutes for a module it cannot fetch).
     extra_type_urls: tuple[str, ...] = ()
@@ -235,7 +238,9 @@ class Envoy:
         self.ecds_path = self.ecds_dir / "canary-selector.json"
         self.ports = {
             name: free_port()
-            for name in ("admin", "ingress", "model-v1", "model-v2", "model-v1-grpc", "model-v2-grpc")
+            for name in (
+                "admin", "ingress", "model-v1", "model-v2", "model-v1-grpc", "model-v2-grpc", "chat-v1", "chat-v2"
+            )
         }
         config_path = self.workdir / "envoy.yaml"
         config_path.write_text(yaml.safe_dump(self._bootstrap()))
@@ -336,7 +341,12 @@ class Envoy:
     def _write_ecds(self, plugin_config: str | dict) -> None:
         text = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
         resource = ecds.resource(
-            text, str(self.wasm), name=self.filter_name, root_id=self.root_id, failure_policy=self.failure_policy
+            text,
+            str(self.wasm),
+            name=self.filter_name,
+            root_id=self.root_id,
+            failure_policy=self.failure_policy,
+            allow_on_headers_stop_iteration=self.allow_on_headers_stop_iteration,
         )
         ecds.write_atomically(str(self.ecds_path), resource)
 

@@ -55,7 +55,12 @@ def parse_duration(text: str) -> float:
 
 
 def base_config() -> dict:
-    config = json.loads((ROOT / "envoy" / "plugin-config.json").read_text())
+    # The demo's `model` rollout (every host and path) as a config of its own,
+    # as tests/e2e/conftest.py derives it: the soak's pushes edit its weights
+    # at the top level.
+    demo = json.loads((ROOT / "envoy" / "plugin-config.json").read_text())
+    (model,) = [r for r in demo["rollouts"] if r["name"] == "model"]
+    config = {k: v for k, v in model.items() if k not in ("name", "hosts", "pathPrefixes", "models")}
     config["stickiness"].pop("anonymousCookie", None)  # keep anonymous picks random: no cookie churn
     return config
 
