@@ -182,14 +182,18 @@ class FakePrometheus:
     """An HTTP server that answers /api/v1/query with `answer` (bytes), or
     with `status`, or hangs for `hang` seconds: the faults a real Prometheus
     will not show on demand. By default an empty vector: a verdict that names
-    no failing canary."""
+    no failing canary. `queries` counts the queries, `arrived` holds when
+    each came (`time.monotonic()`); the answer is the one set when the hang
+    ends."""
 
     def __init__(self):
         self.answer, self.status, self.hang, self.queries = vector([]), 200, 0.0, 0
+        self.arrived: list[float] = []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
+                outer.arrived.append(time.monotonic())
                 outer.queries += 1
                 outer.last_path = self.path
                 if outer.hang:

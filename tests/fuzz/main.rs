@@ -25,6 +25,13 @@
 //!   the fields with every copy of a key counted, the spans), the same for
 //!   every read size; and `body::rewrite_plan` on a buffer with Envoy's
 //!   semantics.
+//! - `mesh_answer`: `mesh::read_answer` on Prometheus' query answers
+//!   generated from a model and broken (wrong types, shapes, duplicates,
+//!   nesting, bytes flipped, cut at every point; statuses and body sizes),
+//!   against a JSON parser and a reading of the API of its own; and
+//!   `mesh::apply` of what it reads to generated configs, against the
+//!   documented verdict (which versions trip, which series count as ignored
+//!   and why).
 //!
 //! One file per target; `runner.rs` holds the seeded runner (shared with the
 //! CLI's target `cli_scope`, inside the binary: src/bin/canary-selector/
@@ -775,5 +782,6 @@ mod config_bytes;
 mod config_mutated;
 mod decide;
 mod guard_window;
+mod mesh_answer;
 mod rfc3339;
 mod rollout_scope;
