@@ -77,7 +77,7 @@ def resource(
                         # filter holds its headers (Envoy 1.35+): what
                         # rollouts scoped by the model in the body need.
                         # Without it a request that waits for its body is
-                        # decided without it a tick later (docs/llm.md).
+                        # decided without it a tick later (docs/generative-models.md).
                         "allow_on_headers_stop_iteration": allow_on_headers_stop_iteration,
                     },
                 },

@@ -66,6 +66,9 @@ pub enum Unknown {
     /// Its body is longer than `maxBodyBytes` (by `content-length`, or as
     /// it streamed).
     TooLarge,
+    /// Its body has no `content-length` and did not arrive whole at once:
+    /// the filter does not hold a streamed body (Envoy could answer 413).
+    Streamed,
     /// Its body is no JSON object the filter could read (the scan's reason).
     Unreadable(Unreadable),
     /// The body has no top-level `model`.
@@ -89,6 +92,7 @@ impl Unknown {
             Unknown::NoBody => "no_body",
             Unknown::NotJsonContentType => "not_json_content_type",
             Unknown::TooLarge => "too_large",
+            Unknown::Streamed => "streamed",
             Unknown::Unreadable(u) => u.as_str(),
             Unknown::Absent => "absent",
             Unknown::Duplicate => "duplicate",
@@ -104,6 +108,7 @@ impl Unknown {
             Unknown::NoBody,
             Unknown::NotJsonContentType,
             Unknown::TooLarge,
+            Unknown::Streamed,
             Unknown::Absent,
             Unknown::Duplicate,
             Unknown::NotString,

@@ -13,7 +13,8 @@
 //! bodies in this VM, and says so.
 //!
 //! A body longer than `maxBodyBytes` (by `content-length`, or as it
-//! streams) is not read: its model is unknown, and it goes on.
+//! streams), or of unknown length and not whole at its first callback, is
+//! not read: its model is unknown, and it goes on.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -98,8 +99,8 @@ pub fn on_body(id: u32, size: usize, end_of_stream: bool) -> Action {
         d.set(d.get().saturating_add(1));
     }
     let installed = waiter.installed.clone();
-    if size > installed.config.body.max_bytes {
-        finish(id, waiter, Err(Unknown::TooLarge), size);
+    if let Some(why) = past_hold(&installed, size, end_of_stream) {
+        finish(id, waiter, Err(why), size);
         return Action::Continue;
     }
     if !end_of_stream {
@@ -118,6 +119,26 @@ pub fn on_body(id: u32, size: usize, end_of_stream: bool) -> Action {
     installed.count_body_read();
     finish(id, waiter, scanned, size);
     Action::Continue
+}
+
+/// Whether a waiting request's body callback of `size` bytes goes past
+/// what the filter holds: `Some(why)` to stop waiting. A body with a
+/// `content-length` is waited for only if it is no longer than
+/// `maxBodyBytes`, so it fits an Envoy buffer limit that large (Envoy
+/// answers 413 when a body it buffers for a filter passes its limit). One
+/// of unknown length (a chunked upload) is read only if it arrives whole
+/// with its first callback: Envoy adds each read, which can be as large as
+/// its buffer limit, to the buffer before the filter sees it, so holding
+/// any part of a streamed body longer than the limit could make Envoy
+/// answer 413: measured with a 2 MiB upload in 4 KiB chunks while holding at
+/// most 16 KiB of it, 2 times in 360 (docs/generative-models.md,
+/// "maxBodyBytes and Envoy's buffer limit").
+fn past_hold(installed: &Installed, size: usize, end_of_stream: bool) -> Option<Unknown> {
+    if size > installed.config.body.max_bytes {
+        return Some(Unknown::TooLarge);
+    }
+    let known = stream::header("content-length").is_some();
+    (!known && !end_of_stream).then_some(Unknown::Streamed)
 }
 
 /// What request `id` was decided as, once it waited for its body.
@@ -176,12 +197,16 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
     let installed = &waiter.installed;
     let config = &installed.config;
     let model = plan::model_of(&scanned);
+    // Whether this request was counted in `model_unknown` already: a
+    // request is counted once, whatever the body was wanted for.
+    let mut counted = false;
     let (index, decided) = match waiter.waiting {
         Waiting::ForModel => {
             let host = stream::host_of(config);
             let entry = stream::prefix_entry(config, host.as_deref());
             if let Err(why) = &model {
                 installed.count_model_unknown(*why);
+                counted = true;
             }
             let known = model.as_ref().ok().map(|(m, _)| m.as_bytes());
             match entry.and_then(|e| e.rollout_for(known)) {
@@ -205,12 +230,31 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
         decided.unwrap_or_else(|| decide(rollout, &mut calls, &mut CellRng(&installed.rng), live));
     let pending = filter::apply(rollout, &d, &mut calls, live);
     let rewrite = plan::rewrites(rollout, &d);
+    let rewritten = match (rewrite, &model) {
+        (Some(new_model), Ok((_, span))) => rewrite_model(installed, size, span, new_model),
+        (Some(_), Err(why)) => {
+            if !counted {
+                installed.count_model_unknown(*why);
+            }
+            false
+        }
+        (None, _) => false,
+    };
     if let Some(header) = &config.body.model_header {
-        // The model routes on: the one the version asks for, or the one
-        // the body named (KServe's model-based routes match this header).
-        let named = rewrite.or(model.as_ref().ok().map(|(m, _)| *m));
-        if let Some(named) = named.filter(|_| stream::header(header).is_none() || rewrite.is_some())
-        {
+        // The model routes on, named as the body names it: the model the
+        // version asked for once the body says so, or the model the body
+        // named when the request did not (KServe's model-based routes match
+        // this header). Never a model the body does not name.
+        let named = if rewritten {
+            rewrite
+        } else {
+            model
+                .as_ref()
+                .ok()
+                .map(|(m, _)| *m)
+                .filter(|_| stream::header(header).is_none())
+        };
+        if let Some(named) = named {
             let _ = hostcalls::set_map_value_bytes(
                 proxy_wasm::types::MapType::HttpRequestHeaders,
                 header,
@@ -218,25 +262,26 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
             );
         }
     }
-    if let Some(new_model) = rewrite {
-        match &model {
-            Ok((_, span)) => rewrite_model(installed, size, span, new_model),
-            Err(why) => installed.count_model_unknown(*why),
-        }
-    }
     DECIDED.with(|d| d.borrow_mut().insert(id, (index, pending)));
 }
 
 /// Replaces the body's `model` token (`span`) by `new_model`, and the
-/// request's `content-length` if it had one. A rewrite Envoy refuses half
-/// way would leave a body nobody sent: the request is answered 503 instead.
+/// request's `content-length` if it had one; false if it did not. A body the
+/// rewrite would take past `maxBodyBytes` is left as it is (Envoy's buffer
+/// limit is at least that large: a longer body would be answered 413). A
+/// rewrite Envoy refuses half way would leave a body nobody sent: the
+/// request is answered 503 instead.
 fn rewrite_model(
     installed: &Installed,
     size: usize,
     span: &std::ops::Range<usize>,
     new_model: &str,
-) {
+) -> bool {
     let r = body::replacement(size, span, new_model);
+    if r.new_len > installed.config.body.max_bytes {
+        installed.count_model_unknown(Unknown::TooLarge);
+        return false;
+    }
     let ops = body::rewrite_plan(size, span, &r.token, SLICE);
     if body::apply(&mut HostBody, size, &ops).is_err() {
         installed.count_model_unknown(Unknown::Unreadable(body::Unreadable::ReadFailed));
@@ -245,7 +290,7 @@ fn rewrite_model(
             vec![("x-canary-selector", "model rewrite failed")],
             Some(b"the model could not be rewritten\n"),
         );
-        return;
+        return false;
     }
     if stream::header("content-length").is_some() {
         let length = r.new_len.to_string();
@@ -255,6 +300,7 @@ fn rewrite_model(
             Some(length.as_bytes()),
         );
     }
+    true
 }
 
 /// The request body Envoy holds, read and edited with host calls.

@@ -135,11 +135,11 @@ impl Stream {
                 let Some(rollout) = config.rollouts.get(index) else {
                     return Action::Continue;
                 };
-                if entry.is_some_and(PrefixRollouts::by_model) && model.is_none() {
-                    // Scoped by model, and the body could not say which.
-                    if let Some(why) = unreadable {
-                        installed.count_model_unknown(why);
-                    }
+                // Scoped by model, and the body could not say which: counted
+                // once, whatever else the body was wanted for.
+                let unknown_model = entry.is_some_and(PrefixRollouts::by_model) && model.is_none();
+                if let (true, Some(why)) = (unknown_model, unreadable) {
+                    installed.count_model_unknown(why);
                 }
                 let mut calls = Calls::new(installed, index, None);
                 if readable && plan::reaches_body(rollout, &mut calls) {
@@ -156,7 +156,9 @@ impl Stream {
                         },
                     );
                 }
-                if let (Some(_), Some(why)) = (plan::rewrites(rollout, &d), unreadable) {
+                if let (Some(_), Some(why), false) =
+                    (plan::rewrites(rollout, &d), unreadable, unknown_model)
+                {
                     // The version asks for another model, in a body the
                     // filter cannot read: the request goes as it is.
                     installed.count_model_unknown(why);

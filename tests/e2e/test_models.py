@@ -13,10 +13,6 @@ version name to the server of its suffix (`*-v1` to chat-v1, `*-v2` to
 chat-v2); tests that need another config push it, and each test pushes the
 shared one back first. Counters are read as differences, once the filter's
 tick (200 ms for a config that reads bodies) has flushed them.
-
-The tests marked xfail(strict) each state a contract the filter breaks
-today (found writing these tests, reported to its owner, the reason says
-how); they fail loudly once the filter is fixed, for the marker to go.
 """
 
 from __future__ import annotations
@@ -269,10 +265,12 @@ class Chat:
         chunks: list[bytes] | None = None,
         pause: float = 0.0,
         timeout: float = 20,
+        at_once: bool = False,
     ) -> Sent:
         """POSTs `body` with its content-length, or, given `chunks` (pieces
         of `body`), with transfer-encoding: chunked, one piece at a time,
-        `pause` seconds apart."""
+        `pause` seconds apart (or, `at_once`, the headers and every chunk in
+        one write, as a client that has its whole body at hand sends it)."""
         items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
         if content_type:
             items.append(("content-type", content_type))
@@ -288,12 +286,18 @@ class Chat:
             else:
                 assert b"".join(chunks) == body
                 c.putheader("transfer-encoding", "chunked")
-                c.endheaders()
+                framed = [f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for piece in chunks]
+                if at_once:
+                    c.endheaders(b"".join(framed) + b"0\r\n\r\n")
+                    chunks = []
+                else:
+                    c.endheaders()
                 for i, piece in enumerate(chunks):
                     if i and pause:
                         time.sleep(pause)
                     c.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
-                c.send(b"0\r\n\r\n")
+                if not at_once:
+                    c.send(b"0\r\n\r\n")
             r = c.getresponse()
             response = Response(r.status, r.getheaders(), r.read())
         finally:
@@ -578,11 +582,13 @@ def test_a_body_over_max_body_bytes_is_not_read_and_passes_on(chat):
     """A body longer than `maxBodyBytes` is not read: its model is unknown
     (`too_large`), the call takes the fallback and reaches the server as
     sent, never answered 413. By its content-length it is known at the
-    headers; streamed, once the filter has seen that many bytes. A body of
-    exactly the default limit (1 MiB), streamed, is still read. (Past the
-    default limit, streamed, see the xfail below.)"""
+    headers: a body of exactly the limit is read. A body without
+    content-length is read only if it arrives whole at once: Envoy adds each
+    read to its buffer before the filter sees it, so a held streamed body
+    could pass the buffer limit. One that streams passes on unread."""
     cfg = config()
     users = users_on(cfg, "other", "other-v1", 3)
+    (stable,) = users_on(cfg, "llama", "chat-v1", 1)
     before = chat.baseline()
     body = sized(MiB + 1)
     sent = chat.post(body, {"x-user-id": users[0]})
@@ -590,11 +596,24 @@ def test_a_body_over_max_body_bytes_is_not_read_and_passes_on(chat):
     chat.counted(before, {"unknown:too_large": 1})
 
     at_limit = sized(MiB)
-    (stable,) = users_on(cfg, "llama", "chat-v1", 1)
-    sent = chat.post(at_limit, {"x-user-id": stable}, chunks=pieces(at_limit, 16 * 1024))
+    sent = chat.post(at_limit, {"x-user-id": stable})
     assert (sent.status, sent.version, sent.answered_model) == (200, "chat-v1", LLAMA)
     assert sent.reached_unchanged()
     chat.counted(before, {"unknown:too_large": 1, "bodies_read": 1})
+
+    # A body without content-length is never held: Envoy adds each read to
+    # its buffer before the filter sees it, so a held streamed body could
+    # pass the buffer limit. It passes on unread (`streamed`), whatever its
+    # size, sent at once or in pieces.
+    before = chat.baseline()
+    small = chat_body(LLAMA)
+    for body, chunk, at_once in [(small, 100, True), (sized(64 * 1024), 16 * 1024, False),
+                                 (sized(MiB // 2 + 1), 16 * 1024, False), (sized(MiB), 64 * 1024, False),
+                                 (sized(3 * MiB), MiB, False)]:
+        sent = chat.post(body, {"x-user-id": users[1]}, chunks=pieces(body, chunk), at_once=at_once)
+        assert (sent.status, sent.version) == (200, "other-v1"), (len(body), chunk, sent.response.body[:80])
+        assert sent.reached_unchanged(), (len(body), chunk)
+    chat.counted(before, {"unknown:streamed": 5})
 
     # Streamed past a smaller limit.
     small = config() | {"maxBodyBytes": 256 * 1024}
@@ -606,58 +625,63 @@ def test_a_body_over_max_body_bytes_is_not_read_and_passes_on(chat):
         sent = chat.post(body, {"x-user-id": users[1]}, chunks=pieces(body, chunk))
         assert (sent.status, sent.version) == (200, "other-v1"), (size, chunk, sent.response.body[:80])
         assert sent.reached_unchanged(), (size, chunk)
-    chat.counted(before, {"unknown:too_large": 4})
+    # Each is counted once: `too_large` if its first read already passed the
+    # limit, else `streamed`.
+    time.sleep(0.5)
+    moved = chat.counts() - before
+    assert moved["unknown:streamed"] + moved["unknown:too_large"] == 4, moved
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: maxBodyBytes' default (1 MiB) is Envoy's own default buffer limit "
-    "(per_connection_buffer_limit_bytes), with no room above it: Envoy answers 413 (request_payload_too_large, "
-    "http.<prefix>.downstream_rq_too_large) to a body the filter holds once the buffer passes 1 MiB, "
-    "streamed past the limit or grown past it by the model rewrite",
-)
-@pytest.mark.parametrize("case", ["streamed past the limit", "rewritten past the limit"])
-def test_a_body_near_the_default_max_body_bytes_is_never_answered_413(chat, case):
-    """The contract: never a 413 on the filter's account. A body streamed in
-    64 KiB chunks one byte past the default limit (its model unknown, it
-    should pass on unread); a body of exactly the limit whose version
-    rewrites the model to a longer name (it should pass on rewritten)."""
-    if case == "streamed past the limit":
-        body = sized(MiB + 1)
-        (user,) = users_on(config(), "other", "other-v1", 1)
-        sent = chat.post(body, {"x-user-id": user}, chunks=pieces(body, 64 * 1024))
-    else:
-        body = sized(MiB)
-        (user,) = users_on(config(), "llama", "chat-v2", 1)
-        sent = chat.post(body, {"x-user-id": user})
-    assert sent.status == 200, (sent.status, sent.response.body)
+def test_a_body_near_the_default_max_body_bytes_is_never_answered_413(chat):
+    """The contract: never a 413 on the filter's account, with the default
+    `maxBodyBytes` and Envoy's default buffer limit (both 1 MiB). A body
+    streamed one byte past the limit, in reads of every size (it passes on
+    unread); a body of exactly the limit whose version rewrites the model to
+    a longer name (the rewrite would take it past the limit: it passes on as
+    sent, counted `too_large`)."""
+    (user,) = users_on(config(), "other", "other-v1", 1)
+    for size in (MiB + 1, 2 * MiB):
+        body = sized(size)
+        for chunk in (16 * 1024, 64 * 1024, 256 * 1024, MiB):
+            sent = chat.post(body, {"x-user-id": user}, chunks=pieces(body, chunk))
+            assert sent.status == 200, (size, chunk, sent.status, sent.response.body[:80])
+    before = chat.baseline()
+    body = sized(MiB)
+    (canary,) = users_on(config(), "llama", "chat-v2", 1)
+    sent = chat.post(body, {"x-user-id": canary})
+    assert (sent.status, sent.version) == (200, "chat-v2"), (sent.status, sent.response.body[:80])
+    assert sent.reached_unchanged(), "a rewrite past the limit is not made"
+    chat.counted(before, {"unknown:too_large": 1, "bodies_read": 1})
 
 
 def pieces(body: bytes, size: int) -> list[bytes]:
     return [body[i : i + size] for i in range(0, len(body), size)]
 
 
-def test_a_chunked_upload_is_read_whole_and_rewritten(chat):
-    """A client that streams its body (transfer-encoding: chunked, no
-    content-length) in pieces with pauses between them, cut inside the
-    `model` key and inside its value: the call waits for the whole body,
-    is routed by it and rewritten; the server gets it chunked, as Envoy
-    forwards a body of unknown length."""
+def test_a_chunked_upload_is_never_held_and_passes_on_unread(chat):
+    """A client that sends its body chunked (transfer-encoding: chunked, no
+    content-length), in one write or in pieces with pauses (cut inside the
+    `model` key and value): the filter does not hold it, since a held
+    streamed body could pass Envoy's buffer limit (Envoy adds a read to its
+    buffer before the filter sees it, and answers 413). Its model is
+    unknown (`streamed`): it takes the fallback and reaches the server as
+    sent, chunked. With the model in `modelHeader` it is routed by it."""
     cfg = config()
-    (canary,) = users_on(cfg, "llama", "chat-v2", 1)
-    (stable,) = users_on(cfg, "llama", "chat-v1", 1)
     token = Token(b'{"messages":[{"role":"user","content":"hi"}],"user":"u","model":', b'"llama-3-8b"', b',"n":1}')
     body = token.body
     cut = [body.index(b'"model"') + 3, body.index(b"llama") + 4, len(body) - 3]
     chunks = [body[: cut[0]], body[cut[0] : cut[1]], body[cut[1] : cut[2]], body[cut[2] :]]
-    sent = chat.post(body, {"x-user-id": canary}, chunks=chunks, pause=0.15)
-    want = token.rewritten(FINE_TUNE)
-    assert (sent.status, sent.version, sent.answered_model) == (200, "chat-v2", FINE_TUNE)
-    assert (sent.upstream_sha, sent.header("x-upstream-body-length")) == (sha(want), str(len(want)))
-    assert sent.header("x-upstream-transfer-encoding") == "chunked"
-    assert sent.seconds >= 3 * 0.15, "answered before the client sent the whole body"
-    sent = chat.post(body, {"x-user-id": stable}, chunks=chunks, pause=0.15)
-    assert sent.version == "chat-v1" and sent.reached_unchanged()
+    (other,) = users_on(cfg, "other", "other-v1", 1)
+    before = chat.baseline()
+    for at_once, pause in [(True, 0.0), (False, 0.15)]:
+        sent = chat.post(body, {"x-user-id": other}, chunks=chunks, pause=pause, at_once=at_once)
+        assert (sent.status, sent.version) == (200, "other-v1")
+        assert sent.reached_unchanged()
+        assert sent.header("x-upstream-transfer-encoding") == "chunked"
+    chat.counted(before, {"unknown:streamed": 2})
+    (stable,) = users_on(cfg, "llama", "chat-v1", 1)
+    sent = chat.post(body, {"x-user-id": stable, "x-gateway-model-name": LLAMA}, chunks=chunks, pause=0.05)
+    assert (sent.status, sent.version) == (200, "chat-v1") and sent.reached_unchanged()
 
 
 def test_a_stream_s_first_event_reaches_the_client_before_the_server_sends_its_last(chat):
@@ -864,11 +888,6 @@ def test_without_bodies_delivered_a_call_is_decided_without_its_body_and_the_fil
     assert "turn on the Wasm filter's allow_on_headers_stop_iteration" in log
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: once the filter stops waiting for bodies Envoy does not deliver, the calls whose "
-    "model it then cannot know take the fallback uncounted: canary_selector_model_unknown_total stays at 3",
-)
 def test_after_the_filter_stops_waiting_each_call_of_unknown_model_is_still_counted(bodiless):
     """The counter is what tells an operator that calls of a model-scoped
     path take the fallback for want of a body: it must go on counting them
@@ -880,11 +899,6 @@ def test_after_the_filter_stops_waiting_each_call_of_unknown_model_is_still_coun
 # --- Contracts the filter breaks today --------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a call whose model is unknown and whose version rewrites the model is counted twice "
-    "in canary_selector_model_unknown_total (once for its rollout, once for the rewrite)",
-)
 def test_a_call_of_unknown_model_is_counted_once(chat):
     """`canary_selector_model_unknown_total` counts calls: a body that is not
     JSON, sent by a user of the fallback's canary (whose version would
@@ -896,11 +910,6 @@ def test_a_call_of_unknown_model_is_counted_once(chat):
     chat.counted(before, {"unknown:not_json": 1, "bodies_read": 1})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: when a version's model rewrite cannot be made (the body was not read), the filter "
-    "still writes the version's model into modelHeader, so the header names a model the body does not",
-)
 def test_a_version_that_could_not_rewrite_the_body_names_no_other_model_in_the_header(chat):
     """The model header and the body's model must not disagree because of
     the filter: a model-based route would send the call to the pool of one
