@@ -36,8 +36,8 @@ pub use scope::{
     MAX_AUTHORITY_HOST_LEN,
 };
 
-pub(crate) use raw::OrderedMap;
-use raw::{parse, Object, RawRollout, WholeNumber};
+use raw::{parse, RawRollout, WholeNumber};
+pub(crate) use raw::{Object, OrderedMap};
 
 pub const DEFAULT_ROUTING_HEADER: &str = "x-canary-version";
 pub const DEFAULT_ANONYMOUS_COOKIE_MAX_AGE: u32 = 30 * 24 * 3600;

@@ -135,7 +135,7 @@ pub(super) struct RawStringMatch {
 
 /// A JSON object read into `T`. serde's derive would also take a positional
 /// array (`["model-v1", 90]`) for a struct; the contract names every field.
-pub(super) struct Object<T>(pub T);
+pub(crate) struct Object<T>(pub T);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -100,6 +100,14 @@ impl Installed {
         for name in gauged::dropped(&store, &plugin_keys.gauged_rollouts(), &current) {
             zero_dropped_rollout(&store, plugin, &name);
         }
+        if let Some(p) = &previous {
+            // Its calls in flight answer a config no rollout serves now.
+            let n = p.polls.supersede();
+            if n > 0 {
+                let name = PollFailure::Superseded.name();
+                add_to_counter(&MetricNames::new(plugin, None).mesh_polls(&name), n);
+            }
+        }
         let (state, events) = vm::State::install(
             &store,
             plugin,
@@ -280,18 +288,14 @@ impl Installed {
         }
     }
 
-    /// The answer to the call `token`, read by `read` (if it is this
-    /// config's call, and this config still serves).
+    /// The answer to the call `token`, read by `read`, if it is a call in
+    /// flight of this config (a push gives up the calls of the config it
+    /// replaces).
     pub fn on_answer(&self, token: u32, read: impl FnOnce() -> Result<Vec<Sample>, PollFailure>) {
-        let poll = self.polls.answered(token);
-        match poll {
-            Some(poll) if !self.superseded() => self.answer(poll, read()),
-            _ => add_to_counter(
-                &self
-                    .plugin_names
-                    .mesh_polls(&PollFailure::Superseded.name()),
-                1,
-            ),
+        // A call of a config a push replaced was counted (superseded) when
+        // the push came: its answer, if Envoy still delivers it, is dropped.
+        if let Some(poll) = self.polls.answered(token) {
+            self.answer(poll, read());
         }
     }
 

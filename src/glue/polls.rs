@@ -17,8 +17,8 @@ pub struct PollState {
     /// stepped back).
     asked_ms: Cell<i64>,
     due_ms: Cell<i64>,
-    /// The token of this VM's call in flight.
-    pending: Cell<Option<u32>>,
+    /// The token of this VM's call in flight, and when it was sent.
+    pending: Cell<Option<(u32, i64)>>,
 }
 
 /// The polls of one config in this VM.
@@ -73,7 +73,7 @@ impl Polls {
                 Ok(()) => {
                     p.due_ms.set(now_ms.saturating_add(interval));
                     match dispatch(&p.poll) {
-                        Some(token) => p.pending.set(Some(token)),
+                        Some(token) => p.pending.set(Some((token, now_ms))),
                         None => refused.push(&p.poll),
                     }
                 }
@@ -85,8 +85,26 @@ impl Polls {
     /// The poll whose call has this token, if it is one of this config's;
     /// its call is no longer in flight.
     pub fn answered(&self, token: u32) -> Option<&Poll> {
-        let p = self.0.iter().find(|p| p.pending.get() == Some(token))?;
+        let p = self
+            .0
+            .iter()
+            .find(|p| p.pending.get().is_some_and(|(t, _)| t == token))?;
         p.pending.set(None);
         Some(&p.poll)
+    }
+
+    /// The calls in flight of a config a push replaced: their answers will
+    /// not be applied, so each is given up (and its turn given back, for
+    /// the new config to send it at its next tick). Returns how many.
+    pub fn supersede(&self) -> u64 {
+        let store = HostShared;
+        let mut n = 0;
+        for p in &self.0 {
+            if let Some((_, sent)) = p.pending.take() {
+                mesh::release_turn(&store, &p.turn_key, p.poll.identity, sent);
+                n += 1;
+            }
+        }
+        n
     }
 }

@@ -3,7 +3,7 @@
 use serde::Deserialize;
 
 use super::PollFailure;
-use crate::config::OrderedMap;
+use crate::config::{Object, OrderedMap};
 
 /// The largest answer read; a longer one is a failure, never copied into the
 /// VM.
@@ -26,17 +26,19 @@ impl Sample {
     }
 }
 
+// Objects read as objects only (`Object`): serde's derive would also take
+// a list of the fields' values in their order, which no Prometheus writes.
 #[derive(Deserialize)]
 struct Answer {
     status: String,
-    data: Option<Data>,
+    data: Option<Object<Data>>,
 }
 
 #[derive(Deserialize)]
 struct Data {
     #[serde(rename = "resultType")]
     result_type: String,
-    result: Vec<RawSample>,
+    result: Vec<Object<RawSample>>,
 }
 
 #[derive(Deserialize)]
@@ -75,21 +77,24 @@ pub fn read_answer(
     // Read as text, with the reader the config's JSON goes through: one
     // copy of serde_json's parser in the module, not two.
     let text = std::str::from_utf8(&body).map_err(|_| PollFailure::BadAnswer)?;
-    let answer: Answer = serde_json::from_str(text).map_err(|_| PollFailure::BadAnswer)?;
+    let Object(answer): Object<Answer> =
+        serde_json::from_str(text).map_err(|_| PollFailure::BadAnswer)?;
     let data = match answer.data {
-        Some(data) if answer.status == "success" && data.result_type == "vector" => data,
+        Some(Object(data)) if answer.status == "success" && data.result_type == "vector" => data,
         _ => return Err(PollFailure::BadAnswer),
     };
     data.result
         .into_iter()
-        .map(|sample| {
+        .map(|Object(sample)| {
             // Prometheus writes values as Go formats floats: "1", "0.25",
             // "NaN", "+Inf", "-Inf".
             let value = match sample.value.1.as_str() {
                 "NaN" => f64::NAN,
                 "+Inf" => f64::INFINITY,
                 "-Inf" => f64::NEG_INFINITY,
-                // JSON's number syntax is Prometheus' for finite values.
+                // JSON's number syntax is Prometheus' for finite values,
+                // with nothing around it (serde_json would skip spaces).
+                finite if finite.trim() != finite => return Err(PollFailure::BadAnswer),
                 finite => {
                     serde_json::from_str::<f64>(finite).map_err(|_| PollFailure::BadAnswer)?
                 }

@@ -78,9 +78,11 @@ pub fn apply<'k>(
         place.insert(i, k);
     }
     let mut failing = vec![0u32; poll.rollouts.len()];
-    // The (version label, version name) pairs of the series that apply to
-    // every rollout of the poll, and how many series named each.
-    let mut everyone: HashMap<(&str, &str), (u64, bool)> = HashMap::new();
+    // The (version label, version name) pairs the series that apply to
+    // every rollout of the poll name, whether a rollout has each, and each
+    // such series' pairs.
+    let mut everyone: HashMap<(&str, &str), bool> = HashMap::new();
+    let mut unlabeled: Vec<Vec<(&str, &str)>> = Vec::new();
     let mut labels: Vec<&str> = Vec::new();
     for &i in &poll.rollouts {
         if let Some(label) = version_label(config, i) {
@@ -104,16 +106,14 @@ pub fn apply<'k>(
             None
         };
         let Some(name) = named else {
-            let mut any = false;
-            for &label in &labels {
-                if let Some(version) = sample.label(label) {
-                    everyone.entry((label, version)).or_insert((0, false)).0 += 1;
-                    any = true;
-                }
+            let pairs: Vec<(&str, &str)> = labels
+                .iter()
+                .filter_map(|&label| Some((label, sample.label(label)?)))
+                .collect();
+            for &pair in &pairs {
+                everyone.entry(pair).or_insert(false);
             }
-            if !any {
-                ignored.unknown_version += 1;
-            }
+            unlabeled.push(pairs);
             continue;
         };
         let Some((i, k)) = config
@@ -132,23 +132,26 @@ pub fn apply<'k>(
             None => ignored.unknown_version += 1,
         }
     }
-    if !everyone.is_empty() {
+    if !unlabeled.is_empty() {
         for (k, &i) in poll.rollouts.iter().enumerate() {
             let (Some(rollout), Some(label)) = (config.rollouts.get(i), version_label(config, i))
             else {
                 continue;
             };
             for (v, version) in rollout.versions.iter().enumerate() {
-                if let Some(seen) = everyone.get_mut(&(label, version.name.as_str())) {
-                    seen.1 = true;
+                if let Some(used) = everyone.get_mut(&(label, version.name.as_str())) {
+                    *used = true;
                     if let Some(bits) = failing.get_mut(k) {
                         *bits |= bit(v);
                     }
                 }
             }
         }
-        let unused = everyone.values().filter(|(_, used)| !used);
-        ignored.unknown_version += unused.map(|(n, _)| n).sum::<u64>();
+        // A series is ignored once, when no rollout has a version it names.
+        let unused = unlabeled
+            .iter()
+            .filter(|pairs| !pairs.iter().any(|p| everyone.get(p) == Some(&true)));
+        ignored.unknown_version += unused.count() as u64;
     }
     let mut verdicts = Vec::new();
     for (&i, bits) in poll.rollouts.iter().zip(failing) {

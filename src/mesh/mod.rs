@@ -21,7 +21,7 @@ pub mod poll;
 
 pub use answer::{read_answer, Sample, MAX_ANSWER_BYTES};
 pub use apply::{apply, Applied, Ignored, RolloutVerdict};
-pub use poll::{ensure_turn, polls, take_turn, Poll};
+pub use poll::{ensure_turn, polls, release_turn, take_turn, Poll};
 
 /// Why a poll gave no verdict (the `result` label of the poll counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -112,3 +112,14 @@ pub fn take_turn(
     }
     Err(now_ms.saturating_add(interval))
 }
+
+/// Gives back the turn of poll `identity` sent at `sent_ms`, if no VM took
+/// another since: a push replaced the config that sent it before the
+/// answer came, so the next tick of any VM sends it again rather than a
+/// whole interval later.
+pub fn release_turn(store: &impl SharedData, key: &str, identity: u32, sent_ms: i64) {
+    let (bytes, cas) = store.get(key);
+    if bytes.as_deref().and_then(read_turn) == Some((identity, sent_ms)) {
+        store.set(key, &turn_record(identity, i64::MIN), cas);
+    }
+}

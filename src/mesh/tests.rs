@@ -251,6 +251,17 @@ fn one_vm_polls_per_interval_whatever_the_number_of_workers() {
 }
 
 #[test]
+fn a_turn_given_back_is_due_at_once_unless_another_vm_took_one_since() {
+    let store = MemoryStore::default();
+    assert_eq!(take_turn(&store, "k", 7, 1_000, 5_000), Ok(()));
+    release_turn(&store, "k", 7, 1_000);
+    assert_eq!(take_turn(&store, "k", 7, 1_500, 5_000), Ok(()));
+    // Sent again at 1.5 s: giving back the 1 s call changes nothing.
+    release_turn(&store, "k", 7, 1_000);
+    assert_eq!(take_turn(&store, "k", 7, 2_000, 5_000), Err(6_500));
+}
+
+#[test]
 fn a_shorter_interval_another_poll_or_a_clock_stepping_back_polls_at_once() {
     let store = MemoryStore::default();
     let key = "k";

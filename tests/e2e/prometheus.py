@@ -189,16 +189,20 @@ class FakePrometheus:
     def __init__(self):
         self.answer, self.status, self.hang, self.queries = vector([]), 200, 0.0, 0
         self.arrived: list[float] = []
+        # When set, the answer to the query of this number (1 for the first)
+        # instead of `answer`.
+        self.answer_for: Callable[[int], bytes] | None = None
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
                 outer.arrived.append(time.monotonic())
                 outer.queries += 1
+                number = outer.queries
                 outer.last_path = self.path
                 if outer.hang:
                     time.sleep(outer.hang)
-                body = outer.answer
+                body = outer.answer_for(number) if outer.answer_for else outer.answer
                 try:
                     self.send_response(outer.status)
                     self.send_header("content-type", "application/json")
