@@ -178,6 +178,14 @@ def vector(series: list[dict], value: str = "1") -> bytes:
         for s in series]}}).encode()
 
 
+def serve(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
+    """A server of `handler` on a free port of 127.0.0.1, serving from a
+    daemon thread until its `shutdown()`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 class FakePrometheus:
     """An HTTP server that answers /api/v1/query with `answer` (bytes), or
     with `status`, or hangs for `hang` seconds: the faults a real Prometheus
@@ -215,9 +223,8 @@ class FakePrometheus:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -246,9 +253,8 @@ class Exporter:
             def log_message(self, *args):
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = serve(Handler)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
         self.server.shutdown()
