@@ -590,6 +590,7 @@ mod tests {
             resource: None,
             json: config.into(),
             target_gateways: Vec::new(),
+            undeliverable: None,
         };
         let headers = ["x-user-id: u1".to_string()];
         let mut req = request(&RequestArgs {
