@@ -162,8 +162,8 @@ istio-test: build cli venv
 
 ## kserve-test: istio/kserve/ and envoy/gateway/ against KServe's, Gateway API's, Envoy Gateway's and Istio's
 ##              schemas and what KServe writes, and the real Envoy shaped like each gateway running the README's
-##              KServe commands
-kserve-test: build venv
+##              KServe commands (and docs/kserve-llm.md's, with the CLI's check on its manifests)
+kserve-test: build cli venv
 	$(VPY) -m pytest -q -rs tests/kserve
 
 ## test-matrix: the end-to-end suites (tests/e2e, the Envoy part of tests/istio) on every Envoy in ENVOY_MATRIX

@@ -107,4 +107,5 @@ mod bad_files;
 mod check;
 mod diff;
 mod explain;
+mod models;
 mod rollouts;

@@ -87,6 +87,18 @@ struct Wiring {
     routes: Vec<Routed>,
     /// Where the default route (one without a match) goes.
     default_to: Option<String>,
+    /// The config's `modelHeader`, when the wired rules match it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model_header: Option<String>,
+    /// The values of the config's `modelHeader` that the wired rules match
+    /// beside the routing header (empty: rules for any model).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    models: Vec<String>,
+    /// Wired with no rule: the rollout has one version and the routes on
+    /// its header are for other models' rollouts, so its requests take
+    /// the other routes of their hosts (say which).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    left_to_other_routes: Option<String>,
     problems: Vec<String>,
 }
 
@@ -146,7 +158,11 @@ impl Report for CheckReport {
             if let Some(routes) = w.virtual_service.as_ref().or(w.http_route.as_ref()) {
                 place.push_str(&format!(" with {routes}"));
             }
-            if w.problems.is_empty() {
+            if let (Some(why), true) = (&w.left_to_other_routes, w.problems.is_empty()) {
+                out.push_str(&format!(
+                    "{place}: wiring ok: no rule for its models: {why}\n"
+                ));
+            } else if w.problems.is_empty() {
                 let routes: Vec<String> = w
                     .routes
                     .iter()
@@ -164,8 +180,14 @@ impl Report for CheckReport {
                     (None, Some(_)) => "no rule without matches: a request without the routing header is left to other routes".into(),
                     (None, None) => String::new(),
                 };
+                let models = match (&w.models[..], &w.model_header) {
+                    ([], _) | (_, None) => String::new(),
+                    (models, Some(header)) => {
+                        format!("; model header {header}: {}", models.join(", "))
+                    }
+                };
                 out.push_str(&format!(
-                    "{place}: wiring ok: {}; {default}\n",
+                    "{place}: wiring ok: {}{models}; {default}\n",
                     routes.join(", "),
                 ));
             }
@@ -282,14 +304,27 @@ pub fn run(files: &[String], cluster_domain: &str) -> Result<CheckReport, Fatal>
             shadowed: Vec::new(),
             unclaimed: None,
         };
+        if let Some(why) = &plugin.undeliverable {
+            verdict.error = Some(why.clone());
+            configs.push(verdict);
+            continue;
+        }
         match Config::from_json(plugin.json.as_bytes()) {
             Ok(config) => {
                 let tables = tables(plugin, &services, &http_routes, cluster_domain);
                 if !tables.is_empty() {
                     let defined = subsets_defined(&rules, plugin_namespace(plugin), cluster_domain);
                     let patterns = Patterns::of(&config);
-                    for rollout in &config.rollouts {
-                        wiring.extend(wire(plugin, rollout, patterns.as_ref(), &tables, &defined));
+                    for (index, rollout) in config.rollouts.iter().enumerate() {
+                        let models = ModelScope::of(&config, index);
+                        wiring.extend(wire(
+                            plugin,
+                            rollout,
+                            &models,
+                            patterns.as_ref(),
+                            &tables,
+                            &defined,
+                        ));
                     }
                 }
                 verdict.accepted = true;
@@ -531,15 +566,26 @@ struct Route {
     on_header: bool,
     has_match: bool,
     destinations: Vec<Destination>,
+    /// Exact values of the config's `modelHeader` this route matches: a
+    /// rule for those models' requests only (empty: for any model's).
+    models: Vec<String>,
 }
 
 fn array(v: Option<&Value>) -> &[Value] {
     v.and_then(Value::as_array).map_or(&[][..], Vec::as_slice)
 }
 
-fn routes(table: &Table, header: &str) -> Vec<Route> {
+/// Sorted, each once.
+fn unique(mut values: Vec<String>) -> Vec<String> {
+    values.sort();
+    values.dedup();
+    values
+}
+
+fn routes(table: &Table, header: &str, model_header: Option<&str>) -> Vec<Route> {
     let doc = &table.manifest.doc;
     let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(str::to_string);
+    let is_model_header = |name: &str| model_header.is_some_and(|m| name.eq_ignore_ascii_case(m));
     match table.kind {
         Kind::VirtualService => array(doc.pointer("/spec/http"))
             .iter()
@@ -553,8 +599,18 @@ fn routes(table: &Table, header: &str) -> Vec<Route> {
                     .filter(|(name, _)| name.eq_ignore_ascii_case(header))
                     .map(|(_, cond)| cond)
                     .collect();
+                let models = unique(
+                    matches
+                        .iter()
+                        .filter_map(|m| m.get("headers").and_then(Value::as_object))
+                        .flat_map(|h| h.iter())
+                        .filter(|(name, _)| is_model_header(name))
+                        .filter_map(|(_, cond)| text(cond, "/exact"))
+                        .collect(),
+                );
                 Route {
                     name: text(r, "/name").unwrap_or_else(|| format!("http[{i}]")),
+                    models,
                     header_values: conditions
                         .iter()
                         .filter_map(|c| text(c, "/exact"))
@@ -583,8 +639,18 @@ fn routes(table: &Table, header: &str) -> Vec<Route> {
                     .flat_map(|m| array(m.get("headers")))
                     .filter(|h| text(h, "/name").is_some_and(|n| n.eq_ignore_ascii_case(header)))
                     .collect();
+                let models = unique(
+                    matches
+                        .iter()
+                        .flat_map(|m| array(m.get("headers")))
+                        .filter(|h| text(h, "/name").is_some_and(|n| is_model_header(&n)))
+                        .filter(|c| text(c, "/type").is_none_or(|t| t == "Exact"))
+                        .filter_map(|c| text(c, "/value"))
+                        .collect(),
+                );
                 Route {
                     name: text(r, "/name").unwrap_or_else(|| format!("rules[{i}]")),
+                    models,
                     header_values: conditions
                         .iter()
                         .filter(|c| text(c, "/type").is_none_or(|t| t == "Exact"))
@@ -609,16 +675,73 @@ fn routes(table: &Table, header: &str) -> Vec<Route> {
     }
 }
 
+/// The models a rollout takes, for routes that match the config's
+/// `modelHeader` beside the routing header: a rule for a model the rollout
+/// does not take is another rollout's.
+pub struct ModelScope {
+    /// The config's `modelHeader`.
+    header: Option<String>,
+    /// The rollout's `models` (empty: a rollout of any model).
+    listed: Vec<String>,
+    /// The models the config's other rollouts list, which a rollout of any
+    /// model does not get.
+    elsewhere: Vec<String>,
+}
+
+impl ModelScope {
+    pub fn of(config: &Config, index: usize) -> ModelScope {
+        let models = |r: &Rollout| r.scope.as_ref().map_or(Vec::new(), |s| s.models.clone());
+        ModelScope {
+            header: config.body.model_header.clone(),
+            listed: config.rollouts.get(index).map(models).unwrap_or_default(),
+            elsewhere: config
+                .rollouts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != index)
+                .flat_map(|(_, r)| models(r))
+                .collect(),
+        }
+    }
+
+    fn takes(&self, model: &str) -> bool {
+        if self.listed.is_empty() {
+            !self.elsewhere.iter().any(|m| m == model)
+        } else {
+            self.listed.iter().any(|m| m == model)
+        }
+    }
+
+    /// Whether a route is for requests the rollout takes: it matches no
+    /// model, or one the rollout takes.
+    fn covers(&self, route: &Route) -> bool {
+        route.models.is_empty() || route.models.iter().any(|m| self.takes(m))
+    }
+
+    fn describe(&self) -> String {
+        if self.listed.is_empty() {
+            "any model no other rollout lists".into()
+        } else {
+            self.listed.join(", ")
+        }
+    }
+}
+
 /// The wiring of one rollout with each VirtualService and HTTPRoute that
 /// routes its hosts on its routing header, or the problem that none does.
+/// Rules that also match the config's `modelHeader` on a model the rollout
+/// does not take are left out: they are another rollout's.
 fn wire(
     plugin: &PluginConfig,
     rollout: &Rollout,
+    models: &ModelScope,
     patterns: Option<&Patterns>,
     tables: &[Table],
     defined: &[(String, String)],
 ) -> Vec<Wiring> {
     let header = rollout.routing_header.as_str();
+    // (the routes' name, a rule on the header for other models, its models)
+    let mut foreign: Vec<(String, String, Vec<String>)> = Vec::new();
     let wirings: Vec<Wiring> = tables
         .iter()
         .filter(|t| match (&rollout.scope, patterns) {
@@ -626,11 +749,31 @@ fn wire(
             // No `rollouts`: the one rollout takes every host.
             _ => true,
         })
-        .map(|t| (t, routes(t, header)))
-        .filter(|(_, routes)| routes.iter().any(|r| r.on_header))
-        .map(|(t, routes)| {
-            let mut wiring = wire_routes(rollout, t, &routes, defined);
+        .map(|t| {
             let name = format!("{}: {}", t.manifest.file, t.manifest.resource);
+            let (ours, theirs): (Vec<Route>, Vec<Route>) =
+                routes(t, header, models.header.as_deref())
+                    .into_iter()
+                    .partition(|r| models.covers(r));
+            for r in theirs.into_iter().filter(|r| r.on_header) {
+                foreign.push((name.clone(), r.name, r.models));
+            }
+            (t, name, ours)
+        })
+        .filter(|(_, _, routes)| routes.iter().any(|r| r.on_header))
+        .map(|(t, name, routes)| {
+            let mut wiring = wire_routes(rollout, t, &routes, defined);
+            let matched = unique(
+                routes
+                    .iter()
+                    .filter(|r| r.on_header)
+                    .flat_map(|r| r.models.iter().cloned())
+                    .collect(),
+            );
+            if !matched.is_empty() {
+                wiring.model_header.clone_from(&models.header);
+            }
+            wiring.models = matched;
             match t.kind {
                 Kind::VirtualService => wiring.virtual_service = Some(name),
                 Kind::HttpRoute => wiring.http_route = Some(name),
@@ -642,19 +785,68 @@ fn wire(
     if !wirings.is_empty() {
         return wirings;
     }
+    let model_header = models.header.as_deref().unwrap_or_default();
+    if !foreign.is_empty() && rollout.versions.len() == 1 {
+        // One version: nothing to route apart. The routes on its header are
+        // other rollouts' (other models'), and its requests take the other
+        // routes of their hosts.
+        let mut by_table: Vec<(String, Vec<String>)> = Vec::new();
+        for (table, _, values) in &foreign {
+            match by_table.iter_mut().find(|(t, _)| t == table) {
+                Some((_, all)) => all.extend(values.iter().cloned()),
+                None => by_table.push((table.clone(), values.clone())),
+            }
+        }
+        return by_table
+            .into_iter()
+            .map(|(table, values)| {
+                let values = unique(values);
+                let mut wiring = Wiring {
+                    plugin: plugin.origin(),
+                    rollout: rollout.name().map(str::to_string),
+                    virtual_service: None,
+                    http_route: None,
+                    routes: Vec::new(),
+                    default_to: None,
+                    model_header: None,
+                    models: Vec::new(),
+                    left_to_other_routes: Some(format!(
+                        "its rules on {header} match {model_header}: {}, models other rollouts take; \
+                         its one version's requests take the other routes of their hosts",
+                        values.join(", ")
+                    )),
+                    problems: Vec::new(),
+                };
+                if table.contains(": VirtualService ") {
+                    wiring.virtual_service = Some(table);
+                } else {
+                    wiring.http_route = Some(table);
+                }
+                wiring
+            })
+            .collect();
+    }
     let has = |kind| tables.iter().any(|t| t.kind == kind);
     let kinds = match (has(Kind::VirtualService), has(Kind::HttpRoute)) {
         (true, true) => "VirtualService or HTTPRoute",
         (true, false) => "VirtualService",
         _ => "HTTPRoute",
     };
-    let problem = match &rollout.scope {
+    let mut problem = match &rollout.scope {
         None => format!("no {kinds} among the files routes on the routing header {header}"),
         Some(scope) => format!(
             "no {kinds} among the files routes the rollout's hosts ({}) on its routing header {header}",
             scope.hosts.join(", ")
         ),
     };
+    if let Some((table, rule, values)) = foreign.first() {
+        problem.push_str(&format!(
+            " for its models ({}): {table} rule {rule} matches {model_header}: {}, which the rollout does not take \
+             (the filter writes {model_header} as the request names its model)",
+            models.describe(),
+            values.join(", ")
+        ));
+    }
     vec![Wiring {
         plugin: plugin.origin(),
         rollout: rollout.name().map(str::to_string),
@@ -662,6 +854,9 @@ fn wire(
         http_route: None,
         routes: Vec::new(),
         default_to: None,
+        model_header: None,
+        models: Vec::new(),
+        left_to_other_routes: None,
         problems: vec![problem],
     }]
 }
@@ -853,6 +1048,9 @@ fn wire_routes(
         http_route: None,
         routes: routed,
         default_to,
+        model_header: None,
+        models: Vec::new(),
+        left_to_other_routes: None,
         problems,
     }
 }

@@ -747,6 +747,7 @@ mod tests {
             resource: None,
             json: config.into(),
             target_gateways: Vec::new(),
+            undeliverable: None,
         };
         let headers = ["x-user-id: u1".to_string()];
         let mut req = request(&RequestArgs {
@@ -895,6 +896,7 @@ mod tests {
                 resource: None,
                 json: CHAT.into(),
                 target_gateways: Default::default(),
+                undeliverable: None,
             };
             explain_request(&plugin, &args, At::now()).unwrap().text()
         };

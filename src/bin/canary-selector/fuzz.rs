@@ -303,6 +303,7 @@ fn plugin(config: &Value) -> PluginConfig {
         resource: None,
         json: config.to_string(),
         target_gateways: Vec::new(),
+        undeliverable: None,
     }
 }
 

@@ -3,7 +3,10 @@
 //! included), from files, directories or stdin (`-`). A WasmPlugin's or
 //! TrafficExtension's `pluginConfig` is turned into the JSON text Istio hands
 //! the filter, so that `Rollout::from_json` judges exactly what a sidecar
-//! would receive.
+//! would receive; an EnvoyFilter that delivers the filter itself over ECDS
+//! (an `EXTENSION_CONFIG` patch whose Wasm config has root id
+//! `canary-selector`, as docs/kserve-llm.md's does) is read for the text of
+//! its `configuration`, which Envoy hands the filter as it is.
 
 use std::fmt;
 use std::io::Read;
@@ -68,14 +71,18 @@ impl fmt::Display for Resource {
 pub struct PluginConfig {
     /// The file it came from, as given (`-` for stdin).
     pub file: String,
-    /// The WasmPlugin or TrafficExtension holding it; `None` for a
-    /// plugin-config JSON file.
+    /// The WasmPlugin, TrafficExtension or EnvoyFilter holding it; `None`
+    /// for a plugin-config JSON file.
     pub resource: Option<Resource>,
     /// The text `Config::from_json` gets.
     pub json: String,
     /// The Gateways (of its own namespace) the resource attaches the plugin
     /// to with `targetRefs`; empty for one that selects workloads by label.
     pub target_gateways: Vec<String>,
+    /// Why the filter could not read the config at all, as delivered (an
+    /// EnvoyFilter's `configuration` that is no StringValue); `json` is
+    /// then empty.
+    pub undeliverable: Option<String>,
 }
 
 impl PluginConfig {
@@ -136,7 +143,10 @@ pub fn load_one(path: &str) -> Result<PluginConfig, Fatal> {
     let inputs = load(std::slice::from_ref(&path.to_string()))?;
     let mut plugins = inputs.plugins.into_iter();
     match (plugins.next(), plugins.next()) {
-        (Some(one), None) => Ok(one),
+        (Some(one), None) => match &one.undeliverable {
+            Some(why) => Err(Fatal(format!("{}: {why}", one.origin()))),
+            None => Ok(one),
+        },
         (None, _) => Err(no_plugin_config(path)),
         (Some(first), Some(second)) => Err(Fatal(format!(
             "{path}: holds more than one plugin config ({} and {}); pass a file with one",
@@ -148,7 +158,7 @@ pub fn load_one(path: &str) -> Result<PluginConfig, Fatal> {
 
 pub fn no_plugin_config(path: &str) -> Fatal {
     Fatal(format!(
-        "{path}: no pluginConfig found (no WasmPlugin or TrafficExtension, and not a plugin-config JSON object)"
+        "{path}: no pluginConfig found (no WasmPlugin or TrafficExtension, no EnvoyFilter delivering canary-selector, and not a plugin-config JSON object)"
     ))
 }
 
@@ -229,6 +239,7 @@ fn parse(file: &str, text: &str, plugin_json: bool, inputs: &mut Inputs) -> Resu
                     resource: None,
                     json: text.into(),
                     target_gateways: Vec::new(),
+                    undeliverable: None,
                 });
                 return Ok(());
             }
@@ -293,6 +304,27 @@ fn collect(file: &str, doc: Value, inputs: &mut Inputs) -> Result<(), Fatal> {
         "WasmPlugin" if istio_extension => doc.get("spec"),
         // A TrafficExtension runs Wasm or Lua; only a Wasm one is ours.
         "TrafficExtension" if istio_extension => doc.get("spec").and_then(|s| s.get("wasm")),
+        "EnvoyFilter" if istio_networking(&doc) => {
+            let delivered = envoy_filter_configs(&doc);
+            if delivered.is_empty() {
+                inputs.manifests.push(Manifest {
+                    file: file.into(),
+                    resource,
+                    doc,
+                });
+                return Ok(());
+            }
+            for (json, undeliverable) in delivered {
+                inputs.plugins.push(PluginConfig {
+                    file: file.into(),
+                    resource: Some(resource.clone()),
+                    json,
+                    target_gateways: target_gateways(&doc),
+                    undeliverable,
+                });
+            }
+            return Ok(());
+        }
         _ => {
             inputs.manifests.push(Manifest {
                 file: file.into(),
@@ -315,8 +347,63 @@ fn collect(file: &str, doc: Value, inputs: &mut Inputs) -> Result<(), Fatal> {
         resource: Some(resource),
         json,
         target_gateways: target_gateways(&doc),
+        undeliverable: None,
     });
     Ok(())
+}
+
+fn istio_networking(doc: &Value) -> bool {
+    doc.get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|v| v.starts_with("networking.istio.io/"))
+}
+
+/// The root id canary-selector's Wasm config is recognised by in an
+/// EnvoyFilter (a WasmPlugin's `pluginName`, as the shipped ones set it).
+const ROOT_ID: &str = "canary-selector";
+const WASM_FILTER: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const STRING_VALUE: &str = "type.googleapis.com/google.protobuf.StringValue";
+
+/// The configs of canary-selector an EnvoyFilter adds as ECDS extension
+/// configs (`applyTo: EXTENSION_CONFIG`, a Wasm filter with root id
+/// `canary-selector`): the text Envoy hands the filter, or why it hands it
+/// none it could read.
+fn envoy_filter_configs(doc: &Value) -> Vec<(String, Option<String>)> {
+    let patches = doc
+        .pointer("/spec/configPatches")
+        .and_then(Value::as_array)
+        .map_or(&[][..], Vec::as_slice);
+    patches
+        .iter()
+        .filter(|p| p.get("applyTo").and_then(Value::as_str) == Some("EXTENSION_CONFIG"))
+        .filter_map(|p| p.pointer("/patch/value/typed_config"))
+        .filter(|tc| tc.get("@type").and_then(Value::as_str) == Some(WASM_FILTER))
+        .filter_map(|tc| tc.get("config"))
+        .filter(|c| c.get("root_id").and_then(Value::as_str) == Some(ROOT_ID))
+        .map(|c| {
+            let configuration = c.get("configuration");
+            let kind = configuration
+                .and_then(|v| v.get("@type"))
+                .and_then(Value::as_str);
+            let text = configuration
+                .and_then(|v| v.get("value"))
+                .and_then(Value::as_str);
+            match (kind, text) {
+                (Some(STRING_VALUE), Some(text)) => (text.to_string(), None),
+                // No configuration: the filter is configured with nothing.
+                (None, _) => (String::new(), None),
+                (kind, _) => (
+                    String::new(),
+                    Some(format!(
+                        "configuration is {}: Envoy hands a Wasm filter the text of a \
+                         google.protobuf.StringValue as it is, and a google.protobuf.Struct as \
+                         protobuf bytes, not JSON; write the config as a StringValue's JSON text",
+                        kind.unwrap_or("no typed value")
+                    )),
+                ),
+            }
+        })
+        .collect()
 }
 
 /// The names of the Gateways a WasmPlugin's or TrafficExtension's

@@ -50,7 +50,22 @@ from .paths import (  # first: puts tests/e2e (harness) on sys.path
     RULES,
 )
 from .manifests import OTHER_SCENARIOS, demo_bootstrap, kubectl_files, load, manifest_files
-from .schemas import CRD_DIRS, CRD_GROUPS, CRD_ROOT, CRDS, CRDS_MISSING, METADATA, crd, defaulted, schema_errors
+from .schemas import (
+    CRD_DIRS,
+    CRD_GROUPS,
+    CRD_ROOT,
+    CRDS,
+    CRDS_MISSING,
+    LLM_CRD_DIR,
+    LLM_CRD_GROUPS,
+    LLM_KINDS,
+    METADATA,
+    crd,
+    defaulted,
+    llm_crds,
+    schema_errors,
+    served,
+)
 from .cel import CEL_FUNCTIONS
 from .prometheus_rule import PROMETHEUS_RULE, promtool_check_rules, validate_prometheus_rule
 from .request_authentication import REQUEST_AUTHENTICATION, validate_request_authentication
@@ -75,7 +90,7 @@ from .stats import (
     extra_stat_tags,
     istio_stats_config,
 )
-from .proxy import add_upstreams, istio_proxy, sidecar
+from .proxy import add_upstreams, istio_proxy, istio_shape, sidecar
 from .runbook import (
     COMMANDS,
     DOC_PAGES,

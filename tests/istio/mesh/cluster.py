@@ -79,6 +79,11 @@ KIND_NAMES = {
     "HTTPRoute": {"httproute", "httproutes"},
     "Gateway": {"gateway", "gateways", "gtw"},
     "EnvoyExtensionPolicy": {"envoyextensionpolicy", "envoyextensionpolicies", "eep"},
+    "LLMInferenceService": {"llminferenceservice", "llminferenceservices", "llmisvc"},
+    "InferencePool": {"inferencepool", "inferencepools"},
+    "EnvoyFilter": {"envoyfilter", "envoyfilters"},
+    "EnvoyPatchPolicy": {"envoypatchpolicy", "envoypatchpolicies"},
+    "ClientTrafficPolicy": {"clienttrafficpolicy", "clienttrafficpolicies", "ctp"},
 }
 
 

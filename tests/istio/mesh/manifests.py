@@ -22,8 +22,14 @@ def demo_bootstrap() -> dict:
 
 # Scenarios of their own inside istio/, which other tests check.
 # The mesh verdict's EnvoyProxy is applied on its own (docs/mesh-verdict.md),
-# not with the KServe steps' `kubectl apply -f envoy/gateway/`.
-OTHER_SCENARIOS = (ISTIO_DIR / "kserve", ROOT / "envoy" / "gateway" / "mesh-verdict")
+# not with the KServe steps' `kubectl apply -f envoy/gateway/`; the chat
+# model's manifests (docs/kserve-llm.md) are tests/kserve's LLM scenario.
+OTHER_SCENARIOS = (
+    ISTIO_DIR / "kserve",
+    ROOT / "envoy" / "gateway" / "mesh-verdict",
+    ISTIO_DIR / "kserve" / "llm",
+    ROOT / "envoy" / "gateway" / "llm",
+)
 
 
 def manifest_files(directory: Path = ISTIO_DIR) -> list[Path]:

@@ -30,7 +30,7 @@ def add_upstreams(cfg: dict, upstreams: dict[str, str]) -> None:
         cfg["static_resources"]["clusters"].append(c)
 
 
-def _istio_shape(
+def istio_shape(
     plugin_filter: str,
     stat_prefix: str,
     route_config: dict,
@@ -92,7 +92,7 @@ def istio_proxy(
         root_id=wasm["pluginName"],
         failure_policy=policy[wasm.get("failStrategy", "FAIL_CLOSE")],
         extra_type_urls=(RBAC_FILTER,),
-        bootstrap_hook=_istio_shape(filter_name(plugin), stat_prefix, route_config, upstreams, edit_chain, stat_tags),
+        bootstrap_hook=istio_shape(filter_name(plugin), stat_prefix, route_config, upstreams, edit_chain, stat_tags),
         **kwargs,
     )
 

@@ -7,6 +7,7 @@ needs a CRD is skipped, with the reason, where the CRD folders are absent."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 from pathlib import Path
 
@@ -19,10 +20,10 @@ from .paths import ROOT
 # The CRD schemas manifests are checked against: Istio 1.32, Gateway API
 # v1.6.1 and Envoy Gateway v1.9.0, KServe at aaac4e2, from the directory
 # CANARY_SELECTOR_CRDS (the Makefile's CRD_DIR), by default ../shared beside
-# the checkout, each in its folder: istio-crds/, gateway-crds/, kserve-crds/.
-# Where they are absent, the tests that need a CRD (to check a manifest
-# against it, or to default an object as the API server does) are skipped
-# with the reason; everything else runs.
+# the checkout, each in its folder: istio-crds/, gateway-crds/, kserve-crds/
+# (and llm-crds/, below). Where they are absent, the tests that need a CRD
+# (to check a manifest against it, or to default an object as the API
+# server does) are skipped with the reason; everything else runs.
 CRD_ROOT = Path(os.environ.get("CANARY_SELECTOR_CRDS") or ROOT.parent / "shared")
 CRD_DIRS = [CRD_ROOT / d for d in ("istio-crds", "gateway-crds", "kserve-crds")]
 # The API groups those CRDs serve.
@@ -70,15 +71,11 @@ def strict(schema: dict) -> dict:
     return out
 
 
-def _crds() -> tuple[dict[tuple[str, str], dict], str | None]:
+def _load(directories: list[Path]) -> dict[tuple[str, str], dict]:
     """(apiVersion, kind) -> the served version's openAPIV3Schema, for every
-    CRD in CRD_DIRS; or nothing and why, where a directory is missing."""
-    missing = [str(d) for d in CRD_DIRS if not d.is_dir()]
-    if missing:
-        return {}, (f"CRD schemas not found ({', '.join(missing)}): schema checks skipped; "
-                    "point CRD_DIR at a folder holding istio-crds/, gateway-crds/ and kserve-crds/")
+    CRD in `directories`."""
     out = {}
-    for directory in CRD_DIRS:
+    for directory in directories:
         for path in sorted(directory.glob("*.yaml")):
             # The InferenceService CRD is 2 MB: libyaml's loader when there is one.
             for crd in yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
@@ -88,18 +85,57 @@ def _crds() -> tuple[dict[tuple[str, str], dict], str | None]:
                 for version in crd["spec"]["versions"]:
                     if version.get("served"):
                         out[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
-    return out, None
+    return out
+
+
+def _crds() -> tuple[dict[tuple[str, str], dict], str | None]:
+    """(apiVersion, kind) -> the served version's openAPIV3Schema, for every
+    CRD in CRD_DIRS; or nothing and why, where a directory is missing."""
+    missing = [str(d) for d in CRD_DIRS if not d.is_dir()]
+    if missing:
+        return {}, (f"CRD schemas not found ({', '.join(missing)}): schema checks skipped; "
+                    "point CRD_DIR at a folder holding istio-crds/, gateway-crds/ and kserve-crds/")
+    return _load(CRD_DIRS), None
 
 
 CRDS, CRDS_MISSING = _crds()
+
+# The generative models' CRDs (KServe's LLMInferenceService, the Inference
+# Extension's InferencePool), in their own folder beside the others,
+# llm-crds/: read on first use (the LLMInferenceService CRD is 2.7 MB), and
+# where it is absent, the tests that need them are skipped with the reason
+# while the others run.
+LLM_CRD_DIR = CRD_ROOT / "llm-crds"
+LLM_KINDS = {"LLMInferenceService", "LLMInferenceServiceConfig", "InferencePool"}
+LLM_CRD_GROUPS = {"inference.networking.k8s.io"}
+
+
+@functools.cache
+def llm_crds() -> tuple[dict[tuple[str, str], dict], str | None]:
+    """The llm-crds/ schemas as CRDS holds the others; or nothing and why."""
+    if not LLM_CRD_DIR.is_dir():
+        return {}, (f"CRD schemas of generative models not found ({LLM_CRD_DIR}): their schema checks skipped; "
+                    "point CRD_DIR at a folder holding llm-crds/ too")
+    return _load([LLM_CRD_DIR]), None
+
+
+def served(key: tuple[str, str]) -> dict | None:
+    """The schema of (apiVersion, kind) from the folder its kind's CRDs are
+    in (None: no CRD there serves it); the calling test is skipped, with the
+    reason, where that folder is absent."""
+    crds, missing = llm_crds() if key[1] in LLM_KINDS else (CRDS, CRDS_MISSING)
+    if missing:
+        pytest.skip(missing)
+    return crds.get(key)
 
 
 def crd(key: tuple[str, str]) -> dict:
     """The schema of (apiVersion, kind); the calling test is skipped, with
     the reason, where the CRD schemas are absent."""
-    if CRDS_MISSING:
-        pytest.skip(CRDS_MISSING)
-    return CRDS[key]
+    schema = served(key)
+    if schema is None:
+        raise KeyError(key)
+    return schema
 
 
 def defaulted(schema: dict, value):

@@ -27,15 +27,26 @@ One module per part, each imported here so that the tests keep writing
 - traffic.py: driving a gateway in tests, requests checked against the README's decision.
 - many_models.py: `rollout_for()`, which rollout of one plugin a request takes.
 - runbook.py: the runbooks' steps per gateway and `Runbook`, which carries them out.
+- llm.py: what KServe writes for an LLMInferenceService (InferencePool,
+  workload Service, its HTTPRoute with a route group's weights); `reconcile()`
+  calls it.
+- llm_gateway.py: the chat model's scenario (docs/kserve-llm.md): its
+  cluster, its plugin resource (WasmPlugin, EnvoyFilter or
+  EnvoyExtensionPolicy), the gateway's Envoy with the model servers and
+  Envoy Gateway's EnvoyPatchPolicy, a body-based router in front.
+- llm_traffic.py: chat conversations through the gateway, checked against
+  the decision of the chat rollout.
 """
 
 from __future__ import annotations
 
 from .paths import (  # first: puts tests/istio (mesh) on sys.path
     ENVOY_GATEWAY_DIR,
+    ENVOY_GATEWAY_LLM_DIR,
     ENVOY_GATEWAY_MANY_MODELS_DIR,
     GATEWAY_FIXTURE,
     KSERVE_DIR,
+    LLM_DIR,
     MANY_MODELS_DIR,
     ROOT,
 )
@@ -102,3 +113,4 @@ from .traffic import (
 )
 from .many_models import rollout_for
 from .runbook import GATEWAY_SUFFIXES, Runbook, gateway_of, step_name, steps_for, weight_of
+from . import llm, llm_gateway, llm_traffic

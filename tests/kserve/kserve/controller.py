@@ -171,12 +171,19 @@ def kserve_objects(isvc: dict) -> list[dict]:
 
 
 def reconcile(cluster: mesh.Cluster) -> None:
-    """KServe's controller: write what every InferenceService needs, delete
-    what it wrote for predictors that are gone. An object it updates keeps
-    its place (its creation time); new ones come last."""
+    """KServe's controllers: write what every InferenceService and
+    LLMInferenceService (llm.py) needs, delete what they wrote for
+    predictors and services that are gone. An object they update keeps its
+    place (its creation time); new ones come last."""
+    from .llm import llm_objects  # llm.py imports this module
+
     wanted = {}
     for isvc in cluster.all("InferenceService"):
         for doc in kserve_objects(isvc):
+            wanted[(doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"])] = doc
+    services = cluster.all("LLMInferenceService")
+    for llmisvc in services:
+        for doc in llm_objects(llmisvc, services):
             wanted[(doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"])] = doc
     for key, doc in list(cluster.objects.items()):
         if is_kserve_owned(doc) and key not in wanted:
@@ -185,7 +192,9 @@ def reconcile(cluster: mesh.Cluster) -> None:
 
 
 def is_kserve_owned(doc: dict) -> bool:
-    return OWNER in doc["metadata"].get("labels", {})
+    from .llm import is_llm_owned
+
+    return OWNER in doc["metadata"].get("labels", {}) or is_llm_owned(doc)
 
 
 def isvc_hosts(isvc: dict) -> list[str]:

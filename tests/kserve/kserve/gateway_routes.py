@@ -4,10 +4,13 @@ of the predictors' Services with the demo server that plays each."""
 
 from __future__ import annotations
 
+import re
+
 import mesh
 
 from .controller import GATEWAY_NAME, GATEWAY_NAMESPACE, SERVICE_PORT, is_grpc_port, is_kserve_owned
 from .gateway_api import Entry, backends, entries
+from .llm import POOL_PORT, llm_server
 
 
 def cluster_name(service: str, port: int = SERVICE_PORT) -> str:
@@ -43,6 +46,22 @@ def _envoy_match(match: dict) -> dict:
     return {**out, **({"headers": headers} if headers else {})}
 
 
+def _rewrite(e: Entry) -> dict:
+    """A rule's URLRewrite ReplacePrefixMatch (KServe's LLM routes) as Envoy
+    does it for a PathPrefix match: the matched prefix replaced, and for a
+    replacement of `/` the slash after the prefix dropped with it (Gateway
+    API's reading, `/ns/name/v1/models` to `/v1/models`)."""
+    for f in e.rule.get("filters", []):
+        path = f.get("urlRewrite", {}).get("path", {}) if f["type"] == "URLRewrite" else {}
+        if path.get("type") != "ReplacePrefixMatch":
+            continue
+        prefix = e.match["path"]["value"].rstrip("/")
+        if path["replacePrefixMatch"] == "/":
+            return {"regex_rewrite": {"pattern": {"regex": f"^{re.escape(prefix)}/*"}, "substitution": "/"}}
+        return {"prefix_rewrite": path["replacePrefixMatch"]}
+    return {}
+
+
 def route_config(cluster: mesh.Cluster, implementation: str, services: set[str]) -> dict:
     """The Envoy RouteConfiguration of the Gateway's HTTP listener: a
     virtual host per hostname, the matches in the implementation's order.
@@ -73,8 +92,12 @@ def route_config(cluster: mesh.Cluster, implementation: str, services: set[str])
                     {"header": {"key": h["name"], "value": h["value"]}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
                     for h in sets
                 ]
+            if "route" in route:
+                route["route"].update(_rewrite(e))
             routes.append(route)
-        vhosts.append({"name": hostname, "domains": [hostname, f"{hostname}:*"], "routes": routes})
+        # A route without hostnames serves every host of the listener.
+        domains = ["*"] if hostname == "*" else [hostname, f"{hostname}:*"]
+        vhosts.append({"name": hostname, "domains": domains, "routes": routes})
     return {"name": f"{GATEWAY_NAMESPACE}/{GATEWAY_NAME}/http", "virtual_hosts": vhosts}
 
 
@@ -83,12 +106,19 @@ def upstreams(cluster: mesh.Cluster) -> dict[str, str]:
     Service is played by the server of the predictor's name (model-v1 or
     model-v2, envoy/envoy.yaml), its gRPC port by that version's gRPC
     server (model-v1-grpc, model-v2-grpc: envoy/grpc_models.py, which the
-    test starts)."""
+    test starts); an LLMInferenceService's InferencePool and workload
+    Service by the server named after it (envoy/openai_models.py, which the
+    test starts: llm_gateway.py)."""
     out = {}
-    for doc in cluster.all("Service"):
+    for doc in cluster.all("InferencePool") + cluster.all("Service"):
         if not is_kserve_owned(doc):
             continue
         service = f"{doc['metadata']['namespace']}/{doc['metadata']['name']}"
+        llm = llm_server(doc)
+        if llm is not None:
+            ports = [p["port"] for p in doc["spec"].get("ports", [])] or [POOL_PORT]
+            out.update({cluster_name(service, port): llm for port in ports})
+            continue
         server = doc["metadata"]["labels"]["serving.kserve.io/predictor"]
         for port in doc["spec"]["ports"]:
             out[cluster_name(service, port["port"])] = f"{server}-grpc" if is_grpc_port(port) else server
@@ -96,4 +126,9 @@ def upstreams(cluster: mesh.Cluster) -> dict[str, str]:
 
 
 def services(cluster: mesh.Cluster) -> set[str]:
-    return {f"{d['metadata']['namespace']}/{d['metadata']['name']}" for d in cluster.all("Service")}
+    """The backends a rule may name that exist: Services, and the
+    InferencePools of KServe's LLM routes ("namespace/name")."""
+    return {
+        f"{d['metadata']['namespace']}/{d['metadata']['name']}"
+        for d in cluster.all("Service") + cluster.all("InferencePool")
+    }

@@ -21,5 +21,9 @@ ENVOY_GATEWAY_DIR = ROOT / "envoy" / "gateway"
 # (docs/kserve-many-models.md).
 MANY_MODELS_DIR = KSERVE_DIR / "many-models"
 ENVOY_GATEWAY_MANY_MODELS_DIR = ENVOY_GATEWAY_DIR / "many-models"
+# The chat model's two versions, our routes, and the filter with and without
+# a body-based router in front (docs/kserve-llm.md).
+LLM_DIR = KSERVE_DIR / "llm"
+ENVOY_GATEWAY_LLM_DIR = ENVOY_GATEWAY_DIR / "llm"
 # The Gateway KServe's quick install creates (gatewayClassName envoy; Istio's is istio).
 GATEWAY_FIXTURE = ROOT / "tests" / "kserve" / "kserve-ingress-gateway.yaml"

@@ -61,8 +61,12 @@ class Runbook:
         self.labels.append(step_name(step.label))
         reconcile(self.cluster)
         for doc in self.cluster.objects.values():
-            assert mesh.validate(doc) == [], (step.line, doc["kind"], doc["metadata"]["name"])
+            assert self.validate(doc) == [], (step.line, doc["kind"], doc["metadata"]["name"])
         self.changed(step)
+
+    def validate(self, doc: dict) -> list[str]:
+        """An object's errors against the schema the API server applies."""
+        return mesh.validate(doc)
 
     def changed(self, step: mesh.Step) -> None:
         """What a step that changed the cluster does to the gateway."""
