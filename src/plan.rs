@@ -14,7 +14,7 @@
 use std::ops::Range;
 
 use crate::body::{Field, Scanned, Unreadable};
-use crate::config::{Config, PrefixRollouts, Rollout, Source};
+use crate::config::{writable_model, Config, PrefixRollouts, Rollout, Source};
 use crate::decision::{read_source, rule_holds, Decision, Request};
 
 /// What the headers say of a request's body.
@@ -214,4 +214,22 @@ pub fn reaches_body(rollout: &Rollout, req: &mut impl Request) -> bool {
 /// The model a decision's version asks for, if it rewrites the request's.
 pub fn rewrites<'r>(rollout: &'r Rollout, d: &Decision) -> Option<&'r str> {
     rollout.versions.get(d.version)?.model.as_deref()
+}
+
+/// What the filter writes into `modelHeader` once the body is read: the
+/// model the version asked for when the body was rewritten to it; else the
+/// model the body names, when the request did not name one in the header
+/// (KServe's model-based routes match this header, whether or not a
+/// rollout took the request), and only a model a header can carry as it
+/// is. Never a model the body does not name.
+pub fn model_header_value<'a>(
+    rewritten_to: Option<&'a str>,
+    body_model: Option<&'a str>,
+    header_named: bool,
+) -> Option<&'a str> {
+    match rewritten_to {
+        Some(model) => Some(model),
+        None if header_named => None,
+        None => body_model.filter(|m| !m.is_empty() && writable_model(m)),
+    }
 }

@@ -28,6 +28,7 @@ pub use guard::{
     Guard, Mesh, DEFAULT_GRPC_ERROR_CODES, DEFAULT_MESH_POLL_SECONDS, DEFAULT_MESH_TIMEOUT_MS,
     MAX_GUARD_WINDOW_SECONDS,
 };
+pub use names::writable_model;
 pub use rollout::{AnonymousCookie, Condition, Rollout, Rule, Source, Version};
 pub use rules::whole_value_regex;
 pub use schedule::{rfc3339_ms, Schedule, Step, MAX_SCHEDULE_STEPS};

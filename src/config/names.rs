@@ -140,13 +140,20 @@ pub(super) fn model_name(field: &str, name: &str) -> Result<(), ConfigError> {
             format!("a model name is 1 to {MAX_MODEL_NAME_LEN} bytes"),
         );
     }
-    if name.chars().any(char::is_control) || name.trim() != name {
+    if !writable_model(name) {
         return err(
             field,
             format!("{name:?} holds a control character or starts or ends with a space"),
         );
     }
     Ok(())
+}
+
+/// Whether a model name can be written into a header as it is: no control
+/// character (a CR or LF would end the header in an HTTP/1 request) and no
+/// space at either end (a header value has none).
+pub fn writable_model(name: &str) -> bool {
+    !name.chars().any(char::is_control) && name.trim() == name
 }
 
 /// A header the filter writes besides the routing header (`modelHeader`).

@@ -18,6 +18,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::ops::Range;
 use std::rc::Rc;
 
 use log::warn;
@@ -28,6 +29,7 @@ use super::installed::Installed;
 use super::now_ms_of_host;
 use super::stream::{self, Calls, CellRng};
 use crate::body::{self, BodyBuffer, BodySource, Scanned, DEFAULT_MAX_VALUE, SLICE};
+use crate::config::Config;
 use crate::decision::{decide, Decision};
 use crate::filter::{self, Pending};
 use crate::plan::{self, Unknown};
@@ -212,6 +214,8 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
             match entry.and_then(|e| e.rollout_for(known)) {
                 Some(index) => (index, None),
                 None => {
+                    // No rollout of its model: the model still routes it.
+                    write_model_header(config, None, &model);
                     stream::unclaimed(installed);
                     return;
                 }
@@ -240,29 +244,29 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
         }
         (None, _) => false,
     };
-    if let Some(header) = &config.body.model_header {
-        // The model routes on, named as the body names it: the model the
-        // version asked for once the body says so, or the model the body
-        // named when the request did not (KServe's model-based routes match
-        // this header). Never a model the body does not name.
-        let named = if rewritten {
-            rewrite
-        } else {
-            model
-                .as_ref()
-                .ok()
-                .map(|(m, _)| *m)
-                .filter(|_| stream::header(header).is_none())
-        };
-        if let Some(named) = named {
-            let _ = hostcalls::set_map_value_bytes(
-                proxy_wasm::types::MapType::HttpRequestHeaders,
-                header,
-                Some(named.as_bytes()),
-            );
-        }
-    }
+    write_model_header(config, rewrite.filter(|_| rewritten), &model);
     DECIDED.with(|d| d.borrow_mut().insert(id, (index, pending)));
+}
+
+/// Writes `modelHeader` (if the config names one) as
+/// [`plan::model_header_value`] says.
+fn write_model_header(
+    config: &Config,
+    rewritten_to: Option<&str>,
+    model: &Result<(&str, Range<usize>), Unknown>,
+) {
+    let Some(header) = &config.body.model_header else {
+        return;
+    };
+    let body_model = model.as_ref().ok().map(|(m, _)| *m);
+    let named = stream::header(header).is_some();
+    if let Some(value) = plan::model_header_value(rewritten_to, body_model, named) {
+        let _ = hostcalls::set_map_value_bytes(
+            proxy_wasm::types::MapType::HttpRequestHeaders,
+            header,
+            Some(value.as_bytes()),
+        );
+    }
 }
 
 /// Replaces the body's `model` token (`span`) by `new_model`, and the

@@ -390,3 +390,35 @@ fn a_model_is_known_only_from_one_string_copy_of_it() {
     unique.dedup();
     assert_eq!(unique.len(), labels.len(), "{labels:?}");
 }
+
+#[test]
+fn the_model_header_names_only_a_model_the_body_or_the_version_names_and_a_header_can_carry() {
+    use plan::model_header_value as value;
+    // The version's model once the body was rewritten to it, even over the
+    // client's header.
+    assert_eq!(value(Some("ft"), Some("base"), true), Some("ft"));
+    assert_eq!(value(Some("ft"), Some("base"), false), Some("ft"));
+    // The body's model where the client named none.
+    assert_eq!(value(None, Some("base"), false), Some("base"));
+    assert_eq!(
+        value(None, Some("publishers/ns/models/é"), false),
+        Some("publishers/ns/models/é")
+    );
+    // The client's header stays as sent.
+    assert_eq!(value(None, Some("base"), true), None);
+    assert_eq!(value(None, None, false), None);
+    // Nothing a header cannot carry as it is.
+    for bad in [
+        "",
+        "a\r\nx-injected: 1",
+        "a\n",
+        "\u{0}",
+        "a\tb\t",
+        " a",
+        "a ",
+        "\u{7f}",
+        "\u{85}",
+    ] {
+        assert_eq!(value(None, Some(bad), false), None, "{bad:?}");
+    }
+}

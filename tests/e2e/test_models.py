@@ -479,7 +479,10 @@ def test_an_unlisted_model_takes_the_fallback_or_no_rollout(chat):
         assert sent.served_by == "chat-v1", "the client's routing header reached the router"
         assert sent.header("x-upstream-saw-version") == ""
         assert sent.version is None and sent.reason is None
-        assert sent.reached_unchanged() and sent.upstream_model_header == ""
+        assert sent.reached_unchanged()
+        # The model still routes the call: KServe's model-based routes
+        # match the header the filter writes, whichever rollout took it.
+        assert sent.upstream_model_header == ("mistral-7b" if b"mistral" in body else "")
     chat.counted(before, {"no_rollout": 2, "unknown:absent": 1, "bodies_read": 22})
 
 
@@ -559,7 +562,10 @@ def test_the_model_header_is_written_when_learnt_from_the_body_and_when_rewritte
     """With `modelHeader`, the filter writes the model it routed by into the
     header (model-based routes behind it match it with no body-based router
     in front), and the version's model when it rewrites; a model named by
-    the client in the header stays as sent unless the version rewrites it."""
+    the client in the header stays as sent unless the version rewrites it.
+    A model no rollout takes is written too; a model a header cannot carry
+    as it is (a CR LF would end the header, and start another, on an HTTP/1
+    upstream) is never written."""
     cfg = config()
     (stable,) = users_on(cfg, "llama", "chat-v1", 1)
     (canary,) = users_on(cfg, "llama", "chat-v2", 1)
@@ -576,6 +582,13 @@ def test_the_model_header_is_written_when_learnt_from_the_body_and_when_rewritte
     for headers, body_model, upstream in cases:
         sent = chat.post(chat_body(body_model), headers)
         assert sent.upstream_model_header == upstream, (headers, body_model)
+    for path in (CHAT, COMPLETIONS):  # the fallback rollout, and no rollout
+        sent = chat.post(chat_body("mistral-7b"), {"x-user-id": other_stable}, path=path)
+        assert sent.upstream_model_header == "mistral-7b", path
+        for unwritable in ("mistral\r\nx-canary-tester: true", "mistral\n", " mistral", "mistral\t", "\u0000", ""):
+            sent = chat.post(chat_body(unwritable), {"x-user-id": other_stable}, path=path)
+            assert (sent.status, sent.upstream_model_header) == (200, ""), (path, unwritable)
+            assert sent.reached_unchanged(), (path, unwritable)
 
 
 def test_a_body_over_max_body_bytes_is_not_read_and_passes_on(chat):
