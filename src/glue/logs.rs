@@ -30,18 +30,23 @@ pub fn pushed(rollout: &Rollout, news: News, scoped: bool) -> Option<String> {
             "rollout {name} restarted: what it decides changed, so its guard starts afresh: {summary}"
         ),
         News::Moved => {
-            let (hosts, prefixes) = rollout
+            let (hosts, prefixes, models) = rollout
                 .scope
                 .as_ref()
-                .map(|s| (s.hosts.join(" "), s.path_prefixes.join(" ")))
+                .map(|s| (s.hosts.join(" "), s.path_prefixes.join(" "), s.models.join(" ")))
                 .unwrap_or_default();
             let prefixes = if prefixes.is_empty() {
                 "every path".to_string()
             } else {
                 prefixes
             };
+            let models = if models.is_empty() {
+                "any model".to_string()
+            } else {
+                models
+            };
             format!(
-                "rollout {name} moved: now on hosts {hosts}, paths {prefixes}; what it decides is unchanged, so its guard window, trips and schedule go on"
+                "rollout {name} moved: now on hosts {hosts}, paths {prefixes}, models {models}; what it decides is unchanged, so its guard window, trips and schedule go on"
             )
         }
     })

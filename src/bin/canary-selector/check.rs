@@ -64,6 +64,9 @@ struct RolloutVerdict {
     hosts: Vec<String>,
     /// Empty for every path.
     path_prefixes: Vec<String>,
+    /// Empty for any model.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    models: Vec<String>,
     /// The filter's summary of the rollout (its info log line).
     summary: String,
 }
@@ -133,8 +136,13 @@ impl Report for CheckReport {
                 )),
             }
             for r in &c.rollouts {
+                let models = if r.models.is_empty() {
+                    String::new()
+                } else {
+                    format!("; models {}", r.models.join(", "))
+                };
                 out.push_str(&format!(
-                    "{origin}: rollout {} (hosts {}; {}): {}\n",
+                    "{origin}: rollout {} (hosts {}; {}{models}): {}\n",
                     r.name,
                     r.hosts.join(", "),
                     hosts::paths_text(&r.path_prefixes),
@@ -340,6 +348,7 @@ pub fn run(files: &[String], cluster_domain: &str) -> Result<CheckReport, Fatal>
                             name: scope.name.clone(),
                             hosts: scope.hosts.clone(),
                             path_prefixes: scope.path_prefixes.clone(),
+                            models: scope.models.clone(),
                             summary: r.summary(),
                         })
                     })
