@@ -269,11 +269,11 @@ bench-tools:
 # ---- reliability (fuzz, soak) ----
 .PHONY: fuzz soak
 
-# The fuzz targets (tests/fuzz/, one file each, and the CLI's cli_scope inside
-# its binary, src/bin/canary-selector/fuzz.rs) also run in `make unit`, a few
-# hundred cases each with a fixed seed. `make fuzz` runs each for FUZZ_SECONDS
-# in release mode, with overflow checks and debug assertions on, from a fresh
-# seed (printed, with how to replay a failing case).
+# The fuzz targets (tests/fuzz/, a file or folder each, and the CLI's cli_scope
+# inside its binary, src/bin/canary-selector/fuzz.rs) also run in `make unit`,
+# a few hundred cases each with a fixed seed. `make fuzz` runs each for
+# FUZZ_SECONDS in release mode, with overflow checks and debug assertions on,
+# from a fresh seed (printed, with how to replay a failing case).
 FUZZ_SECONDS ?= 240
 FUZZ_SEED ?= $(shell date +%s)
 FUZZ_LOG := target/fuzz.log

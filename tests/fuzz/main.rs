@@ -33,10 +33,11 @@
 //!   documented verdict (which versions trip, which series count as ignored
 //!   and why).
 //!
-//! One file per target; `runner.rs` holds the seeded runner (shared with the
-//! CLI's target `cli_scope`, inside the binary: src/bin/canary-selector/
-//! fuzz.rs), this one the generators, the spec of a valid config and the
-//! invariants of any accepted config, which the targets share.
+//! One file per target (`mesh_answer/` a folder, its `mod.rs` says what is
+//! where); `runner.rs` holds the seeded runner (shared with the CLI's target
+//! `cli_scope`, inside the binary: src/bin/canary-selector/fuzz.rs), this
+//! one the generators, the spec of a valid config and the invariants of any
+//! accepted config, which the targets share.
 //!
 //! `cargo test` runs a short deterministic pass (fixed seed). The long pass is
 //! `make fuzz FUZZ_SECONDS=...` (release mode, one target after another,
