@@ -162,33 +162,11 @@ fn gen_body(rng: &mut Rng, max_value: usize) -> Vec<u8> {
     text.into_bytes()
 }
 
-fn mutate(rng: &mut Rng, body: &mut Vec<u8>) {
-    const BYTES: &[u8] = b"\"\\{}[]:, \n0e-tnu\xff\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\x00\x1f";
-    for _ in 0..rng.range(1, 4) {
-        let at = rng.below(body.len() + 1);
-        match rng.below(6) {
-            0 if at < body.len() => body[at] ^= 1 << rng.below(8),
-            1 => body.insert(at, rng.pick(BYTES)),
-            2 if at < body.len() => {
-                let end = rng.range(at, body.len().min(at + 8));
-                body.drain(at..end);
-            }
-            3 => body.truncate(at),
-            4 if at < body.len() => {
-                let end = rng.range(at, body.len().min(at + 16));
-                let piece = body[at..end].to_vec();
-                body.splice(at..at, piece);
-            }
-            _ => body.insert(at, rng.u64() as u8),
-        }
-    }
-}
-
 fn gen_body_case(rng: &mut Rng) -> BodyCase {
     let max_value = rng.pick(&[8, 64, body::DEFAULT_MAX_VALUE]);
     let mut body = gen_body(rng, max_value);
     if rng.one_in(3) {
-        mutate(rng, &mut body);
+        mutate_json_bytes(rng, &mut body);
     }
     let new_model = if rng.one_in(2) {
         evil_string(rng)

@@ -70,7 +70,7 @@ use serde_json::{json, Map, Value};
 // ---------------------------------------------------------------------------
 
 mod runner;
-use runner::{run, Rng};
+use runner::{mutate_json_bytes, run, Rng};
 
 // ---------------------------------------------------------------------------
 // Generators of names and values.

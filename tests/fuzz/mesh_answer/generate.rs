@@ -6,9 +6,9 @@ use canary_selector::mesh::MAX_ANSWER_BYTES;
 
 use super::config::{gen_config, MeshConfig, ROLLOUT_NAMES, VERSION_LABELS, VERSION_NAMES};
 use super::json::{object, s, write_json, Style, J};
-use super::mutate::{mutate_bytes, mutate_tree};
+use super::mutate::mutate_tree;
 use super::shuffle;
-use crate::runner::Rng;
+use crate::runner::{mutate_json_bytes, Rng};
 use crate::{evil_string, token};
 
 // ---------------------------------------------------------------------------
@@ -325,7 +325,7 @@ fn gen_answer(rng: &mut Rng, cfg: &MeshConfig) -> AnswerCase {
     };
     let mut body = [before, &text.into_bytes(), after].concat();
     if rng.one_in(4) {
-        mutate_bytes(rng, &mut body);
+        mutate_json_bytes(rng, &mut body);
         made.push("bytes mutated");
         pristine = None;
     }

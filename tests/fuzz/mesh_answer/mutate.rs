@@ -308,25 +308,3 @@ pub(super) fn mutate_tree(rng: &mut Rng, top: &mut J) -> &'static str {
         }
     }
 }
-
-pub(super) fn mutate_bytes(rng: &mut Rng, body: &mut Vec<u8>) {
-    const BYTES: &[u8] = b"\"\\{}[]:, \n0e-tnu\xff\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\x00\x1f";
-    for _ in 0..rng.range(1, 4) {
-        let at = rng.below(body.len() + 1);
-        match rng.below(6) {
-            0 if at < body.len() => body[at] ^= 1 << rng.below(8),
-            1 => body.insert(at, rng.pick(BYTES)),
-            2 if at < body.len() => {
-                let end = rng.range(at, body.len().min(at + 8));
-                body.drain(at..end);
-            }
-            3 => body.truncate(at),
-            4 if at < body.len() => {
-                let end = rng.range(at, body.len().min(at + 16));
-                let piece = body[at..end].to_vec();
-                body.splice(at..at, piece);
-            }
-            _ => body.insert(at, rng.u64() as u8),
-        }
-    }
-}
