@@ -17,37 +17,13 @@
 
 #![allow(clippy::expect_used, clippy::indexing_slicing)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod counting;
+
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use canary_selector::config::{authority_host, Config, Rollout, MAX_AUTHORITY_HOST_LEN};
 use canary_selector::decision::{decide, Live, Request, WyRand};
-
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 const CONFIG: &str = r#"{
   "routingHeader": "x-canary-version",
@@ -156,7 +132,7 @@ fn time(mut once: impl FnMut(u64)) -> (f64, f64, f64) {
         once(i);
         i += 1;
     }
-    let allocs_before = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocs_before = counting::allocations();
     let mut samples = Vec::with_capacity(BATCHES);
     for _ in 0..BATCHES {
         let start = Instant::now();
@@ -166,7 +142,7 @@ fn time(mut once: impl FnMut(u64)) -> (f64, f64, f64) {
         }
         samples.push(start.elapsed().as_nanos() as f64 / BATCH as f64);
     }
-    let allocs = (ALLOCATIONS.load(Ordering::Relaxed) - allocs_before) as f64;
+    let allocs = (counting::allocations() - allocs_before) as f64;
     samples.sort_by(f64::total_cmp);
     (
         samples[BATCHES / 2],

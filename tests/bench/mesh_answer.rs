@@ -26,38 +26,14 @@
 
 #![allow(clippy::expect_used, clippy::indexing_slicing)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
+mod counting;
+
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use canary_selector::config::Config;
 use canary_selector::mesh::{self, Sample};
 use canary_selector::shared::{Keys, MemoryStore};
-
-struct Counting;
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 const PLUGIN: &str = "models.canary-selector";
 const QUERY: &str = "canary_selector:canary_failing{plugin=\"models.canary-selector\"}";
@@ -133,7 +109,7 @@ fn time(mut once: impl FnMut()) -> (f64, f64, f64) {
         once();
         per_batch += 1;
     }
-    let allocs_before = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocs_before = counting::allocations();
     let mut samples: Vec<f64> = (0..BATCHES)
         .map(|_| {
             let start = clock();
@@ -143,7 +119,7 @@ fn time(mut once: impl FnMut()) -> (f64, f64, f64) {
             clock().saturating_sub(start) as f64 / per_batch as f64
         })
         .collect();
-    let allocs = (ALLOCATIONS.load(Ordering::Relaxed) - allocs_before) as f64;
+    let allocs = (counting::allocations() - allocs_before) as f64;
     samples.sort_by(f64::total_cmp);
     (
         samples[BATCHES / 2],
