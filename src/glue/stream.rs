@@ -125,8 +125,16 @@ impl Stream {
             (!installed.bodies.held_while_read()).then_some(plan::Unknown::NotDelivered)
         });
         let readable = unreadable.is_none();
+        // Scoped by model, and the body could not say which: counted once,
+        // whatever else the body was wanted for, and whether a rollout of
+        // any model takes the request or none does (as `bodies` counts a
+        // body that did not say).
+        let unknown_model = entry.is_some_and(PrefixRollouts::by_model) && model.is_none();
         match plan::at_headers(config, entry, model.as_deref(), readable) {
             AtHeaders::Unclaimed => {
+                if let (true, Some(why)) = (unknown_model, unreadable) {
+                    installed.count_model_unknown(why);
+                }
                 unclaimed(installed);
                 Action::Continue
             }
@@ -135,9 +143,6 @@ impl Stream {
                 let Some(rollout) = config.rollouts.get(index) else {
                     return Action::Continue;
                 };
-                // Scoped by model, and the body could not say which: counted
-                // once, whatever else the body was wanted for.
-                let unknown_model = entry.is_some_and(PrefixRollouts::by_model) && model.is_none();
                 if let (true, Some(why)) = (unknown_model, unreadable) {
                     installed.count_model_unknown(why);
                 }

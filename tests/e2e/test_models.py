@@ -607,12 +607,18 @@ def test_a_body_over_max_body_bytes_is_not_read_and_passes_on(chat):
     sent = chat.post(body, {"x-user-id": users[0]})
     assert (sent.status, sent.version) == (200, "other-v1") and sent.reached_unchanged()
     chat.counted(before, {"unknown:too_large": 1})
+    # On a path with no rollout of any model, no rollout takes it: counted
+    # all the same.
+    sent = chat.post(body, {"x-user-id": users[0]}, path=COMPLETIONS)
+    assert (sent.status, sent.version) == (200, None) and sent.reached_unchanged()
+    chat.counted(before, {"unknown:too_large": 2, "no_rollout": 1})
+    before = chat.baseline()
 
     at_limit = sized(MiB)
     sent = chat.post(at_limit, {"x-user-id": stable})
     assert (sent.status, sent.version, sent.answered_model) == (200, "chat-v1", LLAMA)
     assert sent.reached_unchanged()
-    chat.counted(before, {"unknown:too_large": 1, "bodies_read": 1})
+    chat.counted(before, {"bodies_read": 1})
 
     # A body without content-length is never held: Envoy adds each read to
     # its buffer before the filter sees it, so a held streamed body could
@@ -841,9 +847,11 @@ def test_a_call_that_needs_no_body_is_decided_at_its_headers(chat):
 class Bodiless:
     chat: Chat
     before: Counter
-    # The first three calls that waited for a body, and ten after them.
+    # The first three calls that waited for a body, ten after them, and
+    # five after those on a path no rollout of any model takes.
     rescued: list[Sent]
     after: list[Sent]
+    unclaimed: list[Sent]
 
     def moved(self) -> Counter:
         return self.chat.counts() - self.before
@@ -869,8 +877,9 @@ def bodiless(tmp_path_factory):
         before = chat.baseline()
         rescued = [chat.post(chat_body(LLAMA), {"x-user-id": u}) for u in users_on(config(), "other", "other-v1", 3)]
         after = [chat.post(chat_body(LLAMA), {"x-user-id": u}) for u in USERS[:10]]
+        unclaimed = [chat.post(chat_body(LLAMA), {"x-user-id": u}, path=COMPLETIONS) for u in USERS[:5]]
         time.sleep(0.6)  # flushed
-        yield Bodiless(chat, before, rescued, after)
+        yield Bodiless(chat, before, rescued, after, unclaimed)
     finally:
         envoy.stop()
         for s in servers:
@@ -905,8 +914,14 @@ def test_after_the_filter_stops_waiting_each_call_of_unknown_model_is_still_coun
     """The counter is what tells an operator that calls of a model-scoped
     path take the fallback for want of a body: it must go on counting them
     once the filter has stopped waiting (here as `not_delivered`, or any
-    reason: every call of the fixture took the fallback)."""
-    assert bodiless.moved()["unknown:not_delivered"] == len(bodiless.rescued) + len(bodiless.after)
+    reason: every call of the fixture took the fallback), and count those
+    of a path with no fallback, which no rollout takes, too."""
+    for sent in bodiless.unclaimed:
+        assert (sent.status, sent.version, sent.served_by) == (200, None, "chat-v1")
+        assert sent.reached_unchanged() and sent.upstream_model_header == ""
+    moved = bodiless.moved()
+    assert moved["unknown:not_delivered"] == len(bodiless.rescued) + len(bodiless.after) + len(bodiless.unclaimed)
+    assert moved["no_rollout"] == len(bodiless.unclaimed)
 
 
 # --- Contracts the filter breaks today --------------------------------------

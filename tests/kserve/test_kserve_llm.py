@@ -139,9 +139,10 @@ def test_the_plugin_resources_hold_one_chat_rollout():
     """The four plugin resources (Istio and Envoy Gateway, with and without a
     body-based router) route the same model with the same versions, rules
     and user ids in headers; those that read bodies add the body's user
-    fields and the rollout of every other model, those behind a router do
-    not. The EnvoyFilter's config is JSON text: Envoy hands a Wasm filter a
-    google.protobuf.Struct as protobuf bytes, not as JSON."""
+    fields, those behind a router do not. No rollout for the Gateway's
+    other models: the filter writes the model header for every model it
+    reads from a body. The EnvoyFilter's config is JSON text: Envoy hands a
+    Wasm filter a google.protobuf.Struct as protobuf bytes, not as JSON."""
     reads, behind = [], []
     for gateway_class in (kserve.ISTIO, kserve.ENVOY_GATEWAY):
         reads.append(lg.plugin_config(lg.plugin(lg.shipped_llm(gateway_class))))
@@ -152,10 +153,8 @@ def test_the_plugin_resources_hold_one_chat_rollout():
     assert config["modelHeader"] == bbr["modelHeader"] == llm.MODEL_HEADER.lower()
     assert rollout["models"] == [MODEL]
     assert rollout["stickiness"]["userIdBodyFields"] == ["user", "safety_identifier"]
-    assert [r["name"] for r in config["rollouts"]] == ["chat", "other-models"]
-    other = config["rollouts"][1]
-    assert "models" not in other and [v["name"] for v in other["versions"]] == ["kserve"]
-    assert other["pathPrefixes"] == rollout["pathPrefixes"] and set(rollout["pathPrefixes"]) == set(llm.ENDPOINTS)
+    assert [r["name"] for r in config["rollouts"]] == [r["name"] for r in bbr["rollouts"]] == ["chat"]
+    assert set(rollout["pathPrefixes"]) == set(llm.ENDPOINTS)
     without_body = {k: v for k, v in rollout.items() if k != "stickiness"}
     assert [without_body] == [{k: v for k, v in r.items() if k != "stickiness"} for r in bbr["rollouts"]]
     assert bbr["rollouts"][0]["stickiness"] == {"userIdHeaders": ["x-user-id"]}
@@ -263,22 +262,19 @@ def test_without_our_routes_the_group_splits_at_random(llm_cluster, gateway_clas
 
 def test_check_wires_the_shipped_plugins_to_our_routes():
     """`canary-selector check` on the chat model's manifests: every plugin
-    config accepted, its chat rollout wired to our HTTPRoute by the model
-    header's value, the rollout of every other model left to KServe's
-    routes."""
+    config accepted, its chat rollout (its only one) wired to our HTTPRoute
+    by the model header's value."""
     for files, plugins in (
         (["istio/kserve/llm/"], 2),  # the EnvoyFilter, and bbr/'s WasmPlugin
         (["istio/kserve/llm/bbr/", "istio/kserve/llm/httproute.yaml"], 1),
     ):
         r = canary_selector("check", *files)
         assert r.returncode == 0, r.stdout + r.stderr
-        wired = [l for l in r.stdout.splitlines() if "rollout chat with" in l]
-        assert len(wired) == plugins, r.stdout
+        wired = [l for l in r.stdout.splitlines() if " with " in l]
+        assert len(wired) == plugins and all("rollout chat with" in l for l in wired), r.stdout
         for line in wired:
             assert "wiring ok: chat-v1 -> chat-v1-inference-pool, chat-v2 -> chat-v2-inference-pool" in line, r.stdout
             assert f"model header x-gateway-model-name: {MODEL}" in line, r.stdout
-        left = [l for l in r.stdout.splitlines() if "rollout other-models with" in l]
-        assert len(left) == plugins - 1 and all("wiring ok: no rule for its models" in l for l in left), r.stdout
 
 
 # --- In the real Envoy -----------------------------------------------------------------
@@ -347,12 +343,15 @@ def test_a_filter_that_failed_open_leaves_every_chat_request_on_stable(variant, 
 
 
 def test_other_models_on_the_gateway_are_routed_by_kserve(gateway_class, start):
-    """A third LLMInferenceService on the Gateway, `other`: without a
-    body-based router the filter reads its model from the body too, writes
-    X-Gateway-Model-Name (the rollout of every other model takes it) and
-    KServe's rule for `other` routes it, with no routing header of ours and
-    no response header. Without that rollout the filter writes no model
-    header for a model no rollout lists, and KServe's rules cannot route it."""
+    """A third LLMInferenceService on the Gateway, `other`, which no rollout
+    lists: without a body-based router the filter reads its model from the
+    body too (on the chat rollout's paths a request waits for its body, to
+    learn its model), writes X-Gateway-Model-Name for it though no rollout
+    takes it, and KServe's rule for `other` routes it, the body as sent:
+    no response header of ours, and a routing or tester header the client
+    sent changes nothing (the filter removes our routing header from a
+    request no rollout takes). A model header the client sent itself stays
+    as sent. The chat model is canaried beside it as before."""
     cluster = lg.shipped_llm(gateway_class)
     (other, _) = copy.deepcopy(mesh.load(kserve.LLM_DIR / "llminferenceservice.yaml"))
     other["metadata"]["name"] = "other"
@@ -361,20 +360,27 @@ def test_other_models_on_the_gateway_are_routed_by_kserve(gateway_class, start):
     cluster.objects[("LLMInferenceService", "kserve-llm", "other")] = other
     kserve.reconcile(cluster)
     envoy = start(cluster)
+    assert [r["name"] for r in lg.plugin_config(lg.plugin(cluster))["rollouts"]] == ["chat"]
     other_model = llm.fully_qualified("kserve-llm", "other")
-    body = body_of(model=other_model, user="user-1")
-    r = envoy.request(chat.JSON, path=chat.CHAT_PATH, body=body)
+    read = bodies_read(envoy)
+    for path in llm.ENDPOINTS:
+        for user in USERS[:5]:
+            body = body_of(model=other_model, user=user)
+            for extra in ({}, {"x-canary-tester": "true"}, {"x-canary-llm-version": "chat-v2"}, {"x-user-id": user}):
+                r = envoy.request({**chat.JSON, **extra}, path=path, body=body)
+                assert (r.status, r.served_by, r.header("x-canary-version"), r.header("x-upstream-saw-model")) == (
+                    200, "other", None, other_model,
+                ), (path, extra)
+                assert r.header("x-upstream-body-sha256") == hashlib.sha256(body).hexdigest()
+    assert bodies_read(envoy) - read == len(llm.ENDPOINTS) * 5 * 4
+    # Named by the client in the header: left as sent, and routed by it.
+    r = envoy.request({**chat.JSON, llm.MODEL_HEADER: other_model}, path=chat.CHAT_PATH, body=body_of(model=other_model))
+    assert (r.status, r.served_by, r.header("x-upstream-saw-model")) == (200, "other", other_model)
+    # The chat model beside it, canaried as before.
+    r = envoy.request({**chat.JSON, "x-canary-tester": "true"}, path=chat.CHAT_PATH, body=body_of(model=MODEL, user="user-1"))
     assert (r.status, r.served_by, r.header("x-canary-version"), r.header("x-upstream-saw-model")) == (
-        200, "other", None, other_model,
+        200, "chat-v2", "chat-v2", MODEL,
     )
-    assert r.header("x-upstream-body-sha256") == hashlib.sha256(body).hexdigest()
-    config = lg.plugin_config(lg.plugin(cluster))
-    config["rollouts"] = [lg.chat_rollout(config)]
-    lg.push(envoy, lg.with_config(lg.plugin(cluster), config))
-    r = envoy.request(chat.JSON, path=chat.CHAT_PATH, body=body)
-    # Our no-model-header rule: the stable chat version, which does not
-    # serve `other` (vLLM would answer 404 for it).
-    assert (r.served_by, r.header("x-upstream-saw-model")) == ("chat-v1", "")
 
 
 def test_maxbodybytes_and_envoy_gateways_buffer_limit(start):

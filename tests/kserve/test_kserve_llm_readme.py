@@ -8,19 +8,26 @@ delivered as it delivers it, the model servers behind the pools), every
 user keeps one version through a conversation and lands where the chat
 rollout says, testers where their rules say, a ramp moves no one back, a
 rollback puts everyone on stable, and each curl prints what the page
-says."""
+says. Istio's steps are `kubectl get -o json | jq ... | kubectl replace -f
+-` pipelines, run with the real jq (and the repository's chat-rollout.jq),
+each previewed first as the page says, with `canary-selector diff`."""
 
 import json
+import tempfile
 
 import pytest
 
 import kserve
 import mesh
+from harness import canary_selector
 from kserve import gateway_of, llm_gateway as lg, llm_traffic as chat, step_name, steps_for, weight_of
 
 USERS = [f"user-{i}" for i in range(150)]
 # Kinds whose CRDs ../shared does not hold: validated where CRD_DIR has them.
 NOT_IN_SHARED = {"EnvoyFilter", "EnvoyPatchPolicy", "ClientTrafficPolicy"}
+# What the page says to put in place of `kubectl replace -f -` to preview a
+# step on Istio.
+PREVIEW = "canary-selector diff <(kubectl -n kserve get envoyfilter canary-selector -o json) -"
 
 
 class Runbook(kserve.Runbook):
@@ -47,6 +54,34 @@ class Runbook(kserve.Runbook):
                 self.cluster.get("LLMInferenceService", ns, name)
                 return False
         return super().command(argv, step)
+
+    def replace(self, doc: dict, step: mesh.Step) -> None:
+        """`kubectl replace -f -` of the EnvoyFilter jq changed, after its
+        preview: `canary-selector diff` of the EnvoyFilter as it is and as
+        the step leaves it prints the share of users that moves to chat-v2
+        and exits 1 exactly when users move back to chat-v1; only the chat
+        rollout's fields the step sets changed."""
+        meta = doc["metadata"]
+        current = self.cluster.get(doc["kind"], meta["namespace"], meta["name"])
+        before, after = lg.plugin_config(current), lg.plugin_config(doc)
+        old, new = lg.chat_rollout(before), lg.chat_rollout(after)
+        changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+        assert changed and changed <= set(json.loads(step.argv[step.argv.index("set") + 1])), step.line
+        others = [
+            ({**c, "rollouts": None}, [r for r in c["rollouts"] if r["name"] != "chat"]) for c in (before, after)
+        ]
+        assert others[0] == others[1], f"{step.line} changed more than the chat rollout"
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+            f.write(self.cluster.get_json(doc["kind"], meta["namespace"], meta["name"]))
+            f.flush()
+            out = canary_selector("diff", f.name, "-", stdin=json.dumps(doc))
+        moved = weight_of(new, "chat-v2") - weight_of(old, "chat-v2")
+        assert out.returncode == (1 if moved < 0 else 0), f"{step.line}\n{out.stdout}{out.stderr}"
+        if moved > 0:
+            assert f"chat-v1 -> chat-v2: {moved:g}% of users" in out.stdout, out.stdout
+        elif moved < 0:
+            assert f"chat-v2 -> chat-v1: {-moved:g}% of users" in out.stdout, out.stdout
+        super().replace(doc, step)
 
     def changed(self, step: mesh.Step) -> None:
         ready = (
@@ -133,8 +168,15 @@ def start(tmp_path):
 
 def test_the_llm_runbook_runs_as_documented(start, gateway_class):
     runbook = Runbook(start, gateway_class, bbr=False)
-    for step in steps_for("kserve-llm", gateway_class):
+    steps = steps_for("kserve-llm", gateway_class)
+    for step in steps:
         runbook.run(step)
+    # Istio's steps are jq pipelines into `kubectl replace`, whose preview
+    # the page describes as Runbook.replace runs it.
+    piped = [s for s in steps if " | jq " in s.line]
+    assert len(piped) == (4 if gateway_class == kserve.ISTIO else 0)
+    assert all(s.line.endswith(" | kubectl replace -f -") for s in piped)
+    assert PREVIEW in " ".join(mesh.readme_section("kserve-llm").split())
     assert runbook.labels == ["", "deploy", "pin testers", "10%", "50%", "roll back"]
     # Where it ends: everyone on chat-v1, testers' rules kept, KServe's
     # group weights as deployed.

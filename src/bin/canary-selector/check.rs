@@ -97,11 +97,6 @@ struct Wiring {
     /// beside the routing header (empty: rules for any model).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     models: Vec<String>,
-    /// Wired with no rule: the rollout has one version and the routes on
-    /// its header are for other models' rollouts, so its requests take
-    /// the other routes of their hosts (say which).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    left_to_other_routes: Option<String>,
     problems: Vec<String>,
 }
 
@@ -166,11 +161,7 @@ impl Report for CheckReport {
             if let Some(routes) = w.virtual_service.as_ref().or(w.http_route.as_ref()) {
                 place.push_str(&format!(" with {routes}"));
             }
-            if let (Some(why), true) = (&w.left_to_other_routes, w.problems.is_empty()) {
-                out.push_str(&format!(
-                    "{place}: wiring ok: no rule for its models: {why}\n"
-                ));
-            } else if w.problems.is_empty() {
+            if w.problems.is_empty() {
                 let routes: Vec<String> = w
                     .routes
                     .iter()
@@ -795,46 +786,6 @@ fn wire(
         return wirings;
     }
     let model_header = models.header.as_deref().unwrap_or_default();
-    if !foreign.is_empty() && rollout.versions.len() == 1 {
-        // One version: nothing to route apart. The routes on its header are
-        // other rollouts' (other models'), and its requests take the other
-        // routes of their hosts.
-        let mut by_table: Vec<(String, Vec<String>)> = Vec::new();
-        for (table, _, values) in &foreign {
-            match by_table.iter_mut().find(|(t, _)| t == table) {
-                Some((_, all)) => all.extend(values.iter().cloned()),
-                None => by_table.push((table.clone(), values.clone())),
-            }
-        }
-        return by_table
-            .into_iter()
-            .map(|(table, values)| {
-                let values = unique(values);
-                let mut wiring = Wiring {
-                    plugin: plugin.origin(),
-                    rollout: rollout.name().map(str::to_string),
-                    virtual_service: None,
-                    http_route: None,
-                    routes: Vec::new(),
-                    default_to: None,
-                    model_header: None,
-                    models: Vec::new(),
-                    left_to_other_routes: Some(format!(
-                        "its rules on {header} match {model_header}: {}, models other rollouts take; \
-                         its one version's requests take the other routes of their hosts",
-                        values.join(", ")
-                    )),
-                    problems: Vec::new(),
-                };
-                if table.contains(": VirtualService ") {
-                    wiring.virtual_service = Some(table);
-                } else {
-                    wiring.http_route = Some(table);
-                }
-                wiring
-            })
-            .collect();
-    }
     let has = |kind| tables.iter().any(|t| t.kind == kind);
     let kinds = match (has(Kind::VirtualService), has(Kind::HttpRoute)) {
         (true, true) => "VirtualService or HTTPRoute",
@@ -865,7 +816,6 @@ fn wire(
         default_to: None,
         model_header: None,
         models: Vec::new(),
-        left_to_other_routes: None,
         problems: vec![problem],
     }]
 }
@@ -1059,7 +1009,6 @@ fn wire_routes(
         default_to,
         model_header: None,
         models: Vec::new(),
-        left_to_other_routes: None,
         problems,
     }
 }

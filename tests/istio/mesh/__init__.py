@@ -34,7 +34,8 @@ keep writing `mesh.<name>`:
 - consistency.py: `inconsistencies()`, what would make the rollout misroute.
 - stats.py: Istio's stats inclusion and tag extractors, extraStatTags.
 - proxy.py: `istio_proxy()` and `sidecar()`, the real Envoy shaped as Istio's proxy.
-- runbook.py: a doc page's marked section as steps, kubectl's command line.
+- runbook.py: a doc page's marked section as steps, kubectl's command line,
+  `kubectl get -o json | jq ...` pipelines (the real jq).
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ from .runbook import (
     Step,
     apply_or_patch,
     flag,
+    jq,
+    pipeline_stages,
     readme_section,
     readme_steps,
+    run_pipeline,
     split_kubectl,
 )

@@ -1,11 +1,12 @@
 """The cluster the runbooks' commands act on: the objects `kubectl apply -f`
-creates, changed by `kubectl patch` (merge and JSON patches) and `delete`
-exactly as the API server would, and the cluster after the README's apply
-step (`shipped`)."""
+creates, changed by `kubectl patch` (merge and JSON patches), `replace` and
+`delete` exactly as the API server would, and the cluster after the README's
+apply step (`shipped`)."""
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,36 @@ class Cluster:
         patched = self.patched(kind, namespace, name, patch_type, patch)
         self.objects[(kind, namespace, name)] = patched
         return patched
+
+    def resource_version(self, kind: str, namespace: str, name: str) -> str:
+        """The object's metadata.resourceVersion: a digest of it here, so
+        that every change to the object changes it, as the API server's does."""
+        text = json.dumps(self.get(kind, namespace, name), sort_keys=True)
+        return str(int(hashlib.sha256(text.encode()).hexdigest()[:12], 16))
+
+    def get_json(self, kind: str, namespace: str, name: str) -> str:
+        """`kubectl get KIND NAME -o json`: the object with its resourceVersion."""
+        doc = copy.deepcopy(self.get(kind, namespace, name))
+        doc["metadata"]["resourceVersion"] = self.resource_version(kind, namespace, name)
+        return json.dumps(doc, indent=4)
+
+    def replace(self, doc: dict) -> None:
+        """`kubectl replace -f`: the object, which must exist, in place of the
+        one of its kind, namespace and name. With a resourceVersion (as
+        `kubectl get` printed it), only if the object has not changed since:
+        else the API server's conflict."""
+        meta = doc["metadata"]
+        key = (doc["kind"], meta.get("namespace", ""), meta["name"])
+        self.get(*key)
+        version = meta.get("resourceVersion")
+        if version is not None and version != self.resource_version(*key):
+            raise ValueError(
+                f"Operation cannot be fulfilled on {key[0].lower()}s {key[2]!r}: the object has been modified; "
+                "please apply your changes to the latest version and try again"
+            )
+        doc = copy.deepcopy(doc)
+        doc["metadata"].pop("resourceVersion", None)
+        self.objects[key] = doc
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
         self.get(kind, namespace, name)

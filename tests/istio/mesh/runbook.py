@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
+import subprocess
 from dataclasses import dataclass, field
 
 from .cluster import Cluster, kind_of
@@ -50,6 +52,50 @@ def apply_or_patch(cluster: Cluster, namespace: str, args: list[str]) -> bool:
         cluster.patch(kind_of(args[1]), namespace, args[2], flag(args, "--type"), flag(args, "-p"))
         return True
     return False
+
+
+def pipeline_stages(argv: list[str]) -> list[list[str]]:
+    """A command line's argv (shlex's) split at its pipes: one argv per stage."""
+    stages: list[list[str]] = [[]]
+    for a in argv:
+        if a == "|":
+            stages.append([])
+        else:
+            stages[-1].append(a)
+    assert all(stages), f"an empty stage in {shlex.join(argv)}"
+    return stages
+
+
+def run_pipeline(cluster: Cluster, argv: list[str]) -> tuple[str, list[str] | None]:
+    """Carries out `kubectl get KIND NAME -o json | jq ... [| jq ...]` on the
+    cluster, jq being the real jq run from the checkout (its `-f` files are
+    the repository's); (what it prints, the last stage's argv if that is
+    not jq, for the caller: `kubectl replace -f -`, say). `kubectl get`
+    prints the object with its resourceVersion."""
+    first, *rest = pipeline_stages(argv)
+    assert first[0] == "kubectl", shlex.join(argv)
+    namespace, args, _ = split_kubectl(first)
+    assert args[0] == "get" and flag(args, "-o") == "json" and len(args) == 5, shlex.join(first)
+    text = cluster.get_json(kind_of(args[1]), namespace, args[2])
+    last = None
+    for i, stage in enumerate(rest):
+        if stage[0] != "jq":
+            assert i == len(rest) - 1, f"only jq runs between kubectl get and the last command: {shlex.join(argv)}"
+            last = stage
+            break
+        text = jq(stage, text)
+    return text, last
+
+
+def jq(argv: list[str], stdin: str) -> str:
+    """The real jq on `stdin`, run from the checkout; its output, or an
+    AssertionError with jq's error."""
+    path = shutil.which("jq")
+    if path is None:
+        raise RuntimeError("jq not found: apt-get install jq (.ci/run does)")
+    out = subprocess.run([path, *argv[1:]], input=stdin, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, f"{shlex.join(argv)}: exit {out.returncode}: {out.stderr}"
+    return out.stdout
 
 
 def readme_section(name: str = "istio") -> str:

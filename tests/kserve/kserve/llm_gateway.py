@@ -190,11 +190,14 @@ def start_model_servers(servers: dict[str, int], chunk_delay: float = 0.05) -> l
 
 def _base_clusters(servers: dict[str, int]):
     """A bootstrap hook: a cluster per model server (before the routes'
-    clusters are copied from them, mesh.add_upstreams)."""
+    clusters are copied from them, mesh.add_upstreams), in place of the
+    demo's cluster of the same name (envoy/envoy.yaml has its own chat-v1
+    and chat-v2, on the demo's ports)."""
 
     def hook(cfg: dict) -> None:
         clusters = cfg["static_resources"]["clusters"]
         (template,) = [c for c in clusters if c["name"] == "model-v1"]
+        clusters[:] = [c for c in clusters if c["name"] not in servers]
         for name, port in servers.items():
             c = copy.deepcopy(template)
             c["name"] = c["load_assignment"]["cluster_name"] = name

@@ -1,6 +1,6 @@
-"""The KServe runbooks' steps (docs/kserve.md, docs/kserve-many-models.md):
-which gateway each step is for, and `Runbook`, which carries them out on the
-cluster model and the gateway's real Envoy."""
+"""The KServe runbooks' steps (docs/kserve.md, docs/kserve-many-models.md,
+docs/kserve-llm.md): which gateway each step is for, and `Runbook`, which
+carries them out on the cluster model and the gateway's real Envoy."""
 
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ class Runbook:
 
     def command(self, argv: list[str], step: mesh.Step) -> bool:
         """Runs one command; whether it changed the cluster."""
+        if "|" in argv:
+            return self.pipeline(argv, step)
         if argv[0] == "curl":
             self.curl(argv, step)
             return False
@@ -88,6 +90,18 @@ class Runbook:
             self.cluster.get("InferenceService", ns, name)
             return False
         raise AssertionError(f"the test does not know this command: {step.line}")
+
+    def pipeline(self, argv: list[str], step: mesh.Step) -> bool:
+        """`kubectl get KIND NAME -o json | jq ... | kubectl replace -f -`:
+        the object as the real jq leaves it replaces the one read, unless
+        it changed in between (resourceVersion)."""
+        text, last = mesh.run_pipeline(self.cluster, argv)
+        assert last is not None and mesh.split_kubectl(last)[1] == ["replace", "-f", "-"], step.line
+        self.replace(json.loads(text), step)
+        return True
+
+    def replace(self, doc: dict, step: mesh.Step) -> None:
+        self.cluster.replace(doc)
 
     def routes_now(self) -> str:
         """The gateway's routes for the cluster as it is (JSON, to compare)."""
