@@ -33,15 +33,17 @@ next to a push being parsed does not decide it). Two thirds span a factor
 of three in pushes, so a container of Envoy's that grows by doubling its
 capacity (and so shows a per-push leak as steps) steps at least once in
 them. The run fails unless `allocated` grew by less than
-HEAP_BOUND_PER_PUSH (8 KiB) per push measured, and RSS by less than that
-plus RSS_SLACK (4 MiB); the bounds and the measurements behind them are in
-BENCHMARKS.md, "Pushes: what a push leaves behind". Envoy's shared data
+HEAP_BOUND_PER_PUSH (8 KiB) per push measured plus HEAP_SLACK (256 KiB),
+and RSS by less than that plus RSS_SLACK (4 MiB): 1.8 and 5.8 MiB over the
+200 pushes of a default run. The bounds and the measurements behind them
+are in BENCHMARKS.md, "Pushes: what a push leaves behind". Envoy's shared data
 lives in its heap, so a shared-data key left behind per rollout and push
 shows in `allocated` too (see `detection_limit`).
 
-It also fails on any response outside 2xx or failed request, a push not
-accepted, a Wasm VM trap or reload, or a mesh verdict that never polled or
-never tripped.
+It also fails on any response outside 2xx or failed request, a request the
+filter's counters miss (a config replaced between two ticks flushes its
+counts when Envoy deletes it), a push not accepted, a Wasm VM trap or
+reload, or a mesh verdict that never polled or never tripped.
 
 `--before PATH` runs the same soak on another module afterwards (`make
 soak-pushes` passes the module of HOST_STATE_REV, 6d19f8e by default: the
@@ -84,6 +86,10 @@ MIB = 1024 * 1024
 # would pass it several times over. The module before (6d19f8e) grows by
 # about 0.8 MiB per push.
 HEAP_BOUND_PER_PUSH = 8 * 1024
+# And 256 KiB whatever the number of pushes: a sample of `allocated` lies
+# up to 82 KiB off the line through the others (standard deviation 17 KiB),
+# so that a short run does not fail on noise.
+HEAP_SLACK = 256 * 1024
 # RSS may grow by what the heap may, and by two of tcmalloc's steps (it maps
 # the heap 2 MiB at a time).
 RSS_SLACK = 4 * MIB
@@ -235,6 +241,10 @@ def soak(wasm: Path, pushes: int, push_every: float, rollouts: int, guard: str =
     traps = [line for line in logs.splitlines() if re.search(r"Function: proxy_on_\w+ failed", line)]
     reloads = {k: v for k, v in vms_after.items() if "vm_reload" in k and v}
     mesh_trips = sum(v for k, v in counters.items() if k.endswith(";canary_selector_mesh_trips_total"))
+    # A config replaced between two ticks flushes its counts when Envoy
+    # deletes it: none may be lost over the pushes.
+    decided = sum(v for k, v in counters.items()
+                  if k.startswith("wasmcustom.") and k.endswith(";canary_selector_requests_total"))
     non_2xx = sum(n for status, n in traffic.statuses.items() if not 200 <= status < 300)
     measured = len(window) - 1  # pushes between the first and the last sample of the window
     result = {
@@ -252,6 +262,7 @@ def soak(wasm: Path, pushes: int, push_every: float, rollouts: int, guard: str =
         "slowest_push_s": max(s for _, s in verdicts),
         "median_push_s": sorted(s for _, s in verdicts)[len(verdicts) // 2],
         "requests": sum(traffic.statuses.values()),
+        "counted_by_filter": decided,
         "non_2xx": non_2xx,
         "request_errors": len(traffic.errors),
         "mesh_polls": prometheus.queries,
@@ -271,6 +282,9 @@ def soak(wasm: Path, pushes: int, push_every: float, rollouts: int, guard: str =
             "stat_lines": samples[-1]["stat_lines"] - window[0]["stat_lines"],
         },
         "allocated_per_push_after_warmup_kib": growth([s["allocated"] for s in window]) / measured / 1024,
+        # From the first sample to the last: the average over every push,
+        # warm-up and steps included.
+        "allocated_per_push_whole_run_kib": (samples[-1]["allocated"] - samples[0]["allocated"]) / pushes / 1024,
         # One sample before each push and one after the last: seconds since
         # the start, allocated and heap_size (bytes), VmRSS and RssAnon (kB),
         # canary_selector stat lines.
@@ -282,7 +296,7 @@ def soak(wasm: Path, pushes: int, push_every: float, rollouts: int, guard: str =
 
 def bounds(r: dict) -> tuple[float, float]:
     """The growth allowed over the measured pushes: heap, RSS (MiB)."""
-    heap = HEAP_BOUND_PER_PUSH * r["measured_pushes"] / MIB
+    heap = (HEAP_BOUND_PER_PUSH * r["measured_pushes"] + HEAP_SLACK) / MIB
     return heap, heap + RSS_SLACK / MIB
 
 
@@ -293,6 +307,7 @@ def checks(r: dict) -> dict[str, bool]:
         "every push accepted": r["accepted"] == r["pushes"] and r["update_success"] >= r["pushes"] + 1,
         "traffic served, all 2xx, no failed request": r["requests"] > 0 and r["non_2xx"] == 0
         and r["request_errors"] == 0,
+        "every request counted by the filter": r["counted_by_filter"] == r["requests"],
         "no VM trap or reload": not r["vm_traps_in_log"] and not r["vm_reloads"],
         "the mesh verdict polled and tripped": r["guard"] != "full" or r["mesh_polls"] > 0 and r["mesh_trips"] > 0,
         f"heap allocated flat after warm-up (growth {g['allocated_mib']:+.2f} < {heap:.2f} MiB)": g["allocated_mib"] < heap,
@@ -312,7 +327,8 @@ def report(name: str, r: dict) -> str:
     return f"""{name}: {r['module']} ({r['module_bytes']:,} B)
   pushes     {r['accepted']}/{r['pushes']} accepted of {r['rollouts']} rollouts, one every {r['push_every_s']} s \
 (median {r['median_push_s']} s to accept, slowest {r['slowest_push_s']} s); {r['elapsed_s']} s
-  traffic    {r['requests']} requests to {SERVED} rollouts, {r['non_2xx']} non-2xx, {r['request_errors']} failed
+  traffic    {r['requests']} requests to {SERVED} rollouts, {r['counted_by_filter']} counted by the filter, \
+{r['non_2xx']} non-2xx, {r['request_errors']} failed
   mesh       {r['mesh_polls']} polls answered, {r['mesh_trips']} mesh trips counted
   wasm       {r['vm_traps_in_log']} traps, reloads {r['vm_reloads'] or 0}, {r['vms_created']} VMs created, \
 {r['live_vms']} live
@@ -323,7 +339,8 @@ def report(name: str, r: dict) -> str:
   stat lines {s['stat_lines']} -> {w['stat_lines']} -> {e['stat_lines']} (canary_selector lines in /stats)
   growth over the last {r['measured_pushes']} pushes: allocated {g['allocated_mib']:+.2f} MiB \
 ({r['allocated_per_push_after_warmup_kib']:+.1f} KiB/push), heap_size {g['heap_size_mib']:+.2f} MiB, \
-RSS {g['rss_mib']:+.2f} MiB"""
+RSS {g['rss_mib']:+.2f} MiB
+  over the whole run: allocated {r['allocated_per_push_whole_run_kib']:+.1f} KiB/push"""
 
 
 def main(argv: list[str]) -> int:
