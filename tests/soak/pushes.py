@@ -123,7 +123,7 @@ def rollout(i: int, canary: float, prometheus_port: int, guard: str = "full") ->
     out = {
         "name": f"r{i}",
         "hosts": [f"r{i}.models.example.com", f"r{i}-predictor.models.example.com"],
-        "versions": [{"name": "model-v1", "weight": 100 - canary}, {"name": "model-v2", "weight": canary}],
+        "versions": [{"name": "model-v1", "weight": round(100 - canary, 2)}, {"name": "model-v2", "weight": canary}],
         "stickiness": {"userIdHeaders": ["x-user-id"]},
     }
     if guard != "none":
@@ -136,9 +136,14 @@ def rollout(i: int, canary: float, prometheus_port: int, guard: str = "full") ->
 
 
 def config(push: int, rollouts: int, prometheus_port: int, guard: str = "full") -> dict:
-    """The config of push `push`: every rollout's canary weight differs from
-    the previous push's (1 to 49%), so every rollout restarts."""
-    return {"rollouts": [rollout(i, 1 + (push + i) % 49, prometheus_port, guard) for i in range(rollouts)]}
+    """The config of push `push`: every rollout's canary weight (1 to 49%,
+    in steps of 0.01) differs from that of every push before it (up to 4,800
+    pushes), so every rollout restarts, and never with a config it had
+    before: state named by a config's fingerprint would pile up with every
+    push, not cycle through a few (a module that keys state by config would
+    look flat on weights that take a few values in turn)."""
+    return {"rollouts": [rollout(i, round(1 + (push + i) % 4800 / 100, 2), prometheus_port, guard)
+                         for i in range(rollouts)]}
 
 
 # --- Traffic and measurements -------------------------------------------------
