@@ -184,7 +184,7 @@ $(ENVOY_MATRIX_DIR)/%.installed:
 # ---- end istio ----
 
 # ---- bench (performance) ----
-.PHONY: bench bench-micro bench-envoy bench-grpc bench-memory bench-rollouts bench-mesh bench-tools bench-prev
+.PHONY: bench bench-micro bench-envoy bench-grpc bench-memory bench-rollouts bench-sidecar bench-mesh bench-tools bench-prev
 comma := ,
 
 # The module `make bench` compares the current one with: the one the commit
@@ -221,11 +221,23 @@ bench-grpc: build venv bench-tools $(PREV_WASM)
 bench-memory: build venv bench-tools $(SDK_FLOOR_WASM)
 	$(VPY) tests/bench/memory.py
 
+# The module the push soak and a sidecar's series are compared with: the
+# one the commit HOST_STATE_REV ships (empty: none). The default is the last
+# commit before each metric was defined once per VM, a rollout's series only
+# once the proxy serves it, and shared-data keys named by stable names.
+HOST_STATE_REV ?= 6d19f8e
+HOST_STATE_WASM := $(if $(HOST_STATE_REV),target/bench/prev-$(HOST_STATE_REV).wasm)
+
 ## bench-rollouts: CPU per request with 1, 50 and 500 rollouts in one config (and a host none
-## lists, one model of 500, no filter over 1,000 host names), Envoy's RSS with 1 and 500, and
-## how long a push of 500 takes (tests/bench/rollouts.py)
-bench-rollouts: build venv bench-tools
-	$(VPY) tests/bench/rollouts.py
+## lists, one model of 500, no filter over 1,000 host names), Envoy's RSS with 1 and 500, how
+## long a push of 500 takes, and bench-sidecar's figures (tests/bench/rollouts.py; PARTS)
+bench-rollouts: build venv bench-tools $(HOST_STATE_WASM)
+	CANARY_WASM_BEFORE=$(HOST_STATE_WASM) $(VPY) tests/bench/rollouts.py
+
+## bench-sidecar: a sidecar handed 500 rollouts that serves 2: its canary_selector series in
+## /stats/prometheus and Envoy's RSS, against the module of HOST_STATE_REV (6d19f8e)
+bench-sidecar: build venv bench-tools $(HOST_STATE_WASM)
+	PARTS=sidecar CANARY_WASM_BEFORE=$(HOST_STATE_WASM) $(VPY) tests/bench/rollouts.py
 
 ## bench-mesh: the mesh verdict: time from the first failing response to the last of 3 proxies
 ## tripped (a real Prometheus, the shipped rules; SCRAPE, EVAL, POLL), queries/s, and CPU per
@@ -267,7 +279,7 @@ bench-tools:
 # ---- end bench ----
 
 # ---- reliability (fuzz, soak) ----
-.PHONY: fuzz soak
+.PHONY: fuzz soak soak-pushes
 
 # The fuzz targets (tests/fuzz/, a file or folder each, and the CLI's cli_scope
 # inside its binary, src/bin/canary-selector/fuzz.rs) also run in `make unit`,
@@ -299,4 +311,17 @@ soak: build venv
 	@command -v wrk >/dev/null || { echo "installing wrk"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(VPY) tests/soak/soak.py --duration $(DURATION) --push-every $(PUSH_EVERY)
+
+# `make soak-pushes`: tests/soak/pushes.py pushes SOAK_PUSHES configs of 300
+# rollouts, one every SOAK_PUSH_EVERY s, each changing every rollout, and
+# records Envoy's heap and RSS after each; then the same with the module of
+# HOST_STATE_REV, for comparison (about 11 minutes for both).
+SOAK_PUSHES ?= 300
+SOAK_PUSH_EVERY ?= 1
+
+## soak-pushes: SOAK_PUSHES pushes (300, one every SOAK_PUSH_EVERY s) of 300 rollouts with guards and
+##              the mesh verdict; fails unless Envoy's heap and RSS stay flat; then HOST_STATE_REV's module
+soak-pushes: build venv $(HOST_STATE_WASM)
+	$(VPY) tests/soak/pushes.py --pushes $(SOAK_PUSHES) --push-every $(SOAK_PUSH_EVERY) \
+	  $(if $(HOST_STATE_WASM),--before $(HOST_STATE_WASM))
 # ---- end reliability ----
