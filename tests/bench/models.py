@@ -520,9 +520,12 @@ def body_memory(requests: int, runs_: int, connections: int) -> dict:
                 try:
                     start = memory.memory(envoy)
                     c0 = completed(envoy)
-                    use_load(CHAT_PATH, path)
-                    os.environ["BENCH_LIMIT"] = str(requests)
-                    res = bench.wrk(envoy, 120, connections, None)
+                    errors = 0
+                    while completed(envoy) - c0 < requests:
+                        use_load(CHAT_PATH, path)
+                        os.environ["BENCH_LIMIT"] = str(requests - (completed(envoy) - c0))
+                        res = bench.wrk(envoy, 300, connections, None)
+                        errors += sum(res["errors"].values())
                     os.environ.pop("BENCH_LIMIT", None)
                     time.sleep(1)
                     after = memory.memory(envoy)
@@ -530,7 +533,6 @@ def body_memory(requests: int, runs_: int, connections: int) -> dict:
                     done = completed(envoy) - c0
                 finally:
                     envoy.stop()
-                errors = sum(v for k, v in res["errors"].items())
                 out[n][size].append({"start": start, "after": after, "requests": done, "errors": errors, **counts})
                 print(f"  run {run + 1} {n:10} {size >> 10:5} KiB x {done:,}: RSS {start['rss_mib']:.1f} -> "
                       f"{after['rss_mib']:.1f} MiB; heap {after['heap_allocated_mib']:.1f} allocated, "
