@@ -184,7 +184,7 @@ $(ENVOY_MATRIX_DIR)/%.installed:
 # ---- end istio ----
 
 # ---- bench (performance) ----
-.PHONY: bench bench-micro bench-envoy bench-grpc bench-memory bench-rollouts bench-sidecar bench-mesh bench-tools bench-prev
+.PHONY: bench bench-micro bench-envoy bench-grpc bench-memory bench-rollouts bench-sidecar bench-mesh bench-models bench-tools bench-prev
 comma := ,
 
 # The module `make bench` compares the current one with: the one the commit
@@ -200,7 +200,7 @@ ALLOCS_WASM := target/bench/canary-selector-alloc-stats.wasm
 ## module's allocations per request (BENCHMARKS.md). Env: ROUNDS, DURATION,
 ## CONNECTIONS, WARMUP, VARIANTS (tests/bench/bench.py lists them),
 ## PREV_REV (a commit, or empty), CANARY_WASM_EXTRA=name=path,... (more builds).
-bench: bench-micro bench-envoy bench-memory bench-rollouts bench-mesh
+bench: bench-micro bench-envoy bench-memory bench-rollouts bench-mesh bench-models
 
 ## bench-micro: ns per decision and allocations, natively (tests/bench/decision.rs)
 bench-micro:
@@ -244,6 +244,20 @@ bench-sidecar: build venv bench-tools $(HOST_STATE_WASM)
 ## request with the mesh verdict on against off (tests/bench/mesh.py)
 bench-mesh: build venv bench-tools
 	$(VPY) tests/bench/mesh.py
+
+# The module `make bench-models` compares this one with: the one the commit
+# MODELS_PREV_REV ships, by default the last before the generative models
+# (bodies read for the model and the user id).
+MODELS_PREV_REV ?= 5c97fdc
+MODELS_PREV_WASM := target/bench/prev-$(MODELS_PREV_REV).wasm
+
+## bench-models: generative models, what reading the body costs: CPU per request for chat bodies of 1 KiB
+## to 1 MiB (model first, last; the id in a header, in the body) against no filter and a config that
+## reads none, MiB scanned per CPU second (and natively, `cargo bench --bench body`), Envoy's RSS after
+## 1 MiB bodies and with the module of MODELS_PREV_REV (default 5c97fdc), KServe V1 POSTs through both
+## (tests/bench/models.py). Env: PARTS, ROUNDS, KSERVE_ROUNDS, DURATION, SIZES, VARIANTS, RUNS
+bench-models: build venv bench-tools $(MODELS_PREV_WASM)
+	CANARY_WASM_PREV=$(MODELS_PREV_WASM) CARGO=$(CARGO) $(VPY) tests/bench/models.py
 
 # The floor reference of the memory figures (tests/bench/sdk_floor/main.rs).
 SDK_FLOOR_WASM := target/bench/sdk-floor.wasm

@@ -268,6 +268,9 @@ class Envoy:
     bootstrap_extra: dict = field(default_factory=dict)
     # More clusters (mesh.py's Prometheus).
     extra_clusters: list = field(default_factory=list)
+    # HTTP filters between the variant's filter and the router (models.py's
+    # buffer filter, so that a direct response comes after the whole body).
+    before_router: list = field(default_factory=list)
 
     def start(self) -> "Envoy":
         self.workdir = OUT / self.variant.name
@@ -280,7 +283,7 @@ class Envoy:
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
         router = hcm["http_filters"][-1]
         extra = self.variant.http_filter(self.workdir)
-        hcm["http_filters"] = ([extra] if extra else []) + [router]
+        hcm["http_filters"] = ([extra] if extra else []) + self.before_router + [router]
         if PROTOCOL == "grpc":
             grpc_routes(cfg, hcm)
         if "config_discovery" in (extra or {}):
