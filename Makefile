@@ -293,7 +293,7 @@ bench-tools:
 # ---- end bench ----
 
 # ---- reliability (fuzz, soak) ----
-.PHONY: fuzz soak soak-pushes
+.PHONY: fuzz soak soak-load soak-pushes
 
 # The fuzz targets (tests/fuzz/, a file or folder each, and the CLI's cli_scope
 # inside its binary, src/bin/canary-selector/fuzz.rs) also run in `make unit`,
@@ -315,13 +315,16 @@ fuzz:
 	  } 2>&1 | tee $(FUZZ_LOG)
 	@echo; grep '^fuzz ' $(FUZZ_LOG)
 
-# `make soak DURATION=10m`: tests/soak/soak.py drives Envoy with wrk (installed
+# `make soak-load DURATION=10m`: tests/soak/soak.py drives Envoy with wrk (installed
 # from Debian's packages when missing) and pushes a config every PUSH_EVERY s.
 DURATION ?= 60s
 PUSH_EVERY ?= 3
 
-## soak: Envoy under wrk load for DURATION while configs are pushed over ECDS; checks and prints the figures
-soak: build venv
+## soak: both soaks: soak-load, then soak-pushes
+soak: soak-load soak-pushes
+
+## soak-load: Envoy under wrk load for DURATION while configs are pushed over ECDS; checks and prints the figures
+soak-load: build venv
 	@command -v wrk >/dev/null || { echo "installing wrk"; \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(VPY) tests/soak/soak.py --duration $(DURATION) --push-every $(PUSH_EVERY)

@@ -112,13 +112,17 @@ pub fn on_request_headers(
 }
 
 /// Carries out decision `d`: writes the routing header (replacing whatever
-/// the client sent) and counts it. Returns the work left for the response.
+/// the client sent), removes the other rollouts' and counts it. Returns the
+/// work left for the response.
 pub fn apply(rollout: &Rollout, d: &Decision, host: &mut impl Host, live: Live) -> Option<Pending> {
     let name = rollout
         .versions
         .get(d.version)
         .map_or(&b""[..], |v| v.name.as_bytes());
     host.set_request_header(&rollout.routing_header, name);
+    for other in &rollout.foreign_routing_headers {
+        host.remove_request_header(other);
+    }
     host.count(d.version, d.reason);
     let respond = rollout.response_header.is_some()
         || rollout.response_reason_header.is_some()

@@ -96,12 +96,13 @@ pub struct State {
     trips_seen: Cell<u32>,
 }
 
-/// A digest of where a rollout applies (its hosts and path prefixes): a push
-/// that changes only this keeps the rollout's generation.
+/// A digest of where a rollout applies (its hosts, path prefixes and
+/// models): a push that changes only this keeps the rollout's generation,
+/// and is reported as a move.
 fn scope_digest(rollout: &Rollout) -> u32 {
     match &rollout.scope {
         Some(s) => murmur3_32(
-            format!("{:?}{:?}", s.hosts, s.path_prefixes).as_bytes(),
+            format!("{:?}{:?}{:?}", s.hosts, s.path_prefixes, s.models).as_bytes(),
             0x5eed,
         ),
         None => 0,

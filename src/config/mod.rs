@@ -303,6 +303,21 @@ impl Config {
         }
     }
 
+    /// `summary`, cut to at most `max` bytes (on a character boundary: a
+    /// salt or a body field may be any UTF-8) and marked `...` where cut.
+    pub fn summary_within(&self, max: usize) -> String {
+        let mut summary = self.summary();
+        if summary.len() > max {
+            let mut end = max.saturating_sub(3);
+            while !summary.is_char_boundary(end) {
+                end -= 1;
+            }
+            summary.truncate(end);
+            summary.push_str("...");
+        }
+        summary
+    }
+
     /// The rollout named `name`, in a config with `rollouts`.
     pub fn rollout_named(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
@@ -426,6 +441,13 @@ fn validate(mut raw: RawRollout) -> Result<Config, ConfigError> {
                 unclaimed_removes.push(header.clone());
             }
         }
+    }
+    for rollout in &mut rollouts {
+        rollout.foreign_routing_headers = unclaimed_removes
+            .iter()
+            .filter(|h| **h != rollout.routing_header)
+            .cloned()
+            .collect();
     }
     let by_name = rollouts
         .iter()

@@ -64,6 +64,12 @@ pub struct Rollout {
     /// Its name, hosts and path prefixes, if it is an entry of `rollouts`.
     pub scope: Option<Scope>,
     pub routing_header: String,
+    /// The other rollouts' routing headers (of a config with `rollouts`,
+    /// unless `passUnclaimedRoutingHeaders`): removed from a request this
+    /// rollout takes, so that a client cannot pick another rollout's
+    /// version on it (two rollouts of one host and prefix, told apart by
+    /// model, are routed by their headers alone).
+    pub foreign_routing_headers: Vec<String>,
     pub response_header: Option<String>,
     pub response_reason_header: Option<String>,
     pub versions: Vec<Version>,
@@ -279,6 +285,7 @@ pub(super) fn validate(raw: RawRollout) -> Result<Rollout, ConfigError> {
     };
     let mut rollout = Rollout {
         scope: None,
+        foreign_routing_headers: Vec::new(),
         routing_header: written.routing,
         response_header: written.response,
         response_reason_header: written.reason,

@@ -8,15 +8,16 @@
 //! 1.35 and later); without it, Envoy delivers nothing until the module
 //! resumes the request. So a waiting request is never left waiting: the
 //! root's tick decides without the body any request that has waited a tick
-//! with no byte of its body delivered, and resumes it; after three such
-//! rescues with no body ever delivered, this config stops waiting for
-//! bodies in this VM, and says so.
+//! with no byte of its body delivered, while Envoy has delivered no body
+//! under its config, and resumes it; after three such rescues with no body
+//! ever delivered, this config stops waiting for bodies in this VM, and
+//! says so.
 //!
 //! A body longer than `maxBodyBytes` (by `content-length`, or as it
 //! streams), or of unknown length and not whole at its first callback, is
 //! not read: its model is unknown, and it goes on.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::rc::Rc;
@@ -27,7 +28,7 @@ use proxy_wasm::types::{Action, BufferType};
 
 use super::installed::Installed;
 use super::now_ms_of_host;
-use super::stream::{self, Calls, CellRng};
+use super::request::{self, Calls, CellRng};
 use crate::body::{self, BodyBuffer, BodySource, Scanned, DEFAULT_MAX_VALUE, SLICE};
 use crate::config::Config;
 use crate::decision::{decide, Decision};
@@ -60,24 +61,6 @@ thread_local! {
     static DECIDED: RefCell<HashMap<u32, (usize, Option<Pending>)>> = RefCell::new(HashMap::new());
 }
 
-/// A config's record, in this VM, of whether Envoy delivers the bodies of
-/// requests whose headers the filter holds.
-#[derive(Default)]
-pub struct Deliveries {
-    delivered: Cell<u64>,
-    rescued: Cell<u64>,
-}
-
-/// Rescues with no body ever delivered after which a config stops waiting.
-const RESCUES_BEFORE_GIVING_UP: u64 = 3;
-
-impl Deliveries {
-    /// Whether to hold a request's headers while its body comes.
-    pub fn held_while_read(&self) -> bool {
-        self.delivered.get() > 0 || self.rescued.get() < RESCUES_BEFORE_GIVING_UP
-    }
-}
-
 /// Holds request `id` until its body comes.
 pub fn wait(id: u32, installed: Rc<Installed>, waiting: Waiting, now_ms: i64) {
     let waiter = Waiter {
@@ -97,15 +80,18 @@ pub fn on_body(id: u32, size: usize, end_of_stream: bool) -> Action {
     };
     if !waiter.delivered {
         waiter.delivered = true;
-        let d = &waiter.installed.bodies.delivered;
-        d.set(d.get().saturating_add(1));
+        waiter.installed.bodies.note_delivered();
     }
     let installed = waiter.installed.clone();
-    if let Some(why) = past_hold(&installed, size, end_of_stream) {
-        finish(id, waiter, Err(why), size);
-        return Action::Continue;
+    let content_length = request::header("content-length")
+        .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok());
+    if let Some(why) = past_hold(&installed, size, end_of_stream, content_length.is_some()) {
+        return finish(id, waiter, Err(why), size);
     }
-    if !end_of_stream {
+    // Whole at its end, or once `content-length` bytes came (a request
+    // with trailers: its body's last callback is not the stream's end).
+    let whole = end_of_stream || content_length.is_some_and(|l| size as u64 >= l);
+    if !whole {
         WAITING.with(|w| w.borrow_mut().insert(id, waiter));
         return Action::Pause;
     }
@@ -119,8 +105,7 @@ pub fn on_body(id: u32, size: usize, end_of_stream: bool) -> Action {
     let scanned =
         body::scan(&mut HostBody, size, &fields, DEFAULT_MAX_VALUE).map_err(Unknown::Unreadable);
     installed.count_body_read();
-    finish(id, waiter, scanned, size);
-    Action::Continue
+    finish(id, waiter, scanned, size)
 }
 
 /// Whether a waiting request's body callback of `size` bytes goes past
@@ -135,12 +120,16 @@ pub fn on_body(id: u32, size: usize, end_of_stream: bool) -> Action {
 /// answer 413: measured with a 2 MiB upload in 4 KiB chunks while holding at
 /// most 16 KiB of it, 2 times in 360 (docs/generative-models.md,
 /// "maxBodyBytes and Envoy's buffer limit").
-fn past_hold(installed: &Installed, size: usize, end_of_stream: bool) -> Option<Unknown> {
+fn past_hold(
+    installed: &Installed,
+    size: usize,
+    end_of_stream: bool,
+    known_length: bool,
+) -> Option<Unknown> {
     if size > installed.config.body.max_bytes {
         return Some(Unknown::TooLarge);
     }
-    let known = stream::header("content-length").is_some();
-    (!known && !end_of_stream).then_some(Unknown::Streamed)
+    (!known_length && !end_of_stream).then_some(Unknown::Streamed)
 }
 
 /// What request `id` was decided as, once it waited for its body.
@@ -154,16 +143,20 @@ pub fn forget(id: u32) {
     DECIDED.with(|d| d.borrow_mut().remove(&id));
 }
 
-/// The root's tick: decides without its body, and resumes, each request of
-/// `installed`'s config that has waited `after_ms` with no byte of its body
-/// delivered.
-pub fn rescue(installed: &Rc<Installed>, now_ms: i64, after_ms: i64) {
+/// A root's tick: decides without its body, and resumes, each waiting
+/// request (of any config of this VM: one a push replaced included) that has
+/// waited `after_ms` with no byte of its body delivered, under a config for
+/// which Envoy has delivered no body yet. Once Envoy delivered one, it
+/// delivers bodies: a request whose body is slow to come waits for it (a
+/// slow client is Envoy's timeouts' to judge, not a reason to route it
+/// without its model).
+pub fn rescue(now_ms: i64, after_ms: i64) {
     let stuck: Vec<u32> = WAITING.with(|w| {
         w.borrow()
             .iter()
             .filter(|(_, waiter)| {
-                Rc::ptr_eq(&waiter.installed, installed)
-                    && !waiter.delivered
+                !waiter.delivered
+                    && !waiter.installed.bodies.any_delivered()
                     && now_ms.saturating_sub(waiter.since_ms) >= after_ms
             })
             .map(|(&id, _)| id)
@@ -176,10 +169,11 @@ pub fn rescue(installed: &Rc<Installed>, now_ms: i64, after_ms: i64) {
         if hostcalls::set_effective_context(id).is_err() {
             continue;
         }
-        let r = &installed.bodies.rescued;
-        r.set(r.get().saturating_add(1));
+        let installed = waiter.installed.clone();
+        installed.bodies.note_rescued();
         let waited = now_ms.saturating_sub(waiter.since_ms);
-        finish(id, waiter, Err(Unknown::NotDelivered), 0);
+        // Not read, so never rewritten: it goes on.
+        let _ = finish(id, waiter, Err(Unknown::NotDelivered), 0);
         let _ = hostcalls::resume_http_request();
         if installed.log_due("bodies-not-delivered", now_ms) {
             warn!(
@@ -194,8 +188,9 @@ pub fn rescue(installed: &Rc<Installed>, now_ms: i64, after_ms: i64) {
 /// Decides request `id`, which waited for its body (`scanned`: what the
 /// body gave, or why not; `size`: its length), and carries the decision
 /// out on the request Envoy holds: the routing header, the model header, the
-/// model rewritten in the body.
-fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usize) {
+/// model rewritten in the body. Pause if the filter answered the request
+/// itself (a rewrite Envoy refused half way), else Continue.
+fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usize) -> Action {
     let installed = &waiter.installed;
     let config = &installed.config;
     let model = plan::model_of(&scanned);
@@ -204,8 +199,8 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
     let mut counted = false;
     let (index, decided) = match waiter.waiting {
         Waiting::ForModel => {
-            let host = stream::host_of(config);
-            let entry = stream::prefix_entry(config, host.as_deref());
+            let host = request::host_of(config);
+            let entry = request::prefix_entry(config, host.as_deref());
             if let Err(why) = &model {
                 installed.count_model_unknown(*why);
                 counted = true;
@@ -216,8 +211,8 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
                 None => {
                     // No rollout of its model: the model still routes it.
                     write_model_header(config, None, &model);
-                    stream::unclaimed(installed);
-                    return;
+                    request::unclaimed(installed);
+                    return Action::Continue;
                 }
             }
         }
@@ -225,7 +220,7 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
         Waiting::ToRewrite { rollout, decision } => (rollout, Some(decision)),
     };
     let Some(rollout) = config.rollouts.get(index) else {
-        return;
+        return Action::Continue;
     };
     let body = scanned.as_ref().ok();
     let mut calls = Calls::new(installed, index, body);
@@ -240,12 +235,33 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
             if !counted {
                 installed.count_model_unknown(*why);
             }
-            false
+            Rewrite::Left
         }
-        (None, _) => false,
+        (None, _) => Rewrite::Left,
     };
-    write_model_header(config, rewrite.filter(|_| rewritten), &model);
+    if rewritten == Rewrite::Refused {
+        // Answered 503 by the filter: no model server saw it, and the guard
+        // does not judge the filter's own answer.
+        return Action::Pause;
+    }
+    write_model_header(
+        config,
+        rewrite.filter(|_| rewritten == Rewrite::Done),
+        &model,
+    );
     DECIDED.with(|d| d.borrow_mut().insert(id, (index, pending)));
+    Action::Continue
+}
+
+/// What became of a model rewrite.
+#[derive(PartialEq, Eq)]
+enum Rewrite {
+    /// The body (and `content-length`) say the new model.
+    Done,
+    /// Not made: the request goes on as sent.
+    Left,
+    /// Envoy refused it half way: the filter answered the request 503.
+    Refused,
 }
 
 /// Writes `modelHeader` (if the config names one) as
@@ -259,7 +275,7 @@ fn write_model_header(
         return;
     };
     let body_model = model.as_ref().ok().map(|(m, _)| *m);
-    let named = stream::header(header).is_some();
+    let named = request::header(header).is_some_and(|v| !v.is_empty());
     if let Some(value) = plan::model_header_value(rewritten_to, body_model, named) {
         let _ = hostcalls::set_map_value_bytes(
             proxy_wasm::types::MapType::HttpRequestHeaders,
@@ -270,7 +286,7 @@ fn write_model_header(
 }
 
 /// Replaces the body's `model` token (`span`) by `new_model`, and the
-/// request's `content-length` if it had one; false if it did not. A body the
+/// request's `content-length` if it had one. A body the
 /// rewrite would take past `maxBodyBytes` is left as it is (Envoy's buffer
 /// limit is at least that large: a longer body would be answered 413). A
 /// rewrite Envoy refuses half way would leave a body nobody sent: the
@@ -280,11 +296,11 @@ fn rewrite_model(
     size: usize,
     span: &std::ops::Range<usize>,
     new_model: &str,
-) -> bool {
+) -> Rewrite {
     let r = body::replacement(size, span, new_model);
     if r.new_len > installed.config.body.max_bytes {
         installed.count_model_unknown(Unknown::TooLarge);
-        return false;
+        return Rewrite::Left;
     }
     let ops = body::rewrite_plan(size, span, &r.token, SLICE);
     if body::apply(&mut HostBody, size, &ops).is_err() {
@@ -294,9 +310,9 @@ fn rewrite_model(
             vec![("x-canary-selector", "model rewrite failed")],
             Some(b"the model could not be rewritten\n"),
         );
-        return false;
+        return Rewrite::Refused;
     }
-    if stream::header("content-length").is_some() {
+    if request::header("content-length").is_some() {
         let length = r.new_len.to_string();
         let _ = hostcalls::set_map_value_bytes(
             proxy_wasm::types::MapType::HttpRequestHeaders,
@@ -304,7 +320,7 @@ fn rewrite_model(
             Some(length.as_bytes()),
         );
     }
-    true
+    Rewrite::Done
 }
 
 /// The request body Envoy holds, read and edited with host calls.

@@ -15,7 +15,6 @@ use std::rc::{Rc, Weak};
 
 use log::{info, warn};
 
-use super::bodies::Deliveries;
 use super::logs;
 use super::metrics::{add_to_counter, Counter};
 use super::polls::Polls;
@@ -88,8 +87,7 @@ impl Installed {
         );
         if whole.first() {
             info!("config accepted: {}", config.summary());
-            let mut summary = config.summary();
-            summary.truncate(MAX_SERVING_SUMMARY);
+            let summary = config.summary_within(MAX_SERVING_SUMMARY);
             store_serving(&store, &plugin_keys, &summary);
         }
         let current: Vec<&str> = config
@@ -143,8 +141,9 @@ impl Installed {
         // A config without `rollouts` serves every request; a rollout the
         // proxy served before keeps its gauges current in every VM.
         let scoped = installed.config.index.is_some();
+        let served = gauged::Names::read(&store, &installed.plugin_keys.gauged_rollouts());
         for (i, (rollout, m)) in installed.each().enumerate() {
-            if !scoped || m.served_by_proxy(&store) {
+            if !scoped || m.served_by_proxy(&served) {
                 m.activate(&store, rollout, now_ms, installed.held_back(i));
             }
         }
@@ -476,4 +475,36 @@ fn poll_query(rollout: &Rollout) -> &str {
         .as_ref()
         .and_then(|g| g.mesh.as_ref())
         .map_or("", |m| m.query.as_str())
+}
+
+/// A config's record, in this VM, of whether Envoy delivers the bodies of
+/// requests whose headers the filter holds.
+#[derive(Default)]
+pub struct Deliveries {
+    delivered: Cell<u64>,
+    rescued: Cell<u64>,
+}
+
+/// Rescues with no body ever delivered after which a config stops waiting.
+const RESCUES_BEFORE_GIVING_UP: u64 = 3;
+
+impl Deliveries {
+    /// Whether to hold a request's headers while its body comes.
+    pub fn held_while_read(&self) -> bool {
+        self.any_delivered() || self.rescued.get() < RESCUES_BEFORE_GIVING_UP
+    }
+
+    /// Whether Envoy delivered a body while the filter held the headers.
+    pub fn any_delivered(&self) -> bool {
+        self.delivered.get() > 0
+    }
+
+    pub fn note_delivered(&self) {
+        self.delivered.set(self.delivered.get().saturating_add(1));
+    }
+
+    /// A request decided without its body, which Envoy did not deliver.
+    pub fn note_rescued(&self) {
+        self.rescued.set(self.rescued.get().saturating_add(1));
+    }
 }

@@ -13,10 +13,13 @@
 //!   (the decision itself is `filter`'s);
 //! - `bodies`: the requests that wait for their body, and what is done with
 //!   the body once it came (or when it does not come);
+//! - `request`: the request's host calls, for `stream` and `bodies`;
 //! - `metrics`: Envoy's counters and gauges, each name defined once per VM;
 //! - `logs`: the log lines.
 //!
-//! Imports go one way: root and stream use installed, which uses the rest.
+//! Imports go one way: root uses stream, bodies and installed; stream uses
+//! bodies and request; bodies uses request; all of them use installed,
+//! which uses polls, rollout_metrics, metrics and logs.
 //!
 //! Envoy calls every callback a module exports on every request, so `make
 //! build` prunes the SDK's exports down to the ones implemented here (see
@@ -36,6 +39,7 @@ mod installed;
 mod logs;
 mod metrics;
 mod polls;
+mod request;
 mod rollout_metrics;
 mod root;
 mod stream;

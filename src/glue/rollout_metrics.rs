@@ -141,8 +141,8 @@ impl RolloutMetrics {
 
     /// Whether the proxy served this rollout before (another VM defined its
     /// series): then this VM keeps its gauges current too.
-    pub fn served_by_proxy(&self, store: &HostShared) -> bool {
-        gauged::holds(store, &self.keys.gauged_rollouts(), &self.recorded_as)
+    pub fn served_by_proxy(&self, served: &gauged::Names) -> bool {
+        served.holds(&self.recorded_as)
     }
 
     /// The counters by decision, each with the name it is defined under.

@@ -93,10 +93,9 @@ impl RootContext for Plugin {
         #[cfg(feature = "alloc-stats")]
         super::metrics::alloc_stats::report();
         let now = now_ms(self);
-        if installed.config.body.reads {
-            let after = i64::try_from(BODY_RESCUE_MS).unwrap_or(i64::MAX);
-            bodies::rescue(&installed, now, after);
-        }
+        // Whatever this config reads: a request held under the config a
+        // push replaced is rescued too.
+        bodies::rescue(now, i64::try_from(BODY_RESCUE_MS).unwrap_or(i64::MAX));
         installed.tick(now, |poll| {
             let headers = vec![
                 (":method", "GET"),

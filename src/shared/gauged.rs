@@ -63,11 +63,29 @@ pub fn dropped(store: &impl SharedData, key: &str, current: &[&str]) -> Vec<Stri
 
 /// Whether the record at `key` holds `name`.
 pub fn holds(store: &impl SharedData, key: &str, name: &str) -> bool {
-    let record = store.get(key).0.unwrap_or_default();
-    std::str::from_utf8(&record)
-        .unwrap_or("")
-        .split(' ')
-        .any(|n| n == name)
+    Names::read(store, key).holds(name)
+}
+
+/// The names of the record at `key`, read once: a push asks it for every
+/// rollout of the config.
+pub struct Names(std::collections::HashSet<String>);
+
+impl Names {
+    pub fn read(store: &impl SharedData, key: &str) -> Names {
+        let record = store.get(key).0.unwrap_or_default();
+        Names(
+            std::str::from_utf8(&record)
+                .unwrap_or("")
+                .split(' ')
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+    }
+
+    pub fn holds(&self, name: &str) -> bool {
+        self.0.contains(name)
+    }
 }
 
 /// Adds `name` to the record at `key` (first, the record kept to `keep`

@@ -25,8 +25,9 @@ pub enum News {
     New,
     /// What it decides changed: its guard starts afresh.
     Restarted,
-    /// Only where it applies changed (hosts, path prefixes, its place in
-    /// the list): its guard window, trips and schedule go on.
+    /// Only where it applies changed (hosts, path prefixes, models): its
+    /// guard window, trips and schedule go on. (A rollout's place in the
+    /// list is not recorded: its records are keyed by its name.)
     Moved,
 }
 

@@ -700,3 +700,30 @@ fn the_regexes_of_one_config_are_bounded_together() {
     assert_eq!(e.field, "rules[16].match.headers.x-16.regex", "{e}");
     assert!(e.reason.contains("a rollout may hold 16"), "{e}");
 }
+
+#[test]
+fn a_long_summary_is_cut_on_a_character_boundary() {
+    // The summary of a config kept for the log line of a rejected push is
+    // cut to a length; a salt of multi-byte characters must not make the
+    // cut panic (it would trap the VM on configure).
+    let rules: Vec<String> = (0..32)
+        .map(|i| format!(r#"{{"name":"testers-{i:02}","match":{{"headers":{{"x-t":{{"exact":"{i}"}}}}}},"version":"model-v2"}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"versions":[{{"name":"model-v1","weight":90}},{{"name":"model-v2","weight":10}}],"rules":[{}],"stickiness":{{"userIdHeaders":["x-user-id"],"salt":"{}"}}}}"#,
+        rules.join(","),
+        "é".repeat(128)
+    );
+    let config = crate::config::Config::from_json(json.as_bytes()).unwrap();
+    let whole = config.summary();
+    assert!(whole.len() > 1024 && whole.contains("éé"), "{whole}");
+    for max in 3..whole.len() {
+        let cut = config.summary_within(max);
+        assert!(
+            cut.len() <= max && cut.ends_with("..."),
+            "{max}: {}",
+            cut.len()
+        );
+    }
+    assert_eq!(config.summary_within(whole.len()), whole);
+}

@@ -306,6 +306,46 @@ fn a_request_no_rollout_takes_loses_the_routing_headers_unless_the_config_passes
 }
 
 #[test]
+fn a_request_a_rollout_takes_loses_the_other_rollouts_routing_headers() {
+    // Rollouts told apart by model on one host and prefix are routed by
+    // their headers alone: a client must not pick b's version on a request
+    // a takes.
+    let two = rollouts(&[
+        entry("a", &["*"], r#","models":["a"]"#),
+        entry(
+            "b",
+            &["*"],
+            r#","models":["b"],"routingHeader":"X-B-Version""#,
+        ),
+    ]);
+    let c = config(&two);
+    let sent: &[(&str, &[u8])] = &[
+        ("x-canary-version", b"v2"),
+        ("x-b-version", b"v2"),
+        ("x-other", b"kept"),
+    ];
+    for (i, kept) in [(0, "x-canary-version"), (1, "x-b-version")] {
+        let mut req = super::FakeRequest::with(sent);
+        let rollout = &c.rollouts[i];
+        crate::filter::on_request_headers(
+            rollout,
+            &mut req,
+            &mut crate::decision::WyRand(1),
+            crate::decision::Live::default(),
+        );
+        let mut names: Vec<&str> = req.headers.iter().map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, [kept, "x-other"], "rollout {i}");
+    }
+    // Passed as sent: nothing of another rollout's is removed.
+    let passing = config(&two.replacen("{", r#"{"passUnclaimedRoutingHeaders":true,"#, 1));
+    assert!(passing
+        .rollouts
+        .iter()
+        .all(|r| r.foreign_routing_headers.is_empty()));
+}
+
+#[test]
 fn the_authority_is_matched_without_its_port_and_in_any_letter_case() {
     let c = config(&rollouts(&[
         entry("a", &["Models.Example.COM"], ""),
@@ -748,18 +788,17 @@ fn a_failing_model_trips_only_its_own_rollout_and_a_push_of_another_keeps_the_tr
         ALL_CANARIES,
         "flowers unchanged"
     );
-    let alias = config(
-        &GUARDED
-            .replacen(
-                r#""weight": 50}, {"name": "v2", "weight": 50}"#,
-                r#""weight": 40}, {"name": "v2", "weight": 60}"#,
-                1,
-            )
-            .replace(
-                r#"["flowers.example.com"]"#,
-                r#"["flowers.example.com", "flowers.models.svc"]"#,
-            ),
-    );
+    let alias_text = GUARDED
+        .replacen(
+            r#""weight": 50}, {"name": "v2", "weight": 50}"#,
+            r#""weight": 40}, {"name": "v2", "weight": 60}"#,
+            1,
+        )
+        .replace(
+            r#"["flowers.example.com"]"#,
+            r#"["flowers.example.com", "flowers.models.svc"]"#,
+        );
+    let alias = config(&alias_text);
     let (fourth, pushed) = vm(&store, &alias, 1, Some(&third));
     assert_eq!(
         pushed,
@@ -773,6 +812,25 @@ fn a_failing_model_trips_only_its_own_rollout_and_a_push_of_another_keeps_the_tr
         fourth.rollouts[1].held_back(),
         ALL_CANARIES,
         "only its hosts changed"
+    );
+    // Its models are where it applies too: a move, the trip kept.
+    let by_model = config(&alias_text.replace(
+        r#""flowers.models.svc"]"#,
+        r#""flowers.models.svc"], "models": ["flowers"]"#,
+    ));
+    let (fourth, pushed) = vm(&store, &by_model, 1, Some(&fourth));
+    assert_eq!(
+        pushed,
+        [Event::Pushed {
+            rollout: 1,
+            news: News::Moved,
+            reset: Held::default()
+        }]
+    );
+    assert_eq!(
+        fourth.rollouts[1].held_back(),
+        ALL_CANARIES,
+        "only its models changed"
     );
     // A push that changes what flowers decides resets flowers alone, and
     // says what it let go.

@@ -456,7 +456,22 @@ fn explain(plugin: &PluginConfig, req: &mut Given, at: At) -> Explanation {
     };
     let Some(rollout) = chosen else {
         out.reason = "unclaimed";
-        out.unclaimed = Some(Unclaimed::of(&config));
+        let mut unclaimed = Unclaimed::of(&config);
+        // The filter writes the model header for a model it read from the
+        // body whether or not a rollout takes it.
+        let body_model = out
+            .rollout
+            .as_ref()
+            .and_then(|p| p.model.as_ref())
+            .filter(|m| m.from == Some("body"))
+            .and_then(|m| m.name.as_deref());
+        unclaimed.model_header = config
+            .body
+            .model_header
+            .as_deref()
+            .zip(plan::model_header_value(None, body_model, false))
+            .map(|(header, model)| format!("{header}: {model}"));
+        out.unclaimed = Some(unclaimed);
         return out;
     };
     let live = Live {
@@ -917,6 +932,15 @@ mod tests {
         // A model no rollout lists, and a body the filter cannot read.
         let text = explain(&[], Some(r#"{"model": "gpt-4o"}"#));
         assert!(text.starts_with("no rollout: host gateway.example.com matches *, path /v1/chat/completions, model gpt-4o (from the body): no rollout there lists that model"), "{text}");
+        // The filter writes the model header for it all the same (for
+        // KServe's model-routing rules), as it does not for a model the
+        // client named in the header.
+        assert!(text.contains("cannot pick a version, writes x-gateway-model-name: gpt-4o (the model read from the body), and changes nothing else"), "{text}");
+        let text = explain(&["x-gateway-model-name: gpt-4o".into()], None);
+        assert!(
+            text.contains("model gpt-4o (from the header)") && !text.contains("writes"),
+            "{text}"
+        );
         let text = explain(&[], Some(r#"{"model": "llama", "model": "llama"}"#));
         assert!(
             text.contains("model unknown (duplicate): no rollout there takes any model"),

@@ -131,7 +131,8 @@ pub fn probes_within(pattern: &str, listed: &[&str]) -> Vec<String> {
 
 /// What the filter does with the routing headers of a request no rollout
 /// of a config with `rollouts` takes; nothing else of it changes (no
-/// cookie, no response header, no guard counts it).
+/// cookie, no response header, no guard counts it) but the model header,
+/// written for a model read from the body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Unclaimed {
@@ -141,6 +142,11 @@ pub struct Unclaimed {
     /// With `passUnclaimedRoutingHeaders`: the routing headers that pass as
     /// the client sent them.
     pub passed_as_sent: Vec<String>,
+    /// `modelHeader: <model>`, written for the model the filter read from
+    /// the body (explain, given the request): KServe's model-routing rules
+    /// route the request by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_header: Option<String>,
 }
 
 impl Unclaimed {
@@ -156,6 +162,7 @@ impl Unclaimed {
         Unclaimed {
             removed: config.unclaimed_removes.clone(),
             passed_as_sent,
+            model_header: None,
         }
     }
 
@@ -174,13 +181,18 @@ impl Unclaimed {
             [one] => (format!("routing header {one}"), "it"),
             more => (format!("routing headers {}", more.join(", ")), "them"),
         };
+        let writes = match &self.model_header {
+            Some(header) => format!(", writes {header} (the model read from the body)"),
+            None => String::new(),
+        };
         match (self.removed.as_slice(), self.passed_as_sent.as_slice()) {
             ([], passed) => {
                 let (headers, them) = named(passed);
-                format!("the request passes untouched: passUnclaimedRoutingHeaders lets the {headers} through as the client sent {them}; no cookie, no response header")
+                let untouched = if writes.is_empty() { "passes untouched" } else { "passes" };
+                format!("the request {untouched}: passUnclaimedRoutingHeaders lets the {headers} through as the client sent {them}{writes}; no cookie, no response header")
             }
             (removed, _) => format!(
-                "the filter removes the {} from the request, so that the client cannot pick a version, and changes nothing else (no cookie, no response header)",
+                "the filter removes the {} from the request, so that the client cannot pick a version{writes}, and changes nothing else (no cookie, no response header)",
                 named(removed).0
             ),
         }
