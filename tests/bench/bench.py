@@ -102,6 +102,12 @@ PLUGIN_CONFIG["rules"][:0] = [
     {"name": f"extra-{i}", "match": {"headers": {f"x-extra-{i}": {"exact": "1"}}}, "version": "model-v2"}
     for i in range(int(os.environ.get("BENCH_EXTRA_RULES", 0)))
 ]
+# The rollout as configured, whatever the config's shape (below).
+ROLLOUT = PLUGIN_CONFIG
+# BENCH_ROLLOUTS=1: the same rollout as the one entry of a `rollouts` list
+# (hosts *), so every request is looked up by its host.
+if os.environ.get("BENCH_ROLLOUTS") == "1":
+    PLUGIN_CONFIG = {"rollouts": [{"name": "model", "hosts": ["*"], **PLUGIN_CONFIG}]}
 V1_BELOW = math.floor(90 * 2**32 / 100)
 
 
@@ -669,7 +675,8 @@ def main() -> int:
     sizes = {n: p.stat().st_size for n in names if (p := VARIANTS[n].module()) is not None and p.exists()}
     result = {"machine": machine(), "settings": {"rounds": rounds, "duration_s": seconds,
               "connections": connections, "warmup_s": warmup, "protocol": PROTOCOL,
-              "guard": "guard" in PLUGIN_CONFIG, "extra_rules": len(PLUGIN_CONFIG["rules"]) - 1},
+              "guard": "guard" in ROLLOUT, "extra_rules": len(ROLLOUT["rules"]) - 1,
+              "rollouts": "rollouts" in PLUGIN_CONFIG},
               "runs": runs, "summary": summary,
               "module_bytes": sizes}
 
