@@ -1,6 +1,7 @@
 //! The filter's log lines: what a push changed, a trip, a poll that failed
 //! or was partly ignored, a rejected config. One line each, whatever a
-//! config holds (names are validated visible ASCII).
+//! config holds (version, rule and rollout names are validated visible
+//! ASCII; model names and body field names hold no control character).
 
 use crate::config::{decimal, ConfigError, Guard, Rollout};
 use crate::guard::{describe_failures, Trip};

@@ -115,7 +115,8 @@ impl Keys {
         let prefix = match rollout {
             None => plugin.clone(),
             // Rollout names hold no `=` (they are stat tag values), so no
-            // plugin name can end where a rollout's begins.
+            // rollout name can hold a plugin's `.rollout=`; a plugin name is
+            // Envoy's `<namespace>.<name>` from Istio (DNS labels, no `=`).
             Some(name) => format!("{plugin}.rollout={name}"),
         };
         Keys { plugin, prefix }
