@@ -257,3 +257,27 @@ def test_a_rejected_config_keeps_the_last_good_one_serving(start_envoy):
         assert send(envoy, "a.flowers.example.com", u).header("x-canary-version") == expected_version(
             entry(cfg, "flowers"), u
         )
+
+
+def test_a_request_a_rollout_takes_carries_only_its_own_routing_header(start_envoy):
+    """A rollout routed by another header (bert's x-bert-version, as two
+    rollouts told apart by model are): a request bert takes loses the
+    x-canary-version the client sent, so the routes that match it (iris',
+    and model-v2) never see it; with passUnclaimedRoutingHeaders, another
+    system's header passes."""
+    cfg = config()
+    cfg["rollouts"].append(rollout("bert", ["bert.example.com"], 0, routingHeader="x-bert-version"))
+    envoy = start_envoy(cfg, bootstrap_hook=with_routes())
+    for user in USERS[:20]:
+        r = send(envoy, "bert.example.com", user, x_canary_version="model-v2")
+        assert (r.status, r.header("x-canary-version")) == (200, "bert-v1"), user
+        assert r.served_by == "model-v1", "the client's x-canary-version reached the router on bert's request"
+        assert r.header("x-upstream-saw-version") in (None, ""), user
+    # iris' own header is the filter's, as always.
+    iris = send(envoy, "iris.example.com", "user-1", x_canary_version="model-v2")
+    assert iris.header("x-upstream-saw-version") == expected_version(entry(cfg, "iris"), "user-1")
+
+    cfg["passUnclaimedRoutingHeaders"] = True
+    envoy.push(cfg)
+    r = send(envoy, "bert.example.com", "user-1", x_canary_version="model-v2")
+    assert (r.header("x-canary-version"), r.served_by) == ("bert-v1", "model-v2")
