@@ -798,40 +798,31 @@ fn a_failing_model_trips_only_its_own_rollout_and_a_push_of_another_keeps_the_tr
             r#"["flowers.example.com"]"#,
             r#"["flowers.example.com", "flowers.models.svc"]"#,
         );
-    let alias = config(&alias_text);
-    let (fourth, pushed) = vm(&store, &alias, 1, Some(&third));
-    assert_eq!(
-        pushed,
-        [Event::Pushed {
-            rollout: 1,
-            news: News::Moved,
-            reset: Held::default()
-        }]
-    );
-    assert_eq!(
-        fourth.rollouts[1].held_back(),
-        ALL_CANARIES,
-        "only its hosts changed"
-    );
-    // Its models are where it applies too: a move, the trip kept.
-    let by_model = config(&alias_text.replace(
+    // Its hosts, then its models, are where it applies: each push a move,
+    // the trip kept.
+    let by_model = alias_text.replace(
         r#""flowers.models.svc"]"#,
         r#""flowers.models.svc"], "models": ["flowers"]"#,
-    ));
-    let (fourth, pushed) = vm(&store, &by_model, 1, Some(&fourth));
-    assert_eq!(
-        pushed,
-        [Event::Pushed {
-            rollout: 1,
-            news: News::Moved,
-            reset: Held::default()
-        }]
     );
-    assert_eq!(
-        fourth.rollouts[1].held_back(),
-        ALL_CANARIES,
-        "only its models changed"
-    );
+    let mut fourth = third;
+    for (text, what) in [(&alias_text, "hosts"), (&by_model, "models")] {
+        let (next, pushed) = vm(&store, &config(text), 1, Some(&fourth));
+        assert_eq!(
+            pushed,
+            [Event::Pushed {
+                rollout: 1,
+                news: News::Moved,
+                reset: Held::default()
+            }],
+            "{what}"
+        );
+        assert_eq!(
+            next.rollouts[1].held_back(),
+            ALL_CANARIES,
+            "only its {what} changed"
+        );
+        fourth = next;
+    }
     // A push that changes what flowers decides resets flowers alone, and
     // says what it let go.
     let fixed = config(&GUARDED.replace(
