@@ -124,18 +124,12 @@ class Runbook(kserve.Runbook):
             assert set(pinned.values()) == {rule["version"]}, rule["name"]
         self.served, self.weight = served, weight
 
-    def curl(self, argv: list[str], step: mesh.Step) -> None:
-        headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+    def curl_headers(self, headers: dict[str, str]) -> dict[str, str]:
         # curl -d sends a form unless told otherwise.
-        headers = {"content-type": "application/x-www-form-urlencoded", **{k.lower(): v for k, v in headers.items()}}
-        (url,) = [a for a in argv if a.startswith("http://")]
-        address, path = url.removeprefix("http://").split("/", 1)
-        assert address == "$INGRESS_HOST", url
-        assert argv[argv.index("-w") + 1] == "%header{x-canary-version}\\n"
-        body = argv[argv.index("-d") + 1].encode()
-        r = self.envoy.request(headers, path="/" + path, body=body)
-        assert r.status == 200, (step.line, r.status)
-        assert r.served_by == r.header("x-canary-version"), "the response header names the version that answered"
+        return {"content-type": "application/x-www-form-urlencoded", **{k.lower(): v for k, v in headers.items()}}
+
+    def curl(self, argv: list[str], step: mesh.Step) -> None:
+        r, body = self.send_curl(argv, step)
         assert r.header("x-upstream-saw-model") == json.loads(body)["model"], "the model header KServe's rule needs"
         assert [r.header("x-canary-version")] == step.output, step.line
 

@@ -116,13 +116,24 @@ class Runbook:
         fail_open(self.envoy, self.cluster)
 
     def curl(self, argv: list[str], step: mesh.Step) -> None:
-        headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+        r, _ = self.send_curl(argv, step)
+        assert [r.header("x-canary-version")] == step.output, step.line
+
+    def send_curl(self, argv: list[str], step: mesh.Step):
+        """Sends the page's `curl -H ... -d BODY -w '%header{x-canary-version}\\n'
+        http://$INGRESS_HOST/...` to the gateway: the response, which must be
+        a 200 from the version it names, and the body sent."""
+        headers = self.curl_headers(dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H"))
         (url,) = [a for a in argv if a.startswith("http://")]
         address, path = url.removeprefix("http://").split("/", 1)
         assert address == "$INGRESS_HOST", url
         assert argv[argv.index("-w") + 1] == "%header{x-canary-version}\\n"
         body = argv[argv.index("-d") + 1].encode()
         r = self.envoy.request(headers, path="/" + path, body=body)
-        assert r.status == 200
+        assert r.status == 200, (step.line, r.status)
         assert r.served_by == r.header("x-canary-version"), "the response header names the version that answered"
-        assert [r.header("x-canary-version")] == step.output, step.line
+        return r, body
+
+    def curl_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        """The headers the page's curl sends, from its `-H` options."""
+        return headers
