@@ -51,6 +51,8 @@ struct Waiter {
     since_ms: i64,
     /// A body callback came: Envoy delivers bodies while it holds headers.
     delivered: bool,
+    /// The request's `content-length`, as its headers said it.
+    content_length: Option<u64>,
 }
 
 thread_local! {
@@ -61,13 +63,21 @@ thread_local! {
     static DECIDED: RefCell<HashMap<u32, (usize, Option<Pending>)>> = RefCell::new(HashMap::new());
 }
 
-/// Holds request `id` until its body comes.
-pub fn wait(id: u32, installed: Rc<Installed>, waiting: Waiting, now_ms: i64) {
+/// Holds request `id`, whose headers gave `content_length`, until its body
+/// comes.
+pub fn wait(
+    id: u32,
+    installed: Rc<Installed>,
+    waiting: Waiting,
+    now_ms: i64,
+    content_length: Option<u64>,
+) {
     let waiter = Waiter {
         installed,
         waiting,
         since_ms: now_ms,
         delivered: false,
+        content_length,
     };
     WAITING.with(|w| w.borrow_mut().insert(id, waiter));
 }
@@ -83,8 +93,7 @@ pub fn on_body(id: u32, size: usize, end_of_stream: bool) -> Action {
         waiter.installed.bodies.note_delivered();
     }
     let installed = waiter.installed.clone();
-    let content_length = request::header("content-length")
-        .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u64>().ok());
+    let content_length = waiter.content_length;
     if let Some(why) = past_hold(&installed, size, end_of_stream, content_length.is_some()) {
         return finish(id, waiter, Err(why), size);
     }
@@ -230,7 +239,10 @@ fn finish(id: u32, waiter: Waiter, scanned: Result<Scanned, Unknown>, size: usiz
     let pending = filter::apply(rollout, &d, &mut calls, live);
     let rewrite = plan::rewrites(rollout, &d);
     let rewritten = match (rewrite, &model) {
-        (Some(new_model), Ok((_, span))) => rewrite_model(installed, size, span, new_model),
+        (Some(new_model), Ok((_, span))) => {
+            let had_length = waiter.content_length.is_some();
+            rewrite_model(installed, size, span, new_model, had_length)
+        }
         (Some(_), Err(why)) => {
             if !counted {
                 installed.count_model_unknown(*why);
@@ -286,7 +298,7 @@ fn write_model_header(
 }
 
 /// Replaces the body's `model` token (`span`) by `new_model`, and the
-/// request's `content-length` if it had one. A body the
+/// request's `content-length` if it had one (`had_length`). A body the
 /// rewrite would take past `maxBodyBytes` is left as it is (Envoy's buffer
 /// limit is at least that large: a longer body would be answered 413). A
 /// rewrite Envoy refuses half way would leave a body nobody sent: the
@@ -296,6 +308,7 @@ fn rewrite_model(
     size: usize,
     span: &std::ops::Range<usize>,
     new_model: &str,
+    had_length: bool,
 ) -> Rewrite {
     let r = body::replacement(size, span, new_model);
     if r.new_len > installed.config.body.max_bytes {
@@ -312,7 +325,7 @@ fn rewrite_model(
         );
         return Rewrite::Refused;
     }
-    if request::header("content-length").is_some() {
+    if had_length {
         let length = r.new_len.to_string();
         let _ = hostcalls::set_map_value_bytes(
             proxy_wasm::types::MapType::HttpRequestHeaders,

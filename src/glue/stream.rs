@@ -138,7 +138,7 @@ impl Stream {
                 unclaimed(installed);
                 Action::Continue
             }
-            AtHeaders::WaitForModel => self.wait(installed, Waiting::ForModel),
+            AtHeaders::WaitForModel => self.wait(installed, Waiting::ForModel, &facts),
             AtHeaders::Rollout(index) => {
                 let Some(rollout) = config.rollouts.get(index) else {
                     return Action::Continue;
@@ -148,7 +148,7 @@ impl Stream {
                 }
                 let mut calls = Calls::new(installed, index, None);
                 if readable && plan::reaches_body(rollout, &mut calls) {
-                    return self.wait(installed, Waiting::ForId { rollout: index });
+                    return self.wait(installed, Waiting::ForId { rollout: index }, &facts);
                 }
                 let live = installed.live(index, || now_ms(self));
                 let d = decide(rollout, &mut calls, &mut CellRng(&installed.rng), live);
@@ -159,6 +159,7 @@ impl Stream {
                             rollout: index,
                             decision: d,
                         },
+                        &facts,
                     );
                 }
                 if let (Some(_), Some(why), false) =
@@ -175,11 +176,17 @@ impl Stream {
         }
     }
 
-    fn wait(&mut self, installed: &Rc<Installed>, waiting: Waiting) -> Action {
+    fn wait(&mut self, installed: &Rc<Installed>, waiting: Waiting, facts: &BodyFacts) -> Action {
         // The client's routing headers go before the request is held: were
         // Envoy ever to pass it on undecided, it carries none of them.
         filter::on_unclaimed_request(&installed.config, &mut Calls::bare(installed));
-        bodies::wait(self.id, installed.clone(), waiting, now_ms(self));
+        bodies::wait(
+            self.id,
+            installed.clone(),
+            waiting,
+            now_ms(self),
+            facts.content_length,
+        );
         Action::Pause
     }
 

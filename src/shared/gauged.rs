@@ -61,11 +61,6 @@ pub fn dropped(store: &impl SharedData, key: &str, current: &[&str]) -> Vec<Stri
         .collect()
 }
 
-/// Whether the record at `key` holds `name`.
-pub fn holds(store: &impl SharedData, key: &str, name: &str) -> bool {
-    Names::read(store, key).holds(name)
-}
-
 /// The names of the record at `key`, read once: a push asks it for every
 /// rollout of the config.
 pub struct Names(std::collections::HashSet<String>);
@@ -119,7 +114,8 @@ mod tests {
         add(&s, "g", "iris", 4);
         add(&s, "g", "flowers", 4);
         add(&s, "g", "iris", 4);
-        assert!(holds(&s, "g", "iris") && !holds(&s, "g", "tulips"));
+        let names = Names::read(&s, "g");
+        assert!(names.holds("iris") && !names.holds("tulips"));
         assert_eq!(dropped(&s, "g", &["iris"]), ["flowers"]);
         assert_eq!(dropped(&s, "g", &["iris"]), ["flowers"], "still listed");
         for name in ["a", "b", "c", "d"] {
