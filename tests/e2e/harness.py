@@ -45,10 +45,37 @@ FILTER_NAME = ecds.DEFAULT_NAME
 ECDS_STATS = f"extension_config_discovery.http_filter.{FILTER_NAME}"
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports are handed out below the kernel's ephemeral range, in turn from a
+# random start: a port is picked free but bound (by Envoy or a test's
+# server) only later, and an outgoing connection, whose local port the
+# kernel takes from the ephemeral range, could take it in between
+# ("Address already in use" for a gRPC model server, once in CI).
+_PORTS_HIGH = _ephemeral_low()
+_PORTS_LOW = max(1024, _PORTS_HIGH - 12000)
+_next_port = [_PORTS_LOW + (os.getpid() * 7919) % (_PORTS_HIGH - _PORTS_LOW)]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, outside the ephemeral range, not handed
+    out before in this run (until the range wraps around)."""
+    span = _PORTS_HIGH - _PORTS_LOW
+    for _ in range(span):
+        port = _PORTS_LOW + (_next_port[0] - _PORTS_LOW) % span
+        _next_port[0] = port + 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 # --- The documented assignment formula (docs/config.md), used as the oracle. -

@@ -47,22 +47,9 @@ def start(tmp_path: Path):
         if hook:
             envoy.bootstrap_hook = hooks(envoy.bootstrap_hook, hook) if envoy.bootstrap_hook else hook
         started.append(envoy)
-        # The gRPC servers' ports are picked free but bound only after Envoy
-        # started, which may take one for an outgoing connection in between:
-        # then start again on fresh ports.
-        for attempt in range(3):
-            envoy.start()
-            envoy.grpc_servers = []
-            try:
-                for v in ("model-v1", "model-v2"):
-                    envoy.grpc_servers.append(grpc_models.serve(v, envoy.ports[f"{v}-grpc"]))
-                return envoy
-            except (OSError, RuntimeError):
-                for server, _ in envoy.grpc_servers:
-                    server.stop(0)
-                envoy.stop()
-                if attempt == 2:
-                    raise
+        envoy.start()
+        envoy.grpc_servers = [grpc_models.serve(v, envoy.ports[f"{v}-grpc"]) for v in ("model-v1", "model-v2")]
+        return envoy
 
     yield start
     for envoy in started:
